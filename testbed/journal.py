@@ -1,0 +1,277 @@
+"""On-disk journal of everything a run creates, written *before* it is created.
+
+Each run appends JSON lines to ``<state_dir>/<run-id>.jsonl``:
+
+    {"op": "runner", "pid": 123, "start": 456789}           # first line: who owns it
+    {"op": "add", "id": 7, "kind": "bridge", "name": "s1"}   # before creating s1
+    {"op": "set", "id": 7, "pid": 4242}                       # details known after creation
+    {"op": "del", "id": 7}                                    # after removing it
+
+On every exit path the run calls :meth:`Journal.cleanup`, which removes the outstanding
+entries in reverse order and deletes the file. If the runner was killed (SIGKILL), the
+file stays; ``minimesh clean`` (and the next ``minimesh up``) finds journals whose runner
+is dead and removes exactly what they list: no pattern-matching sweeps.
+
+Kinds (each has a remover in :data:`REMOVERS`):
+
+- ``process``: pid, start (``/proc/PID/stat`` start time, guards against PID reuse)
+- ``netns_procs``: netns (``net:[inode]``), pid (a process inside): every process in that
+  network namespace is killed, so an unnamed Mininet namespace disappears with them
+- ``netns``: name (a named namespace under /run/netns)
+- ``link``: name, netns (name or None for the root namespace)
+- ``bridge``: name
+- ``iptables``: pid (process whose netns holds the rule), args (the rule, for ``-D``)
+- ``path``: path (a file or socket to unlink)
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_STATE_DIR = "/run/minimesh"
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("MINIMESH_STATE_DIR", DEFAULT_STATE_DIR))
+
+
+def proc_start(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot, or None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def proc_alive(pid: int, start: int | None) -> bool:
+    """True if the process exists, is not a zombie, and (if given) started at ``start``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and (start is None or int(fields[19]) == start)
+
+
+def netns_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+class Journal:
+    """The journal of one run. Not thread-safe; one per process."""
+
+    def __init__(self, directory: Path | str | None = None, run_id: str | None = None):
+        self.dir = Path(directory) if directory else state_dir()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        me = os.getpid()
+        self.run_id = run_id or f"{me}-{proc_start(me)}"
+        self.path = self.dir / f"{self.run_id}.jsonl"
+        self._entries: dict[int, dict[str, Any]] = {}
+        self._next = 1
+        self._fh = open(self.path, "a", buffering=1)
+        self._write({"op": "runner", "pid": me, "start": proc_start(me), "time": time.time()})
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(obj) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def record(self, kind: str, **data: Any) -> int:
+        """Record the intent to create something; returns its entry id."""
+        if kind not in REMOVERS:
+            raise ValueError(f"unknown journal kind {kind!r}")
+        eid = self._next
+        self._next += 1
+        entry = {"kind": kind, **data}
+        self._entries[eid] = entry
+        self._write({"op": "add", "id": eid, **entry})
+        return eid
+
+    def record_process(self, pid: int, what: str = "") -> int:
+        return self.record("process", pid=pid, start=proc_start(pid), what=what)
+
+    def update(self, eid: int, **data: Any) -> None:
+        self._entries[eid].update(data)
+        self._write({"op": "set", "id": eid, **data})
+
+    def forget(self, eid: int) -> None:
+        """The thing was removed by its owner; the journal no longer needs to."""
+        if self._entries.pop(eid, None) is not None:
+            self._write({"op": "del", "id": eid})
+
+    def outstanding(self) -> list[dict[str, Any]]:
+        return [dict(e, id=i) for i, e in self._entries.items()]
+
+    def cleanup(self) -> list[str]:
+        """Remove every outstanding entry (newest first) and delete the journal file."""
+        errors = remove_entries(self._entries)
+        self._entries.clear()
+        self.close(delete=not errors)
+        return errors
+
+    def close(self, delete: bool = True) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        if delete:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+# --- replay and removal --------------------------------------------------------------
+
+def read_journal(path: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    runner: dict[str, Any] = {}
+    entries: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a crash: what was fsynced before it still counts
+        op = rec.pop("op", None)
+        if op == "runner":
+            runner = rec
+        elif op == "add":
+            entries[rec.pop("id")] = rec
+        elif op == "set" and rec.get("id") in entries:
+            entries[rec.pop("id")].update(rec)
+        elif op == "del":
+            entries.pop(rec.get("id"), None)
+    return runner, entries
+
+
+def remove_entries(entries: dict[int, dict[str, Any]]) -> list[str]:
+    errors: list[str] = []
+    # processes first (they hold TAP fds and namespaces), then the rest, newest first
+    order = sorted(entries, key=lambda i: (entries[i]["kind"] not in ("process", "netns_procs"), -i))
+    for eid in order:
+        entry = entries[eid]
+        try:
+            REMOVERS[entry["kind"]](entry)
+        except Exception as e:  # keep going: remove everything we can, report the rest
+            errors.append(f"{entry['kind']} {entry.get('name') or entry.get('pid')}: {e}")
+    return errors
+
+
+def stale_journals(directory: Path | None = None) -> list[Path]:
+    d = directory or state_dir()
+    if not d.is_dir():
+        return []
+    out = []
+    for p in sorted(d.glob("*.jsonl")):
+        runner, _ = read_journal(p)
+        if not runner or not proc_alive(runner.get("pid", -1), runner.get("start")):
+            out.append(p)
+    return out
+
+
+def clean_stale(directory: Path | None = None) -> tuple[int, list[str]]:
+    """Remove what dead runs left. Returns (entries removed, errors)."""
+    count, errors = 0, []
+    for p in stale_journals(directory):
+        _, entries = read_journal(p)
+        errs = remove_entries(entries)
+        count += len(entries)
+        errors += errs
+        if not errs:
+            p.unlink()
+    return count, errors
+
+
+# --- removers --------------------------------------------------------------------------
+
+def _kill(pid: int, start: int | None, timeout: float = 2.0) -> None:
+    if not proc_alive(pid, start):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc_alive(pid, start):
+            return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _remove_process(e: dict[str, Any]) -> None:
+    if e.get("pid"):
+        _kill(e["pid"], e.get("start"))
+
+
+def _remove_netns_procs(e: dict[str, Any]) -> None:
+    ns = e.get("netns")
+    if not ns or ns == netns_of(1):
+        return  # never sweep the root namespace
+    for _ in range(3):
+        pids = [int(p.name) for p in Path("/proc").iterdir()
+                if p.name.isdigit() and netns_of(int(p.name)) == ns]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
+def _remove_netns(e: dict[str, Any]) -> None:
+    from pyroute2 import netns
+    if e["name"] in netns.listnetns():
+        netns.remove(e["name"])
+
+
+def _remove_link(e: dict[str, Any]) -> None:
+    from pyroute2 import IPRoute, NetNS
+    ns = e.get("netns")
+    if ns:
+        from pyroute2 import netns as _netns
+        if ns not in _netns.listnetns():
+            return
+    ipr = NetNS(ns) if ns else IPRoute()
+    try:
+        idx = ipr.link_lookup(ifname=e["name"])
+        if idx:
+            ipr.link("del", index=idx[0])
+    finally:
+        ipr.close()
+
+
+def _remove_iptables(e: dict[str, Any]) -> None:
+    pid = e.get("pid")
+    if pid and not proc_alive(pid, e.get("start")):
+        return  # its namespace is gone, and the rule with it
+    prefix = ["nsenter", "-t", str(pid), "-n"] if pid else []
+    subprocess.run(prefix + ["iptables", "-w", "-D", *e["args"]], capture_output=True, check=False)
+
+
+def _remove_path(e: dict[str, Any]) -> None:
+    try:
+        os.unlink(e["path"])
+    except FileNotFoundError:
+        pass
+
+
+REMOVERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "process": _remove_process,
+    "netns_procs": _remove_netns_procs,
+    "netns": _remove_netns,
+    "link": _remove_link,
+    "bridge": _remove_link,
+    "iptables": _remove_iptables,
+    "path": _remove_path,
+}

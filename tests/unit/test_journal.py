@@ -1,0 +1,70 @@
+"""The cleanup journal: record before create, replay after a crash (no root needed)."""
+import json
+import os
+import subprocess
+import sys
+
+from testbed import journal as J
+
+
+def test_record_update_forget_and_cleanup(tmp_path):
+    j = J.Journal(tmp_path)
+    victim = tmp_path / "sock"
+    victim.write_text("x")
+    kept = j.record("path", path=str(victim))
+    gone = j.record("path", path=str(tmp_path / "never-made"))
+    j.forget(gone)
+    assert [e["id"] for e in j.outstanding()] == [kept]
+    assert j.cleanup() == []
+    assert not victim.exists()
+    assert not j.path.exists()
+
+
+def test_stale_journal_of_dead_runner_is_replayed(tmp_path):
+    victim = tmp_path / "left-behind"
+    victim.write_text("x")
+    # a child process journals a file and a sleeping process, then dies without cleaning up
+    code = f"""
+import subprocess, os
+from testbed.journal import Journal
+j = Journal({str(tmp_path)!r})
+j.record("path", path={str(victim)!r})
+p = subprocess.Popen(["sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+j.record_process(p.pid, "sleeper")
+print(p.pid, flush=True)
+os._exit(0)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    sleeper = int(out.stdout.split()[0])
+    assert J.proc_alive(sleeper, None)
+    stale = J.stale_journals(tmp_path)
+    assert len(stale) == 1
+    removed, errors = J.clean_stale(tmp_path)
+    assert (removed, errors) == (2, [])
+    assert not victim.exists()
+    assert not J.proc_alive(sleeper, None)  # gone, or a zombie waiting for init to reap it
+    assert J.stale_journals(tmp_path) == []
+
+
+def test_live_runner_journal_is_not_stale(tmp_path):
+    j = J.Journal(tmp_path)
+    j.record("path", path=str(tmp_path / "x"))
+    assert J.stale_journals(tmp_path) == []
+    j.cleanup()
+
+
+def test_torn_last_line_is_tolerated(tmp_path):
+    p = tmp_path / "1-1.jsonl"
+    p.write_text(json.dumps({"op": "runner", "pid": 999999999, "start": 1}) + "\n"
+                 + json.dumps({"op": "add", "id": 1, "kind": "path", "path": str(tmp_path / "y")}) + "\n"
+                 + '{"op": "add", "id": 2, "ki')
+    runner, entries = J.read_journal(p)
+    assert runner["pid"] == 999999999
+    assert list(entries) == [1]
+
+
+def test_pid_reuse_guard():
+    me = os.getpid()
+    assert J.proc_alive(me, J.proc_start(me))
+    assert not J.proc_alive(me, (J.proc_start(me) or 0) + 12345)
