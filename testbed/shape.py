@@ -59,6 +59,8 @@ class LinkShape:
             raise ShapeError("bw_mbit", "must be > 0")
         if self.queue_pkts < 1:
             raise ShapeError("queue_pkts", "must be >= 1 packet")
+        if self.reorder_pct and not self.delay_ms:
+            raise ShapeError("reorder_pct", "reorder needs a delay: reordered packets skip the delay line")
         if self.jitter_ms > self.delay_ms and self.jitter_ms > 0:
             # netem clamps negative delays to 0; we refuse instead of silently skewing.
             raise ShapeError("jitter_ms", f"jitter ({self.jitter_ms} ms) must not exceed delay ({self.delay_ms} ms)")
@@ -188,14 +190,14 @@ def parse_params(params: Mapping[str, Any], base: LinkShape | None = None) -> Li
     """Turn user-facing parameters ({'delay': '10ms', 'loss': '1%'}) into a LinkShape.
 
     Unknown names raise ShapeError naming the field and listing the allowed ones.
-    ``bw: none`` (or null) removes a rate limit. Values not given keep ``base``'s.
+    ``bw: none`` / ``off`` (or null) removes a rate limit; ``bw: 0`` is an error. Values not given keep ``base``'s.
     """
     changes: dict[str, Any] = {}
     for name, value in params.items():
         if name not in SHAPE_FIELDS:
             raise ShapeError(name, "unknown link parameter; allowed: " + ", ".join(SHAPE_FIELDS))
         attr, parser = SHAPE_FIELDS[name]
-        if name == "bw" and (value is None or str(value).lower() in ("none", "off", "0")):
+        if name == "bw" and (value is None or str(value).lower() in ("none", "off")):
             changes[attr] = None
             continue
         changes[attr] = parser(name, value)

@@ -40,3 +40,16 @@ def test_identity_and_describe():
     s = LinkShape(delay_ms=10, jitter_ms=1, loss_pct=0.5, bw_mbit=20)
     assert not s.is_identity
     assert s.describe() == "delay=10ms jitter=1ms loss=0.5% bw=20Mbit"
+
+
+def test_zero_rate_is_an_error_not_unlimited():
+    with pytest.raises(ShapeError) as e:
+        parse_params({"bw": 0})
+    assert e.value.field == "bw"
+
+
+def test_reorder_needs_delay():
+    with pytest.raises(ShapeError) as e:
+        parse_params({"reorder": "5%"})
+    assert e.value.field == "reorder"
+    assert parse_params({"reorder": "5%", "delay": "10ms"}).reorder_pct == 5.0

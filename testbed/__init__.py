@@ -1,0 +1,1 @@
+"""minimesh testbed: topologies, link emulation, network lifecycle and CLI."""
