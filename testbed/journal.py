@@ -15,8 +15,9 @@ is dead and removes exactly what they list: no pattern-matching sweeps.
 Kinds (each has a remover in :data:`REMOVERS`):
 
 - ``process``: pid, start (``/proc/PID/stat`` start time, guards against PID reuse)
-- ``netns_procs``: netns (``net:[inode]``), pid (a process inside): every process in that
-  network namespace is killed, so an unnamed Mininet namespace disappears with them
+- ``netns_procs``: pin (a file the namespace is bind-mounted on, see :func:`pin_netns`):
+  every process in that network namespace is killed and the pin removed, so an unnamed
+  Mininet namespace disappears. The pin keeps the inode from being reused meanwhile.
 - ``netns``: name (a named namespace under /run/netns)
 - ``link``: name, netns (name or None for the root namespace)
 - ``bridge``: name
@@ -25,6 +26,7 @@ Kinds (each has a remover in :data:`REMOVERS`):
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -72,6 +74,7 @@ class Journal:
         self.dir = Path(directory) if directory else state_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
         me = os.getpid()
+        self.owner = me  # a forked child (e.g. pyroute2's netns helper) must never clean up
         self.run_id = run_id or f"{me}-{proc_start(me)}"
         self.path = self.dir / f"{self.run_id}.jsonl"
         self._entries: dict[int, dict[str, Any]] = {}
@@ -112,12 +115,16 @@ class Journal:
 
     def cleanup(self) -> list[str]:
         """Remove every outstanding entry (newest first) and delete the journal file."""
+        if os.getpid() != self.owner:
+            return []
         errors = remove_entries(self._entries)
         self._entries.clear()
         self.close(delete=not errors)
         return errors
 
     def close(self, delete: bool = True) -> None:
+        if os.getpid() != self.owner:
+            return
         if not self._fh.closed:
             self._fh.close()
         if delete:
@@ -151,8 +158,10 @@ def read_journal(path: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]
 
 def remove_entries(entries: dict[int, dict[str, Any]]) -> list[str]:
     errors: list[str] = []
-    # processes first (they hold TAP fds and namespaces), then the rest, newest first
-    order = sorted(entries, key=lambda i: (entries[i]["kind"] not in ("process", "netns_procs"), -i))
+    # namespaces' processes first (while their holder still proves the inode is theirs),
+    # then other processes (they hold TAP fds), then the rest; newest first within each
+    rank = {"netns_procs": 0, "process": 1}
+    order = sorted(entries, key=lambda i: (rank.get(entries[i]["kind"], 2), -i))
     for eid in order:
         entry = entries[eid]
         try:
@@ -213,20 +222,57 @@ def _remove_process(e: dict[str, Any]) -> None:
 
 
 def _remove_netns_procs(e: dict[str, Any]) -> None:
+    pin = e.get("pin")
     ns = e.get("netns")
-    if not ns or ns == netns_of(1):
-        return  # never sweep the root namespace
-    for _ in range(3):
-        pids = [int(p.name) for p in Path("/proc").iterdir()
-                if p.name.isdigit() and netns_of(int(p.name)) == ns]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
+    if pin and os.path.exists(pin):
+        # The pin (a bind mount of the namespace, like `ip netns add` makes) keeps the
+        # namespace alive, so its inode cannot have been reused by an unrelated one.
+        try:
+            ns = f"net:[{os.stat(pin).st_ino}]"
+        except OSError:
+            ns = None
+    elif pin:
+        return  # never pinned: the run died before the namespace existed
+    if ns and ns not in (netns_of(1), netns_of(os.getpid())):  # never our own namespace
+        for _ in range(5):
+            pids = [int(p.name) for p in Path("/proc").iterdir()
+                    if p.name.isdigit() and netns_of(int(p.name)) == ns]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+    if pin:
+        unpin_netns(pin)
+
+
+def pin_netns(pid: int, pin: str) -> str:
+    """Bind-mount /proc/PID/ns/net on ``pin`` (as `ip netns` does); returns ``net:[inode]``."""
+    Path(pin).parent.mkdir(parents=True, exist_ok=True)
+    Path(pin).touch()
+    if _libc().mount(f"/proc/{pid}/ns/net".encode(), pin.encode(), None, _MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        os.unlink(pin)
+        raise OSError(err, f"bind-mount of the namespace of {pid} on {pin}: {os.strerror(err)}")
+    return f"net:[{os.stat(pin).st_ino}]"
+
+
+def unpin_netns(pin: str) -> None:
+    _libc().umount2(pin.encode(), _MNT_DETACH)  # fails harmlessly if not mounted
+    try:
+        os.unlink(pin)
+    except FileNotFoundError:
+        pass
+
+
+_MS_BIND, _MNT_DETACH = 4096, 2
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _remove_netns(e: dict[str, Any]) -> None:
@@ -236,19 +282,20 @@ def _remove_netns(e: dict[str, Any]) -> None:
 
 
 def _remove_link(e: dict[str, Any]) -> None:
-    from pyroute2 import IPRoute, NetNS
+    """Delete an interface; ``netns`` is a named netns, a /proc/PID/ns/net path, or None (root)."""
+    from pyroute2 import IPRoute
+    from pyroute2 import netns as _netns
     ns = e.get("netns")
-    if ns:
-        from pyroute2 import netns as _netns
-        if ns not in _netns.listnetns():
-            return
-    ipr = NetNS(ns) if ns else IPRoute()
-    try:
+    if ns and ns.startswith("/"):
+        # an interface inside a Mininet host's (unnamed) namespace: it goes when that
+        # namespace's processes are killed (netns_procs entry) or its TAP's holder dies
+        return
+    if ns and ns not in _netns.listnetns():
+        return
+    with (IPRoute(netns=ns) if ns else IPRoute()) as ipr:
         idx = ipr.link_lookup(ifname=e["name"])
         if idx:
             ipr.link("del", index=idx[0])
-    finally:
-        ipr.close()
 
 
 def _remove_iptables(e: dict[str, Any]) -> None:
