@@ -1,0 +1,1 @@
+"""minimesh service mesh: registry, control plane (Galley, Pilot) and rules."""

@@ -1,0 +1,593 @@
+"""etcd itself: cluster members as data, their exact command lines, a launcher with an
+injected ``spawn``, what etcd's JSON gateway speaks, and what its logs say.
+
+    cluster = EtcdCluster.local(3, data_root=tmp, heartbeat_ms=50, election_ms=500)
+    with EtcdRunner(cluster, spawn=local_spawn) as run:     # loopback: plain subprocesses
+        run.wait_healthy(10)
+        old = run.leader(); run.crash(old.name); run.wait_leader(5, exclude=(old.name,))
+
+On Mininet the members run on hosts, started by the net builder and probed from inside
+the hosts (the root namespace cannot reach them)::
+
+    run = EtcdRunner(cluster, spawn=lambda m, argv: tb.popen(m.run_on, argv),
+                     probe=popen_probe(tb.popen))
+
+Every member logs JSON lines (``--logger zap``) to ``cluster.log_file(member)``;
+:func:`scan_log` turns them into heartbeat warnings, elections and leader changes.
+The wire helpers (``b64e``, ``range_request``, ``parse_watch_message`` ...) are pure: the
+async client in :mod:`testbed.mesh.registry` only moves their dicts over HTTP.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+DEFAULT_HEARTBEAT_MS = 100    # etcd's own defaults
+DEFAULT_ELECTION_MS = 1000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# --- the cluster as data ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EtcdMember:
+    """One etcd member: its name, the IP it serves on, and the host that runs it."""
+
+    name: str
+    ip: str
+    client_port: int = 2379
+    peer_port: int = 2380
+    host: str = ""  # Mininet host running it; "" means the host called `name`
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"etcd member name {self.name!r}: use letters, digits, '_', '.', '-'")
+        try:
+            ipaddress.IPv4Address(self.ip)
+        except ValueError:
+            raise ValueError(f"etcd member {self.name}: ip {self.ip!r} is not an IPv4 address") from None
+        for what, port in (("client_port", self.client_port), ("peer_port", self.peer_port)):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"etcd member {self.name}: {what} {port} not in 1..65535")
+        if self.client_port == self.peer_port:
+            raise ValueError(f"etcd member {self.name}: client_port and peer_port are both {self.peer_port}")
+
+    @property
+    def run_on(self) -> str:
+        return self.host or self.name
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.ip}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:{self.peer_port}"
+
+
+@dataclass(frozen=True)
+class EtcdCluster:
+    """A static etcd cluster. ``election_ms`` must be >= 5 x ``heartbeat_ms`` (etcd refuses
+    to start otherwise) and <= 50000; etcd's defaults are 100 / 1000 ms."""
+
+    members: tuple[EtcdMember, ...]
+    data_root: str
+    heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
+    election_ms: int = DEFAULT_ELECTION_MS
+    token: str = "minimesh-etcd"
+    watch_progress_ms: int = 1000   # progress notifications keep idle watches visibly alive
+    log_root: str = ""          # "" -> data_root
+    binary: str = "etcd"
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("etcd cluster: members is empty; list at least one member")
+        names = [m.name for m in self.members]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"etcd cluster: member names repeated: {', '.join(dup)}")
+        seen: dict[tuple[str, int], str] = {}
+        for m in self.members:
+            places = {(m.ip, m.client_port), (m.ip, m.peer_port)}
+            if m.ip != "127.0.0.1":  # it also listens on its host's own loopback
+                places.add((f"127.0.0.1 of host {m.run_on}", m.client_port))
+            for place in sorted(places):
+                if place in seen:
+                    raise ValueError(f"etcd cluster: {m.name} and {seen[place]} both use "
+                                     f"{place[0]} port {place[1]}")
+                seen[place] = m.name
+        if self.heartbeat_ms < 1:
+            raise ValueError(f"etcd cluster: heartbeat_ms {self.heartbeat_ms} must be >= 1")
+        if self.watch_progress_ms < 1:
+            raise ValueError(f"etcd cluster: watch_progress_ms {self.watch_progress_ms} must be >= 1")
+        if not 5 * self.heartbeat_ms <= self.election_ms <= 50000:
+            raise ValueError(f"etcd cluster: election_ms {self.election_ms} must be between "
+                             f"5 x heartbeat_ms ({5 * self.heartbeat_ms}) and 50000")
+
+    @classmethod
+    def local(cls, n: int, data_root: str, ports: Sequence[int] | None = None, **kw: Any) -> "EtcdCluster":
+        """``n`` members on 127.0.0.1 (loopback tests); ``ports`` gives 2n distinct ports
+        (client, peer per member), default free ports picked by the kernel."""
+        ports = list(ports) if ports is not None else free_ports(2 * n)
+        if len(ports) != 2 * n:
+            raise ValueError(f"etcd cluster: {n} members need {2 * n} ports, got {len(ports)}")
+        members = tuple(EtcdMember(f"e{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1])
+                        for i in range(n))
+        return cls(members, data_root, **kw)
+
+    def member(self, name: str) -> EtcdMember:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(f"no etcd member {name!r}; members: {', '.join(m.name for m in self.members)}")
+
+    def member_id(self, m: EtcdMember) -> int:
+        """The raft member ID etcd derives for an initial member (sha1 of its peer URL and
+        the cluster token), as in status replies; logs print it in hex."""
+        return int.from_bytes(hashlib.sha1((m.peer_url + self.token).encode()).digest()[:8], "big")
+
+    def member_by_id(self, member_id: int | str) -> EtcdMember | None:
+        """The member with this ID (an int, or hex as in the logs); None if unknown."""
+        mid = int(member_id, 16) if isinstance(member_id, str) else member_id
+        return next((m for m in self.members if self.member_id(m) == mid), None)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(m.client_url for m in self.members)
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def data_dir(self, m: EtcdMember) -> str:
+        return os.path.join(self.data_root, f"{m.name}.etcd")
+
+    def log_file(self, m: EtcdMember) -> str:
+        return os.path.join(self.log_root or self.data_root, f"{m.name}.log")
+
+    def read_log(self, m: EtcdMember) -> list["LogEvent"]:
+        """:func:`scan_log` of member ``m``'s log file ([] before it exists)."""
+        try:
+            with open(self.log_file(m), errors="replace") as f:
+                return scan_log(f)
+        except FileNotFoundError:
+            return []
+
+    def argv(self, m: EtcdMember) -> list[str]:
+        """The exact etcd command line of member ``m``."""
+        listen = [m.client_url] + ([] if m.ip == "127.0.0.1" else [f"http://127.0.0.1:{m.client_port}"])
+        return [self.binary,
+                "--name", m.name,
+                "--data-dir", self.data_dir(m),
+                "--listen-client-urls", ",".join(listen),
+                "--advertise-client-urls", m.client_url,
+                "--listen-peer-urls", m.peer_url,
+                "--initial-advertise-peer-urls", m.peer_url,
+                "--initial-cluster", self.initial_cluster,
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", self.token,
+                "--pre-vote",
+                "--heartbeat-interval", str(self.heartbeat_ms),
+                "--election-timeout", str(self.election_ms),
+                "--experimental-watch-progress-notify-interval", f"{self.watch_progress_ms}ms",
+                "--logger", "zap",
+                "--log-outputs", self.log_file(m),
+                *self.extra_args]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now (kernel-chosen)."""
+    import socket
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --- launching -----------------------------------------------------------------------------
+
+Spawn = Callable[[EtcdMember, Sequence[str]], Any]        # -> Popen-like handle
+Probe = Callable[[EtcdMember, float], "MemberStatus | None"]
+
+
+def local_spawn(member: EtcdMember, argv: Sequence[str]) -> subprocess.Popen:
+    """Run a member as a plain subprocess (loopback tests). etcd logs to ``--log-outputs``;
+    stdout/stderr (fatal start-up errors only) go to ``<log>.stderr``. The member gets
+    SIGKILL when the spawning *thread* dies (PR_SET_PDEATHSIG), so a killed test run leaves
+    no etcd behind: spawn from a thread that outlives the cluster (e.g. the main thread)."""
+    with open(stderr_file(argv), "ab") as err:
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
+def stderr_file(argv: Sequence[str]) -> str:
+    return list(argv)[list(argv).index("--log-outputs") + 1] + ".stderr"
+
+
+def http_probe(member: EtcdMember, timeout_s: float) -> "MemberStatus | None":
+    """``/v3/maintenance/status`` of ``member`` over HTTP from this namespace; None if it
+    does not answer."""
+    req = urllib.request.Request(member.client_url + "/v3/maintenance/status", data=b"{}",
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return MemberStatus.from_json(json.loads(resp.read()))
+    except (OSError, ValueError):
+        return None
+
+
+def popen_probe(popen: Callable[[str, Sequence[str]], subprocess.Popen]) -> Probe:
+    """A probe that runs ``curl`` inside the member's host (``popen`` is ``Testbed.popen``),
+    for members in network namespaces the caller cannot reach."""
+    def probe(member: EtcdMember, timeout_s: float) -> MemberStatus | None:
+        argv = ["curl", "-s", "-m", f"{timeout_s:.3f}", "-X", "POST", "-d", "{}",
+                f"http://127.0.0.1:{member.client_port}/v3/maintenance/status"]
+        proc = popen(member.run_on, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            out, _ = proc.communicate(timeout=timeout_s + 2)
+            return MemberStatus.from_json(json.loads(out)) if proc.returncode == 0 else None
+        except (subprocess.TimeoutExpired, ValueError):
+            proc.kill()
+            proc.wait()
+            return None
+    return probe
+
+
+class EtcdRunner:
+    """A running :class:`EtcdCluster`: start/stop, crash/restart/pause/resume by member
+    name, health and leader from each member's own status."""
+
+    def __init__(self, cluster: EtcdCluster, spawn: Spawn = local_spawn, probe: Probe = http_probe):
+        self.cluster = cluster
+        self._spawn = spawn
+        self._probe = probe
+        self.handles: dict[str, Any] = {}
+
+    def __enter__(self) -> "EtcdRunner":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        Path(self.cluster.data_root).mkdir(parents=True, exist_ok=True)
+        Path(self.cluster.log_root or self.cluster.data_root).mkdir(parents=True, exist_ok=True)
+        try:
+            for m in self.cluster.members:
+                self.restart(m.name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM every member still running, SIGKILL after ``timeout_s``; idempotent."""
+        for name in list(self.handles):
+            self.crash(name, signal.SIGTERM, timeout_s)
+
+    def running(self, name: str) -> bool:
+        h = self.handles.get(name)
+        return h is not None and h.poll() is None
+
+    def restart(self, name: str) -> None:
+        """(Re)start member ``name`` on its existing data dir (etcd then ignores the
+        ``--initial-cluster*`` flags and rejoins from its WAL)."""
+        m = self.cluster.member(name)
+        if self.running(name):
+            raise RuntimeError(f"etcd member {name} is already running (pid {self.handles[name].pid})")
+        self.handles[name] = self._spawn(m, self.cluster.argv(m))
+
+    def crash(self, name: str, sig: int = signal.SIGKILL, timeout_s: float = 5.0) -> None:
+        """Send ``sig`` to member ``name`` and reap it (SIGKILL if it outlives ``timeout_s``)."""
+        h = self.handles.pop(name, None)
+        if h is None:
+            return
+        if h.poll() is None:
+            h.send_signal(sig)
+            if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+                h.send_signal(signal.SIGCONT)   # a paused member must wake up to see it
+            try:
+                h.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                h.kill()
+                h.wait()
+        for stream in (getattr(h, "stdout", None), getattr(h, "stderr", None)):
+            if stream is not None:
+                stream.close()
+
+    def pause(self, name: str) -> None:
+        self.handles[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.handles[name].send_signal(signal.SIGCONT)
+
+    def status(self, name: str, timeout_s: float = 1.0) -> "MemberStatus | None":
+        return self._probe(self.cluster.member(name), timeout_s) if self.running(name) else None
+
+    def statuses(self, timeout_s: float = 1.0) -> dict[str, "MemberStatus | None"]:
+        return {m.name: self.status(m.name, timeout_s) for m in self.cluster.members}
+
+    def leader(self, timeout_s: float = 1.0) -> EtcdMember | None:
+        """The leader as seen by the answering member with the highest raft term, or None
+        when no answering member knows one (no quorum, election in progress)."""
+        knowing = [s for s in self.statuses(timeout_s).values() if s is not None and s.leader_id]
+        if not knowing:
+            return None
+        return self.cluster.member_by_id(max(knowing, key=lambda s: s.raft_term).leader_id)
+
+    def wait_leader(self, timeout_s: float, exclude: Iterable[str] = ()) -> EtcdMember:
+        deadline = time.monotonic() + timeout_s
+        excluded = set(exclude)
+        while True:
+            m = self.leader(0.5)
+            if m is not None and m.name not in excluded:
+                return m
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd: no leader (other than {sorted(excluded)}) within {timeout_s}s; "
+                                   f"statuses: {self._describe()}")
+            time.sleep(0.05)
+
+    def wait_healthy(self, timeout_s: float, members: Iterable[str] | None = None) -> EtcdMember:
+        """Wait until every listed running member answers and all agree on one leader;
+        returns the leader. Raises TimeoutError naming what each member said."""
+        names = list(members) if members is not None else [m.name for m in self.cluster.members]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for n in names:
+                h = self.handles.get(n)
+                if h is not None and h.poll() is not None:
+                    m = self.cluster.member(n)
+                    try:
+                        err = Path(stderr_file(self.cluster.argv(m))).read_text(errors="replace")[-400:]
+                    except OSError:
+                        err = ""
+                    raise RuntimeError(f"etcd member {n} exited with {h.returncode}: {err.strip()} "
+                                       f"(log: {self.cluster.log_file(m)})")
+            st = {n: self.status(n, 0.5) for n in names}
+            leaders = {s.leader_id for s in st.values() if s is not None}
+            if all(s is not None for s in st.values()) and len(leaders) == 1 and 0 not in leaders:
+                leader = self.cluster.member_by_id(leaders.pop())
+                if leader is not None:
+                    return leader
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd not healthy within {timeout_s}s: {self._describe()}")
+            time.sleep(0.05)
+
+    def _describe(self) -> str:
+        parts = []
+        for n, s in self.statuses(0.5).items():
+            parts.append(f"{n}: " + ("down" if not self.running(n) else "no answer" if s is None
+                                     else f"term {s.raft_term} leader {self._name(s.leader_id)}"))
+        return "; ".join(parts)
+
+    def _name(self, member_id: int) -> str:
+        m = self.cluster.member_by_id(member_id)
+        return m.name if m else ("none" if member_id == 0 else f"{member_id:x}")
+
+
+# --- the JSON gateway's wire format (pure) ----------------------------------------------------
+
+def b64e(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def b64d(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def _i(d: Mapping[str, Any], key: str) -> int:
+    """int64 fields arrive as strings and are omitted when zero."""
+    return int(d.get(key) or 0)
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """etcd's range_end for "every key starting with prefix" (clientv3.GetPrefixRangeEnd)."""
+    b = bytearray(prefix)
+    for i in range(len(b) - 1, -1, -1):
+        if b[i] < 0xFF:
+            b[i] += 1
+            return bytes(b[: i + 1])
+    return b"\0"  # all 0xff (or empty): every key
+
+
+def _key(key: bytes | str) -> bytes:
+    return key.encode() if isinstance(key, str) else key
+
+
+def range_request(key: bytes | str, *, prefix: bool = False, serializable: bool = False,
+                  revision: int = 0, limit: int = 0) -> dict[str, Any]:
+    k = _key(key)
+    req: dict[str, Any] = {"key": b64e(k)}
+    if prefix:
+        req["range_end"] = b64e(prefix_end(k))
+    if serializable:
+        req["serializable"] = True
+    if revision:
+        req["revision"] = revision
+    if limit:
+        req["limit"] = limit
+    return req
+
+
+def put_request(key: bytes | str, value: bytes | str, *, lease: int = 0) -> dict[str, Any]:
+    req: dict[str, Any] = {"key": b64e(_key(key)), "value": b64e(value)}
+    if lease:
+        req["lease"] = str(lease)
+    return req
+
+
+def delete_request(key: bytes | str, *, prefix: bool = False) -> dict[str, Any]:
+    k = _key(key)
+    return {"key": b64e(k), **({"range_end": b64e(prefix_end(k))} if prefix else {})}
+
+
+def compare(key: bytes | str, target: str, value: Any, result: str = "EQUAL") -> dict[str, Any]:
+    """A txn compare: ``target`` VALUE (value bytes/str), MOD/CREATE (revision) or VERSION."""
+    field_name = {"VALUE": "value", "MOD": "mod_revision", "CREATE": "create_revision",
+                  "VERSION": "version"}.get(target)
+    if field_name is None:
+        raise ValueError(f"compare target {target!r}: allowed VALUE, MOD, CREATE, VERSION")
+    if result not in ("EQUAL", "GREATER", "LESS", "NOT_EQUAL"):
+        raise ValueError(f"compare result {result!r}: allowed EQUAL, GREATER, LESS, NOT_EQUAL")
+    v = b64e(value) if target == "VALUE" else str(int(value))
+    return {"key": b64e(_key(key)), "target": target, "result": result, field_name: v}
+
+
+def txn_request(compares: Sequence[dict], success: Sequence[dict], failure: Sequence[dict] = ()) -> dict:
+    """``success``/``failure`` ops are ``{"request_put": put_request(...)}``,
+    ``{"request_range": ...}`` or ``{"request_delete_range": ...}``."""
+    return {"compare": list(compares), "success": list(success), "failure": list(failure)}
+
+
+def watch_request(key: bytes | str, *, prefix: bool = True, start_revision: int = 0,
+                  prev_kv: bool = False) -> dict[str, Any]:
+    """Always asks for progress notifications (empty responses carrying the revision, every
+    ``watch_progress_ms``), so a client can tell a quiet stream from a dead one."""
+    req = range_request(key, prefix=prefix)
+    req["progress_notify"] = True
+    if start_revision:
+        req["start_revision"] = start_revision
+    if prev_kv:
+        req["prev_kv"] = True
+    return {"create_request": req}
+
+
+@dataclass(frozen=True)
+class KV:
+    key: bytes
+    value: bytes
+    create_revision: int = 0
+    mod_revision: int = 0
+    version: int = 0
+    lease: int = 0
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "KV":
+        return cls(b64d(d.get("key")), b64d(d.get("value")), _i(d, "create_revision"),
+                   _i(d, "mod_revision"), _i(d, "version"), _i(d, "lease"))
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str                 # "PUT" or "DELETE"
+    kv: KV
+    prev_kv: KV | None = None
+    revision: int = 0         # header revision of the response that carried it
+
+    @property
+    def key(self) -> bytes:
+        return self.kv.key
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """``/v3/maintenance/status`` of one member. IDs are ints; logs print them in hex."""
+
+    member_id: int
+    leader_id: int            # 0: this member knows no leader
+    raft_term: int
+    raft_index: int
+    revision: int
+    version: str = ""
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "MemberStatus":
+        h = d.get("header") or {}
+        return cls(_i(h, "member_id"), _i(d, "leader"), _i(d, "raftTerm"), _i(d, "raftIndex"),
+                   _i(h, "revision"), str(d.get("version", "")), tuple(d.get("errors") or ()))
+
+
+class WatchError(Exception):
+    """The watch stream failed (no leader, cancelled by the server, stream ended)."""
+
+
+class WatchCompacted(WatchError):
+    def __init__(self, compact_revision: int):
+        super().__init__(f"watch start revision was compacted (compact_revision {compact_revision}); re-list")
+        self.compact_revision = compact_revision
+
+
+def parse_watch_message(msg: Mapping[str, Any]) -> tuple[int, list[WatchEvent], bool]:
+    """One line of the gateway's watch stream -> (header revision, events, created).
+    Raises WatchError for an error line or a cancelled watch."""
+    if "error" in msg:
+        err = msg["error"]
+        text = err.get("message") if isinstance(err, Mapping) else str(err)
+        raise WatchError(f"watch failed: {text}")
+    res = msg.get("result")
+    if not isinstance(res, Mapping):
+        raise WatchError(f"watch stream sent an unexpected line: {str(msg)[:200]}")
+    rev = _i(res.get("header") or {}, "revision")
+    if res.get("compact_revision") and res.get("canceled"):
+        raise WatchCompacted(_i(res, "compact_revision"))
+    if res.get("canceled"):
+        raise WatchError(f"watch cancelled by the server: {res.get('cancel_reason') or 'no reason given'}")
+    events = [WatchEvent(str(e.get("type") or "PUT"), KV.from_json(e.get("kv") or {}),
+                         KV.from_json(e["prev_kv"]) if e.get("prev_kv") else None, rev)
+              for e in res.get("events") or ()]
+    return rev, events, bool(res.get("created"))
+
+
+# --- what the logs say ---------------------------------------------------------------------
+
+_ELECTED = re.compile(r"raft\.node: (\w+) elected leader (\w+) at term (\d+)")
+_CHANGED = re.compile(r"raft\.node: (\w+) changed leader from (\w+) to (\w+) at term (\d+)")
+_LOST = re.compile(r"raft\.node: (\w+) lost leader (\w+) at term (\d+)")
+_CAMPAIGN = re.compile(r"(\w+) became (pre-candidate|candidate) at term (\d+)")
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    ts: str
+    kind: str     # heartbeat_late | slow_request | leader | lost_leader | campaign
+    term: int = 0
+    leader: str = ""          # hex member id (as logged)
+    detail: str = ""
+
+
+def scan_log(lines: Iterable[str]) -> list[LogEvent]:
+    """The events experiments look for in one member's zap log (JSON lines)."""
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        msg, ts = str(rec.get("msg", "")), str(rec.get("ts", ""))
+        if "failed to send out heartbeat on time" in msg:
+            out.append(LogEvent(ts, "heartbeat_late", detail=str(rec.get("exceeded-duration", ""))))
+        elif "took too long" in msg:
+            out.append(LogEvent(ts, "slow_request", detail=str(rec.get("took", ""))))
+        elif m := _ELECTED.search(msg):
+            out.append(LogEvent(ts, "leader", int(m[3]), m[2]))
+        elif m := _CHANGED.search(msg):
+            out.append(LogEvent(ts, "leader", int(m[4]), m[3]))
+        elif m := _LOST.search(msg):
+            out.append(LogEvent(ts, "lost_leader", int(m[3]), m[2]))
+        elif m := _CAMPAIGN.search(msg):
+            out.append(LogEvent(ts, "campaign", int(m[3]), detail=m[2]))
+    return out

@@ -1,0 +1,410 @@
+"""Istio networking rules from YAML, keeping file:line for every field.
+
+`parse_rules(text, file)` turns a multi-document YAML text into frozen
+`VirtualService` / `DestinationRule` values plus schema `Message`s (IST0106 and
+MM0002). A resource with a schema error is reported and left out, never half-kept.
+Cross-resource checks (unknown hosts, subsets, weights, unreachable matches) live
+in galley.py.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import yaml
+
+from .model import (ERROR, Destination, DestinationRule, Fault, HTTPMatch, HTTPRoute, Message,
+                    OutlierDetection, Retries, RouteDestination, StringMatch, Subset,
+                    TrafficPolicy, VirtualService)
+
+API_GROUPS = ("networking.istio.io/v1", "networking.istio.io/v1beta1",
+              "networking.istio.io/v1alpha3")
+NOT_YET = {"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}
+LB_SIMPLE = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+
+
+# ---------------------------------------------------------------- YAML with lines
+@dataclass
+class Y:
+    """A YAML node: `v` is a str/int/float/bool/None, a dict[str, Y] or a list[Y]."""
+
+    v: Any
+    line: int
+
+    def plain(self) -> Any:
+        if isinstance(self.v, dict):
+            return {k: c.plain() for k, c in self.v.items()}
+        if isinstance(self.v, list):
+            return [c.plain() for c in self.v]
+        return self.v
+
+
+def _to_y(node: yaml.Node, loader: yaml.SafeLoader) -> Y:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        return Y({str(k.value): _to_y(v, loader) for k, v in node.value}, line)
+    if isinstance(node, yaml.SequenceNode):
+        return Y([_to_y(c, loader) for c in node.value], line)
+    return Y(loader.construct_object(node), line)
+
+
+def load_documents(text: str) -> list[Y]:
+    """All non-empty documents of a YAML text, as line-carrying `Y` trees."""
+    loader = yaml.SafeLoader("")
+    return [_to_y(n, loader) for n in yaml.compose_all(text, Loader=yaml.SafeLoader)
+            if n is not None]
+
+
+# ---------------------------------------------------------------- schema reader
+_RE2_ONLY = re.compile(r"\(\?(?:=|!|<=|<!|>|P=|\()|\\[1-9]")
+_DUR = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def parse_duration_ms(text: str) -> int:
+    """'1.5s', '100ms', '3m', '1h30m' -> milliseconds; ValueError otherwise."""
+    s = str(text).strip()
+    if not s or _DUR.sub("", s):
+        raise ValueError(f"bad duration {text!r}: use a number with a unit h, m, s or ms "
+                         "(e.g. 1.5s, 100ms, 3m)")
+    mult = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+    return round(sum(float(n) * mult[u] for n, u in _DUR.findall(s)))
+
+
+class _Reader:
+    """Typed field access that records IST0106 messages with file:line."""
+
+    def __init__(self, file: str, resource: str) -> None:
+        self.file, self.resource = file, resource
+        self.messages: list[Message] = []
+
+    def err(self, y: Y, path: str, text: str) -> None:
+        self.messages.append(Message("IST0106", ERROR, f"Schema validation error: {path}: "
+                                     f"{text}", self.file, y.line, self.resource))
+
+    def fields(self, y: Y, path: str, allowed: tuple[str, ...],
+               unsupported: tuple[str, ...] = ()) -> dict[str, Y]:
+        if not isinstance(y.v, dict):
+            self.err(y, path, f"expected a mapping, got {_kind(y.v)}")
+            return {}
+        for k, c in y.v.items():
+            if k in unsupported:
+                self.messages.append(Message(
+                    "MM0002", ERROR, f"{path}.{k}: not supported by minimesh yet",
+                    self.file, c.line, self.resource))
+            elif k not in allowed:
+                self.err(c, f"{path}.{k}", f"unknown field; allowed: {', '.join(allowed)}")
+        return {k: c for k, c in y.v.items() if k in allowed}
+
+    def items(self, y: Y | None, path: str) -> Iterator[tuple[str, Y]]:
+        if y is None:
+            return
+        if not isinstance(y.v, list):
+            self.err(y, path, f"expected a list, got {_kind(y.v)}")
+            return
+        for i, c in enumerate(y.v):
+            yield f"{path}[{i}]", c
+
+    def string(self, y: Y | None, path: str) -> str:
+        if y is None or y.v is None:
+            return ""
+        if not isinstance(y.v, str) or not y.v:
+            self.err(y, path, f"expected a non-empty string, got {_kind(y.v)}")
+            return ""
+        return y.v
+
+    def integer(self, y: Y | None, path: str, lo: int = 0, hi: int = 2**32 - 1) -> int | None:
+        if y is None:
+            return None
+        if isinstance(y.v, bool) or not isinstance(y.v, int) or not lo <= y.v <= hi:
+            self.err(y, path, f"expected an integer in {lo}..{hi}, got {y.v!r}")
+            return None
+        return y.v
+
+    def duration(self, y: Y | None, path: str) -> int | None:
+        if y is None:
+            return None
+        try:
+            return parse_duration_ms(y.v)
+        except ValueError as e:
+            self.err(y, path, str(e))
+            return None
+
+    def percentage(self, y: Y | None, path: str) -> float:
+        if y is None:
+            return 100.0
+        f = self.fields(y, path, ("value",))
+        v = f.get("value")
+        if v is None or isinstance(v.v, bool) or not isinstance(v.v, (int, float)) \
+                or not 0 <= v.v <= 100:
+            self.err(v or y, f"{path}.value", f"percentage must be a number in 0..100, "
+                     f"got {None if v is None else v.v!r}")
+            return 100.0
+        return float(v.v)
+
+    def labels(self, y: Y | None, path: str) -> tuple[tuple[str, str], ...]:
+        if y is None:
+            return ()
+        if not isinstance(y.v, dict):
+            self.err(y, path, f"expected a mapping of labels, got {_kind(y.v)}")
+            return ()
+        return tuple(sorted((k, str(c.v)) for k, c in y.v.items()))
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(v), repr(v))
+
+
+# ---------------------------------------------------------------- parsers
+def _string_match(r: _Reader, y: Y, path: str) -> StringMatch | None:
+    f = r.fields(y, path, ("exact", "prefix", "regex"))
+    if len(f) != 1:
+        r.err(y, path, "give exactly one of exact, prefix, regex")
+        return None
+    (kind, val), = f.items()
+    s = r.string(val, f"{path}.{kind}")
+    if kind == "regex" and s:
+        problem = _RE2_ONLY.search(s)
+        try:
+            re.compile(s)
+        except re.error as e:
+            problem = e
+        if problem is not None:
+            why = problem if isinstance(problem, re.error) else \
+                f"{problem.group(0)!r} is not RE2 syntax (Envoy uses RE2: no lookaround, " \
+                "backreferences or atomic groups)"
+            r.messages.append(Message("IST0122", ERROR, f"Field {path}.regex regular expression "
+                                      f"invalid: {s!r} ({why})", r.file, val.line, r.resource))
+            return None
+    return StringMatch(kind, s)
+
+
+def _destination(r: _Reader, y: Y, path: str) -> Destination:
+    f = r.fields(y, path, ("host", "subset", "port"))
+    port = None
+    if "port" in f:
+        pf = r.fields(f["port"], f"{path}.port", ("number",))
+        port = r.integer(pf.get("number"), f"{path}.port.number", 1, 65535)
+    if "host" not in f:
+        r.err(y, f"{path}.host", "required field missing")
+    return Destination(r.string(f.get("host"), f"{path}.host"),
+                       r.string(f.get("subset"), f"{path}.subset"), port, y.line)
+
+
+def _match(r: _Reader, y: Y, path: str) -> HTTPMatch:
+    f = r.fields(y, path, ("name", "uri", "headers", "sourceLabels", "method"),
+                 ("authority", "queryParams", "ignoreUriCase", "port", "gateways",
+                  "scheme", "withoutHeaders", "sourceNamespace", "statPrefix"))
+    uri = _string_match(r, f["uri"], f"{path}.uri") if "uri" in f else None
+    headers = []
+    hy = f.get("headers")
+    if hy is not None and not isinstance(hy.v, dict):
+        r.err(hy, f"{path}.headers", "expected a mapping of header name -> match")
+    elif hy is not None:
+        for name, c in hy.v.items():
+            m = _string_match(r, c, f"{path}.headers.{name}")
+            if m:
+                headers.append((name.lower(), m))
+    if "method" in f:
+        m = _string_match(r, f["method"], f"{path}.method")
+        if m:
+            headers.append((":method", m))
+    return HTTPMatch(uri, tuple(headers), r.labels(f.get("sourceLabels"),
+                                                   f"{path}.sourceLabels"), y.line)
+
+
+def _fault(r: _Reader, y: Y, path: str) -> Fault:
+    f = r.fields(y, path, ("delay", "abort"))
+    out = Fault()
+    if "delay" in f:
+        d = r.fields(f["delay"], f"{path}.delay", ("fixedDelay", "percentage"),
+                     ("exponentialDelay", "percent"))
+        if "fixedDelay" not in d:
+            r.err(f["delay"], f"{path}.delay.fixedDelay", "required field missing")
+        out = Fault(r.duration(d.get("fixedDelay"), f"{path}.delay.fixedDelay"),
+                    r.percentage(d.get("percentage"), f"{path}.delay.percentage"))
+    if "abort" in f:
+        a = r.fields(f["abort"], f"{path}.abort", ("httpStatus", "percentage"),
+                     ("grpcStatus", "http2Error"))
+        if "httpStatus" not in a:
+            r.err(f["abort"], f"{path}.abort.httpStatus", "required field missing")
+        out = Fault(out.delay_ms, out.delay_percent,
+                    r.integer(a.get("httpStatus"), f"{path}.abort.httpStatus", 200, 599),
+                    r.percentage(a.get("percentage"), f"{path}.abort.percentage"))
+    return out
+
+
+def _http_route(r: _Reader, y: Y, path: str) -> HTTPRoute:
+    f = r.fields(y, path, ("name", "match", "route", "timeout", "retries", "fault", "mirror",
+                           "mirrorPercentage"),
+                 ("redirect", "rewrite", "headers", "corsPolicy", "mirrors", "delegate",
+                  "directResponse", "mirror_percent", "mirrorPercent"))
+    routes = []
+    for p, c in r.items(f.get("route"), f"{path}.route"):
+        rf = r.fields(c, p, ("destination", "weight"), ("headers",))
+        if "destination" not in rf:
+            r.err(c, f"{p}.destination", "required field missing")
+            continue
+        routes.append(RouteDestination(_destination(r, rf["destination"], f"{p}.destination"),
+                                       r.integer(rf.get("weight"), f"{p}.weight", 0, 100),
+                                       c.line))
+    if not routes:
+        r.err(y, f"{path}.route", "at least one route destination is required")
+    retries = None
+    if "retries" in f:
+        rf = r.fields(f["retries"], f"{path}.retries", ("attempts", "perTryTimeout", "retryOn"),
+                      ("retryRemoteLocalities",))
+        retries = Retries(r.integer(rf.get("attempts"), f"{path}.retries.attempts", 0, 1000) or 0,
+                          r.duration(rf.get("perTryTimeout"), f"{path}.retries.perTryTimeout"),
+                          r.string(rf.get("retryOn"), f"{path}.retries.retryOn"))
+    return HTTPRoute(
+        name=r.string(f.get("name"), f"{path}.name"),
+        match=tuple(_match(r, c, p) for p, c in r.items(f.get("match"), f"{path}.match")),
+        route=tuple(routes), timeout_ms=r.duration(f.get("timeout"), f"{path}.timeout"),
+        retries=retries, fault=_fault(r, f["fault"], f"{path}.fault") if "fault" in f else None,
+        mirror=_destination(r, f["mirror"], f"{path}.mirror") if "mirror" in f else None,
+        mirror_percent=r.percentage(f.get("mirrorPercentage"), f"{path}.mirrorPercentage"),
+        line=y.line)
+
+
+def _traffic_policy(r: _Reader, y: Y | None, path: str) -> TrafficPolicy | None:
+    if y is None:
+        return None
+    f = r.fields(y, path, ("loadBalancer", "connectionPool", "outlierDetection"),
+                 ("tls", "portLevelSettings", "tunnel", "proxyProtocol"))
+    kw: dict[str, Any] = {}
+    if "loadBalancer" in f:
+        lb = r.fields(f["loadBalancer"], f"{path}.loadBalancer", ("simple", "consistentHash"),
+                      ("localityLbSetting", "warmupDurationSecs"))
+        if "simple" in lb:
+            if lb["simple"].v not in LB_SIMPLE:
+                r.err(lb["simple"], f"{path}.loadBalancer.simple",
+                      f"{lb['simple'].v!r} is not one of {', '.join(LB_SIMPLE)}")
+            else:
+                kw["lb_simple"] = lb["simple"].v
+        if "consistentHash" in lb:
+            ch = r.fields(lb["consistentHash"], f"{path}.loadBalancer.consistentHash",
+                          ("httpHeaderName",), ("httpCookie", "useSourceIp",
+                                                "httpQueryParameterName", "ringHash", "maglev",
+                                                "minimumRingSize"))
+            kw["hash_header"] = r.string(ch.get("httpHeaderName"),
+                                         f"{path}.loadBalancer.consistentHash.httpHeaderName")
+    if "connectionPool" in f:
+        p = f"{path}.connectionPool"
+        cp = r.fields(f["connectionPool"], p, ("tcp", "http"))
+        tcp = r.fields(cp["tcp"], f"{p}.tcp", ("maxConnections", "connectTimeout"),
+                       ("tcpKeepalive", "maxConnectionDuration", "idleTimeout")) \
+            if "tcp" in cp else {}
+        http = r.fields(cp["http"], f"{p}.http", ("http1MaxPendingRequests", "http2MaxRequests",
+                                                  "maxRetries"),
+                        ("maxRequestsPerConnection", "idleTimeout", "h2UpgradePolicy",
+                         "useClientProtocol", "maxConcurrentStreams")) if "http" in cp else {}
+        kw.update(max_connections=r.integer(tcp.get("maxConnections"), f"{p}.tcp.maxConnections"),
+                  connect_timeout_ms=r.duration(tcp.get("connectTimeout"),
+                                                f"{p}.tcp.connectTimeout"),
+                  http1_max_pending=r.integer(http.get("http1MaxPendingRequests"),
+                                              f"{p}.http.http1MaxPendingRequests"),
+                  http2_max_requests=r.integer(http.get("http2MaxRequests"),
+                                               f"{p}.http.http2MaxRequests"),
+                  max_retries=r.integer(http.get("maxRetries"), f"{p}.http.maxRetries"))
+    if "outlierDetection" in f:
+        p = f"{path}.outlierDetection"
+        od = r.fields(f["outlierDetection"], p, (
+            "consecutive5xxErrors", "consecutiveGatewayErrors", "interval", "baseEjectionTime",
+            "maxEjectionPercent"), ("consecutiveErrors", "minHealthPercent",
+                                    "splitExternalLocalOriginErrors",
+                                    "consecutiveLocalOriginFailures"))
+        kw["outlier"] = OutlierDetection(
+            r.integer(od.get("consecutive5xxErrors"), f"{p}.consecutive5xxErrors"),
+            r.integer(od.get("consecutiveGatewayErrors"), f"{p}.consecutiveGatewayErrors"),
+            r.duration(od.get("interval"), f"{p}.interval"),
+            r.duration(od.get("baseEjectionTime"), f"{p}.baseEjectionTime"),
+            r.integer(od.get("maxEjectionPercent"), f"{p}.maxEjectionPercent", 0, 100))
+    return TrafficPolicy(**kw)
+
+
+def _virtual_service(r: _Reader, spec: Y, name: str, ns: str, file: str,
+                     line: int) -> VirtualService:
+    f = r.fields(spec, "spec", ("hosts", "http", "gateways", "exportTo"), ("tcp", "tls"))
+    for p, g in r.items(f.get("gateways"), "spec.gateways"):
+        if g.v != "mesh":
+            r.messages.append(Message("MM0002", ERROR, f"{p}: gateway {g.v!r} not supported by "
+                                      "minimesh yet (only 'mesh')", file, g.line, r.resource))
+    hosts = tuple(r.string(c, p) for p, c in r.items(f.get("hosts"), "spec.hosts"))
+    if not hosts:
+        r.err(spec, "spec.hosts", "at least one host is required")
+    http = tuple(_http_route(r, c, p) for p, c in r.items(f.get("http"), "spec.http"))
+    return VirtualService(name, ns, hosts, http, file, line,
+                          hosts_line=f["hosts"].line if "hosts" in f else line)
+
+
+def _destination_rule(r: _Reader, spec: Y, name: str, ns: str, file: str,
+                      line: int) -> DestinationRule:
+    f = r.fields(spec, "spec", ("host", "subsets", "trafficPolicy", "exportTo"),
+                 ("workloadSelector",))
+    if "host" not in f:
+        r.err(spec, "spec.host", "required field missing")
+    subsets = []
+    for p, c in r.items(f.get("subsets"), "spec.subsets"):
+        sf = r.fields(c, p, ("name", "labels", "trafficPolicy"))
+        if "name" not in sf:
+            r.err(c, f"{p}.name", "required field missing")
+        subsets.append(Subset(r.string(sf.get("name"), f"{p}.name"),
+                              r.labels(sf.get("labels"), f"{p}.labels"),
+                              _traffic_policy(r, sf.get("trafficPolicy"), f"{p}.trafficPolicy"),
+                              c.line))
+    return DestinationRule(name, ns, r.string(f.get("host"), "spec.host"), tuple(subsets),
+                           _traffic_policy(r, f.get("trafficPolicy"), "spec.trafficPolicy"),
+                           file, line)
+
+
+def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | None,
+                                           list[Message]]:
+    """One YAML document -> (rule or None, messages). None whenever any Error was found."""
+    top = doc.v if isinstance(doc.v, dict) else {}
+    kind = str(top["kind"].v) if "kind" in top else "?"
+    meta = top.get("metadata")
+    name = str(meta.v["name"].v) if meta and isinstance(meta.v, dict) and "name" in meta.v \
+        else "?"
+    r = _Reader(file, f"{kind} {name}")
+    f = r.fields(doc, "<document>", ("apiVersion", "kind", "metadata", "spec"))
+    api = f["apiVersion"].v if "apiVersion" in f else None
+    if kind in NOT_YET:
+        return None, [Message("MM0002", ERROR, f"{api}/{kind} is not supported yet (the security "
+                              "resources arrive with Citadel); nothing applied", file, doc.line,
+                              r.resource)]
+    if kind not in ("VirtualService", "DestinationRule"):
+        return None, [Message("MM0002", ERROR, f"unsupported kind {kind!r}; minimesh understands "
+                              "VirtualService and DestinationRule", file, doc.line, r.resource)]
+    if api not in API_GROUPS:
+        r.err(f.get("apiVersion", doc), "apiVersion",
+              f"{api!r} is not one of {', '.join(API_GROUPS)}")
+    mf = r.fields(meta, "metadata", ("name", "namespace", "labels", "annotations")) \
+        if meta else {}
+    if "name" not in mf:
+        r.err(doc, "metadata.name", "required field missing")
+    ns = r.string(mf.get("namespace"), "metadata.namespace") or "default"
+    if "spec" not in f:
+        r.err(doc, "spec", "required field missing")
+        return None, r.messages
+    build = _virtual_service if kind == "VirtualService" else _destination_rule
+    rule = build(r, f["spec"], name, ns, file, doc.line)
+    return (None if any(m.level == ERROR for m in r.messages) else rule), r.messages
+
+
+def parse_rules(text: str, file: str = "<string>") -> tuple[list, list[Message]]:
+    """All rules of a multi-document YAML text, plus schema messages."""
+    rules: list = []
+    messages: list[Message] = []
+    try:
+        docs = load_documents(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        return [], [Message("IST0106", ERROR, f"Schema validation error: not valid YAML: {e}",
+                            file, mark.line + 1 if mark else 0)]
+    for d in docs:
+        rule, msgs = parse_rule(d, file)
+        messages += msgs
+        if rule is not None:
+            rules.append(rule)
+    return rules, messages
