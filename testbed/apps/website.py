@@ -1,0 +1,93 @@
+"""A static web site standing in for a public one inside the testbed (the tutorial's
+gwadvnet20.github.io): answers every GET with a small HTML page that shows the Host header
+it received, and appends one JSON line per request to ``--log`` (peer, method, path, host,
+headers), so an experiment can check what arrived and from where.
+
+    python -m testbed.apps.website --bind 10.0.0.3 --port 80 --site gwadvnet20.github.io --log web.jsonl
+
+Standard library only (http.server, HTTP/1.1 keep-alive): it runs under any python3.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO
+
+__all__ = ["PAGE_MARKER", "page", "make_server", "main"]
+
+PAGE_MARKER = "minimesh stand-in for"
+
+
+def page(site: str, host_seen: str) -> bytes:
+    s, h = html.escape(site), html.escape(host_seen)
+    return (f"<!doctype html>\n<html><head><title>{s}</title></head><body>\n"
+            f"<h1>{s}</h1>\n<p>This page is served inside the testbed: {PAGE_MARKER} {s}.</p>\n"
+            f"<p>Host header this server received: <b>{h}</b></p>\n</body></html>\n").encode()
+
+
+def make_server(bind: str, port: int, site: str, log: IO[str] | None) -> ThreadingHTTPServer:
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "minimesh-website"
+
+        def _answer(self, with_body: bool) -> None:
+            host = self.headers.get("Host", "")
+            if log is not None:
+                rec = {"peer": self.client_address[0], "method": self.command, "path": self.path,
+                       "host": host, "headers": {k.lower(): v for k, v in self.headers.items()}}
+                with lock:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+            body = page(site, host)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if with_body:
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self._answer(True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._answer(False)
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet; --log has it
+            pass
+
+    server = ThreadingHTTPServer((bind, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m testbed.apps.website", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--site", default="gwadvnet20.github.io", help="the site this stands in for")
+    p.add_argument("--log", help="append one JSON line per request to this file")
+    a = p.parse_args(argv)
+    log = open(a.log, "a", encoding="utf-8") if a.log else None
+    server = make_server(a.bind, a.port, a.site, log)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"serving {a.site} on {a.bind}:{a.port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if log is not None:
+            log.close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

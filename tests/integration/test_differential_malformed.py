@@ -1,0 +1,72 @@
+"""Bad input (issue 3 item 6), differential: the same raw bytes on a fresh connection to
+real Envoy and to minimesh-proxy (tests/configs/minimal.yaml, every path to an echo
+upstream) give the same status line, the same decision to close the connection, and the
+same thing reaching the upstream (nothing, or the same Host/path). Also a few well-formed
+HTTP/1.1 edge cases: Connection: close, HEAD, two pipelined requests, Expect: 100-continue
+(the body is never sent: the proxy should answer 100 Continue and wait)."""
+from __future__ import annotations
+
+import pytest
+
+from testbed.apps.echo import Identity
+from tests.support.configs import render
+from tests.support.ports import free_ports
+from tests.support.procs import start_proxy
+from tests.support.rawhttp import probe
+from tests.support.upstream import Upstreams
+
+pytestmark = pytest.mark.slow  # quiet-time reads: ~40 s
+
+H = b"Host: t.example\r\n"
+CASES = {
+    "bad_request_line": b"GARBAGE\r\n\r\n",
+    "unknown_version": b"GET / HTTP/9.9\r\n" + H + b"\r\n",
+    "http10": b"GET / HTTP/1.0\r\n\r\n",
+    "content_length_and_chunked": b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "invalid_chunk_size": b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "two_content_lengths": b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "headers_over_60k": b"GET / HTTP/1.1\r\n" + H + b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)) + b"\r\n",
+    "space_in_header_name": b"GET / HTTP/1.1\r\n" + H + b"Bad Header: 1\r\n\r\n",
+    "http11_without_host": b"GET / HTTP/1.1\r\n\r\n",
+    "absolute_form_uri": b"GET http://other.example/p?q=1 HTTP/1.1\r\n" + H + b"\r\n",
+    "well_formed": b"GET /ok HTTP/1.1\r\n" + H + b"\r\n",
+    "connection_close": b"GET /ok HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n",
+    "head": b"HEAD /ok HTTP/1.1\r\n" + H + b"\r\n",
+    "pipelined_two": b"GET /1 HTTP/1.1\r\n" + H + b"\r\nGET /2 HTTP/1.1\r\n" + H + b"\r\n",
+    "expect_100_continue": b"POST /e HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+}
+BAD = [n for n in CASES if n not in ("well_formed", "absolute_form_uri", "connection_close", "head",
+                                      "pipelined_two", "expect_100_continue")]
+_RESULTS: dict[str, dict[str, tuple]] = {}
+
+
+def _run(kind: str) -> dict[str, tuple]:
+    if kind not in _RESULTS:
+        out = {}
+        with Upstreams({"a": Identity("a", "v1", "a-0")}) as ups:
+            listen, admin = free_ports(2)
+            text = render("minimal.yaml", {"LISTEN_PORT": listen, "ADMIN_PORT": admin,
+                                           "UPSTREAM_A_PORT": ups.port("a")})
+            with start_proxy(kind, text, admin):
+                for name, data in CASES.items():
+                    before = len(ups.records("a"))
+                    ans = probe(listen, data)
+                    seen = [(r["host"], r["path"]) for r in ups.records("a")[before:]]
+                    out[name] = (ans.statuses, ans.closed, tuple(seen))
+        _RESULTS[kind] = out
+    return _RESULTS[kind]
+
+
+def test_envoy_rejects_malformed_requests(envoy_bin):
+    got = _run("envoy")
+    for name, (statuses, _closed, seen) in got.items():
+        if name in BAD:
+            assert len(statuses) == 1 and statuses[0].split(" ")[1][0] == "4" and seen == (), (name, got[name])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_answer_as_envoy(case, envoy_bin, minimesh_proxy):
+    expected, got = _run("envoy")[case], _run("minimesh")[case]
+    assert got == expected, (f"{case}: envoy answered {expected[0]!r} closed={expected[1]} upstream saw "
+                             f"{expected[2]}; minimesh answered {got[0]!r} closed={got[1]} upstream saw {got[2]}")
