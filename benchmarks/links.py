@@ -1,0 +1,211 @@
+"""Link-backend benchmark (not a test; run as root): ``sudo python benchmarks/links.py``.
+
+Builds h1 - s1 - h2 on Mininet (LinuxBridge) per backend and prints one table:
+TCP Gbit/s (iperf3) and small-packet UDP pps at delay 0 and 10 ms, one-way delay error
+percentiles at 1/10/100 ms (ping; error = RTT - configured - RTT of plain veths), and CPU
+per Gbit/s. The userspace backend always; kernel netem side by side where it exists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, REPO)
+
+from mininet.link import Link  # noqa: E402
+from mininet.log import setLogLevel  # noqa: E402
+from mininet.net import Mininet  # noqa: E402
+from mininet.nodelib import LinuxBridge  # noqa: E402
+from mininet.topo import Topo  # noqa: E402
+
+from testbed.journal import Journal  # noqa: E402
+from testbed.links import probe_netem, select_backend  # noqa: E402
+from testbed.links.measure import percentile  # noqa: E402
+from testbed.shape import LinkShape  # noqa: E402
+
+SWITCH = f"mmb{os.getpid() % 10000}"
+TICKS = os.sysconf("SC_CLK_TCK")
+UDP_OFFERED_PPS = (60_000, 100_000, 150_000)
+
+
+class Line(Topo):
+    """h1 - s1 - h2; ``shapes`` (h1 -> s1, s1 -> h1) on the first link, none on the second."""
+
+    def build(self, shapes: tuple[LinkShape, LinkShape] | None = None, plain: bool = False):
+        s1 = self.addSwitch(SWITCH)
+        shapes = shapes or (LinkShape(), LinkShape())
+        for i, name in enumerate(("h1", "h2")):
+            fwd, bwd = shapes if i == 0 else (LinkShape(), LinkShape())
+            self.addLink(self.addHost(name), s1, **({} if plain else {"shape1": fwd, "shape2": bwd}))
+
+
+@contextmanager
+def line(backend: str | None, shapes: tuple[LinkShape, LinkShape] | None,
+         journal: Journal) -> Iterator[Mininet]:
+    link = Link if backend is None else select_backend(backend, journal).link_class
+    net = Mininet(topo=Line(shapes=shapes, plain=backend is None), link=link, switch=LinuxBridge,
+                  controller=None, autoSetMacs=True)
+    try:
+        net.start()
+        h1, h2 = net.get("h1", "h2")
+        h1.cmd("ping -c 2 -i 0.2 -W 2", h2.IP())
+        yield net
+    finally:
+        net.stop()
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except OSError:
+            pass
+    return total
+
+
+def _system_busy() -> tuple[int, int]:
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
+
+
+def iperf(net: Mininet, udp: bool, seconds: float, udp_rate: str = "0") -> dict[str, Any]:
+    h1, h2 = net.get("h1", "h2")
+    pids = [l.emulator_pid for l in net.links if getattr(l, "emulator_pid", None)]
+    server = h2.popen(["iperf3", "-s", "-1", "-p", "5202"])
+    try:
+        time.sleep(0.3)
+        args = f"-u -l 64 -b {udp_rate}" if udp else ""
+        c0, (b0, t0), w0 = _cpu_ticks(pids), _system_busy(), time.monotonic()
+        out = h1.cmd(f"iperf3 -c {h2.IP()} -p 5202 -t {seconds} -J {args}")
+        c1, (b1, t1), w1 = _cpu_ticks(pids), _system_busy(), time.monotonic()
+    finally:
+        server.kill()
+        server.wait()
+    res = json.loads(out[out.index("{"):])
+    end = res["end"]
+    ncpu = os.cpu_count() or 1
+    r = {"emu_cores": (c1 - c0) / TICKS / (w1 - w0) if pids else None,
+         "sys_cores": (b1 - b0) / max(t1 - t0, 1) * ncpu}
+    if udp:
+        s = end["sum"]
+        r["pps"] = (s["packets"] - s["lost_packets"]) / s["seconds"]
+    else:
+        r["gbit"] = end["sum_received"]["bits_per_second"] / 1e9
+    return r
+
+
+def rtts(net: Mininet, count: int, interval: float) -> list[float]:
+    """RTTs (ms) of UDP echo probes h1 -> h2 (testbed.links.echo, ns timestamps)."""
+    h1, h2 = net.get("h1", "h2")
+    env = {**os.environ, "PYTHONPATH": REPO}
+    server = h2.popen([sys.executable, "-m", "testbed.links.echo", "server", "7007"], env=env)
+    try:
+        time.sleep(0.3)
+        out = h1.cmd(f"PYTHONPATH={REPO} {sys.executable} -m testbed.links.echo client "
+                     f"{h2.IP()} 7007 {count} {interval}")
+    finally:
+        server.kill()
+        server.wait()
+    return json.loads(out[out.index("{"):])["rtt_ms"]
+
+
+def bench(backend: str | None, journal: Journal, seconds: float, base_rtt: float) -> dict[str, Any]:
+    """One column. backend None: Mininet's plain veth Link (no shaping possible), as the
+    reference for what this machine's kernel path alone achieves."""
+    row: dict[str, Any] = {}
+    for d in ((0,) if backend is None else (0, 10)):
+        shape = LinkShape(delay_ms=d, queue_pkts=10_000)
+        with line(backend, (shape, shape), journal) as net:
+            tcp = iperf(net, False, seconds)
+            # an unlimited sender mostly feeds drops at the first queue and starves the
+            # emulator of CPU: offer fixed loads and keep the best delivered rate
+            udp = max((iperf(net, True, min(seconds, 3.0), f"{pps * 64 * 8}")
+                       for pps in UDP_OFFERED_PPS), key=lambda r: r["pps"])
+        row[f"tcp_{d}"] = tcp["gbit"]
+        row[f"pps_{d}"] = udp["pps"]
+        if d == 0:
+            row["emu_cpu_per_gbit"] = (tcp["emu_cores"] / tcp["gbit"]) if tcp["emu_cores"] else None
+            row["sys_cpu_per_gbit"] = tcp["sys_cores"] / tcp["gbit"]
+    if backend is None:
+        row["rtt_0"] = base_rtt
+        return row
+    with line(backend, None, journal) as net:
+        row["rtt_0"] = statistics.median(rtts(net, 200, 0.01))
+    for d in (1, 10, 100):
+        # delay on h1 -> s1 only: RTT = d + the path's own RTT
+        with line(backend, (LinkShape(delay_ms=d), LinkShape()), journal) as net:
+            errs = [r - d - base_rtt for r in rtts(net, 300 if d < 100 else 100, 0.01)]
+        row[f"err_{d}"] = tuple(percentile(errs, p) for p in (50, 90, 99))
+    return row
+
+
+def fmt(row: dict[str, Any] | None, key: str) -> str:
+    if row is None:
+        return "absent"
+    if key not in row:
+        return "-"
+    v = row.get(key)
+    if v is None:
+        return "n/a"
+    if key.startswith("err_"):
+        return "/".join(f"{x:+.3f}" for x in v)
+    if key.startswith("pps"):
+        return f"{v / 1000:.0f} k"
+    if key.startswith("rtt"):
+        return f"{v:.3f} ms"
+    return f"{v:.2f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per run")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks/links.py needs root (Mininet namespaces)", file=sys.stderr)
+        return 2
+    setLogLevel("error")
+    before = f"{os.getloadavg()[0]:.2f}"
+    journal = Journal()
+    try:
+        with line(None, None, journal) as net:
+            base = statistics.median(rtts(net, 200, 0.01))
+        rows = {"userspace": bench("userspace", journal, args.seconds, base)}
+        ok, why = probe_netem(journal)
+        rows["netem"] = bench("netem", journal, args.seconds, base) if ok else None
+        rows["veth"] = bench(None, journal, args.seconds, base)
+    finally:
+        journal.cleanup()
+    labels = [("tcp_0", "TCP Gbit/s, delay 0"), ("tcp_10", "TCP Gbit/s, delay 10 ms"),
+              ("pps_0", "UDP 64 B delivered pps, delay 0"),
+              ("pps_10", "UDP 64 B delivered pps, delay 10ms"),
+              ("rtt_0", "RTT h1-h2, no shaping"),
+              ("err_1", "delay error 1 ms p50/p90/p99"), ("err_10", "delay error 10 ms p50/p90/p99"),
+              ("err_100", "delay error 100 ms p50/p90/p99"),
+              ("emu_cpu_per_gbit", "emulator CPU cores per Gbit/s"),
+              ("sys_cpu_per_gbit", "whole-system CPU cores per Gbit/s")]
+    print(f"\nplain veth RTT h1-h2 (baseline for delay error): {base:.3f} ms; "
+          f"{os.cpu_count()} CPUs; netem: {'present' if ok else 'absent (' + why + ')'}")
+    cols = [("userspace", "userspace"), ("netem", "netem"), ("veth", "plain veth, no shaping")]
+    print(f"| {'metric':36} | " + " | ".join(f"{title:>24}" for _, title in cols) + " |")
+    print(f"|{'-' * 38}|" + "|".join("-" * 26 for _ in cols) + "|")
+    for key, label in labels:
+        print(f"| {label:36} | " + " | ".join(f"{fmt(rows[c], key):>24}" for c, _ in cols) + " |")
+    print(f"load average before/after: {before} / {os.getloadavg()[0]:.2f} (other work on the machine skews all numbers)")
+    print("delay error = RTT - configured one-way delay - baseline, in ms (delay on h1->s1 only);"
+          " queue 10000 packets for the throughput rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Kernel link backend: a veth pair with a netem qdisc on each end's egress (pyroute2 tc).
+
+netem alone does delay, jitter, loss (+correlation), duplicate, reorder, corrupt, the
+queue limit, and the rate limit (netem's own ``rate``, which serialises packets after
+their delay: the same model the userspace emulator implements). ``shape1`` goes on
+node1's interface (it shapes what node1 sends: node1 -> node2), ``shape2`` on node2's.
+Every tc/link error raises; nothing is printed and skipped.
+"""
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from mininet.link import Link
+
+from testbed.journal import Journal
+from testbed.links.nodes import netns_path
+from testbed.links.base import BackendUnavailable
+from testbed.shape import LinkShape
+
+NETEM_HANDLE = 0x10000  # "1:"
+_U32_BYTES_PER_S = 2**32 - 1
+
+
+def netem_options(shape: LinkShape) -> dict[str, Any]:
+    """LinkShape -> keyword arguments of pyroute2's ``tc(..., "netem", ...)``.
+
+    pyroute2 takes delay/jitter in microseconds, probabilities in percent, the limit in
+    packets and the rate in bytes per second (netem's 32-bit ``TCA_NETEM_RATE``).
+    """
+    opts: dict[str, Any] = {
+        "delay": int(round(shape.delay_ms * 1000)),
+        "jitter": int(round(shape.jitter_ms * 1000)),
+        "limit": shape.queue_pkts,
+        "loss": shape.loss_pct,
+        "duplicate": shape.duplicate_pct,
+    }
+    if shape.loss_pct and shape.loss_corr_pct:
+        opts["loss_corr"] = shape.loss_corr_pct
+    if shape.reorder_pct:
+        opts["prob_reorder"] = shape.reorder_pct  # pyroute2 sets gap=1 as tc does
+    if shape.corrupt_pct:
+        opts["prob_corrupt"] = shape.corrupt_pct
+    if shape.bw_mbit is not None:
+        rate = int(round(shape.bw_mbit * 1e6 / 8))
+        if rate > _U32_BYTES_PER_S:
+            raise ValueError(f"bw {shape.bw_mbit:g} Mbit/s is above netem's 32-bit rate "
+                             f"limit ({_U32_BYTES_PER_S * 8 / 1e6:.0f} Mbit/s)")
+        opts["rate"] = max(rate, 1)
+    return opts
+
+
+def _ipr(netns: str | None) -> Any:
+    from pyroute2 import IPRoute
+    return IPRoute(netns=netns) if netns else IPRoute()
+
+
+def apply_netem(ifname: str, netns: str | None, shape: LinkShape) -> None:
+    """Install (or change in place) the root netem qdisc of ``ifname``."""
+    from pyroute2.netlink.exceptions import NetlinkError
+    opts = netem_options(shape)
+    with _ipr(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise RuntimeError(f"netem: interface {ifname} not found")
+        try:
+            ipr.tc("replace", "netem", idx[0], handle=NETEM_HANDLE, **opts)
+        except NetlinkError as e:
+            if e.code == errno.ENOENT:
+                raise BackendUnavailable(
+                    f"netem: cannot add a netem qdisc on {ifname}: the kernel has no sch_netem "
+                    "(try `modprobe sch_netem`, or use --link-backend userspace)") from None
+            raise RuntimeError(f"netem: tc qdisc replace on {ifname} "
+                               f"({shape.describe()}) failed: {e}") from None
+
+
+def set_admin_state(ifname: str, netns: str | None, up: bool) -> None:
+    with _ipr(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise RuntimeError(f"interface {ifname} not found")
+        ipr.link("set", index=idx[0], state="up" if up else "down")
+
+
+class NetemLink(Link):
+    """A Mininet veth link shaped by kernel netem. Extra parameters as UserspaceLink:
+    shape1 (node1 -> node2), shape2 (node2 -> node1), journal."""
+
+    def __init__(self, node1: Any, node2: Any, shape1: LinkShape | None = None,
+                 shape2: LinkShape | None = None, journal: Journal | None = None,
+                 **params: Any):
+        self._shapes = (shape1 or LinkShape(), shape2 or LinkShape())
+        self._journal = journal
+        self._eids: list[int] = []
+        self._up = True
+        params["fast"] = True
+        super().__init__(node1, node2, **params)
+        try:
+            self._apply(self._shapes)
+        except BaseException:
+            self.delete()
+            raise
+
+    def makeIntfPair(self, intfname1: str, intfname2: str, addr1: str | None = None,
+                     addr2: str | None = None, node1: Any = None, node2: Any = None,
+                     deleteIntfs: bool = True) -> Any:  # noqa: N802 (Mininet's name)
+        if self._journal:
+            # deleting either end of a veth removes both; the record names both anyway
+            self._eids = [self._journal.record("link", name=n, netns=netns_path(node))
+                          for n, node in ((intfname1, node1), (intfname2, node2))]
+        return Link.makeIntfPair(intfname1, intfname2, addr1, addr2, node1, node2,
+                                 deleteIntfs=deleteIntfs)
+
+    def _ends(self) -> list[tuple[str, str | None]]:
+        return [(self.intf1.name, netns_path(self.intf1.node)),
+                (self.intf2.name, netns_path(self.intf2.node))]
+
+    def _apply(self, shapes: tuple[LinkShape | None, LinkShape | None]) -> None:
+        for (ifname, ns), shape in zip(self._ends(), shapes):
+            if shape is not None:
+                apply_netem(ifname, ns, shape)
+
+    # --- ShapedLink ----------------------------------------------------------------
+
+    def get_shapes(self) -> tuple[LinkShape, LinkShape]:
+        return self._shapes
+
+    def set_shapes(self, forward: LinkShape | None = None, backward: LinkShape | None = None) -> None:
+        self._apply((forward, backward))
+        self._shapes = (forward or self._shapes[0], backward or self._shapes[1])
+
+    def set_up(self, up: bool) -> None:
+        for ifname, ns in self._ends():
+            set_admin_state(ifname, ns, up)
+        self._up = bool(up)
+
+    def is_up(self) -> bool:
+        return self._up
+
+    def delete(self) -> None:
+        if getattr(self, "intf1", None) is not None:
+            super().delete()
+        if self._journal:
+            for eid in self._eids:
+                self._journal.forget(eid)
+        self._eids = []
