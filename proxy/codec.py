@@ -1,0 +1,277 @@
+"""Sans-IO HTTP/1.1 codec on httptools (llhttp, the C parser Node.js uses).
+
+Like h11, the codec only turns bytes into events and events into bytes:
+``events = codec.receive_data(data)`` returns :class:`RequestHead` / :class:`ResponseHead`,
+:class:`Data` and :class:`EndOfMessage` events; ``encode_*`` functions build the bytes to
+send.  Nothing here touches sockets, so tests feed bytes directly.  Events are immutable
+NamedTuples (cheaper to build than frozen dataclasses on the hot path).
+
+Header names are lower-cased bytes (Envoy lower-cases names on HTTP/1 too); values are
+bytes as received.  Protocol violations raise :class:`ProtocolError` carrying the status
+the server should answer with (400, 413 or 431) before closing the connection.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import httptools
+
+__all__ = ["RequestHead", "ResponseHead", "Data", "EndOfMessage", "ProtocolError", "ServerCodec",
+           "ClientCodec", "encode_request_head", "encode_response_head", "encode_chunk", "LAST_CHUNK",
+           "Headers", "get_header", "REASONS"]
+
+Headers = list  # list[tuple[bytes, bytes]]
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class RequestHead(NamedTuple):
+    method: bytes
+    target: bytes
+    headers: list
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+    http_version: str
+
+
+class ResponseHead(NamedTuple):
+    status: int
+    reason: bytes
+    headers: list
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+
+
+class Data(NamedTuple):
+    data: bytes
+
+
+class EndOfMessage(NamedTuple):
+    pass
+
+
+END = EndOfMessage()
+
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def get_header(headers: list, name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def _framing(headers: list, path: str) -> tuple[bool, int | None]:
+    """(chunked, content_length) from the headers; rejects ambiguous framing."""
+    chunked, length = False, None
+    for k, v in headers:
+        if k == b"transfer-encoding":
+            codings = [c.strip() for c in v.lower().split(b",")]
+            if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                raise ProtocolError(f"{path}: unsupported transfer-encoding {v!r}", 501 if path == "request" else 502)
+            chunked = True
+        elif k == b"content-length":
+            if not v.strip().isdigit():
+                raise ProtocolError(f"{path}: bad content-length {v!r}")
+            n = int(v)
+            if length is not None and n != length:
+                raise ProtocolError(f"{path}: conflicting content-length values")
+            length = n
+    if chunked and length is not None:
+        raise ProtocolError(f"{path}: both content-length and transfer-encoding given")
+    return chunked, length
+
+
+class _Base:
+    __slots__ = ("_parser", "_events", "_headers", "_header_bytes", "_max_header_bytes", "_max_headers")
+
+    def __init__(self, max_header_bytes: int, max_headers: int):
+        self._events: list = []
+        self._headers: list = []
+        self._header_bytes = 0
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._header_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._max_header_bytes:
+            raise ProtocolError("headers too large", 431)
+        headers = self._headers
+        headers.append((name.lower(), value))
+        if len(headers) > self._max_headers:
+            raise ProtocolError("too many headers", 431)
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self._events.append(END)
+
+
+class ServerCodec(_Base):
+    """Parses requests received by a server."""
+
+    __slots__ = ("_url", "head")
+
+    def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
+        super().__init__(max_header_bytes, max_headers)
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._header_bytes = 0
+        self._url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self._max_header_bytes:
+            raise ProtocolError("request line too long", 431)
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        headers = self._headers
+        chunked, length = _framing(headers, "request")
+        self._events.append(RequestHead(p.get_method(), self._url, headers, p.should_keep_alive(),
+                                        chunked, length, p.get_http_version()))
+
+    def receive_data(self, data: bytes) -> list:
+        while True:
+            try:
+                self._parser.feed_data(data)
+                break
+            except httptools.HttpParserUpgrade as e:
+                # Upgrades are not proxied: the request is served as plain HTTP/1.1 and
+                # whatever followed it is parsed by a fresh parser.
+                offset = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
+                self._parser = httptools.HttpRequestParser(self)
+                data = data[offset:]
+                if not data:
+                    break
+            except ProtocolError:
+                raise
+            except httptools.HttpParserError as e:
+                cause = e.__context__
+                if isinstance(cause, ProtocolError):
+                    raise cause from None
+                raise ProtocolError(f"malformed request: {e}") from None
+        events = self._events
+        self._events = []
+        return events
+
+
+class ClientCodec(_Base):
+    """Parses responses received by a client; call :meth:`expect_response` per request."""
+
+    __slots__ = ("_status", "_head_request", "_interim", "_until_close")
+
+    def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
+        super().__init__(max_header_bytes, max_headers)
+        self._parser = httptools.HttpResponseParser(self)
+        self._status = b""
+        self._head_request = False
+        self._interim = False
+        self._until_close = False
+
+    def on_message_complete(self) -> None:
+        self._until_close = False
+        if self._interim:
+            self._interim = False
+        else:
+            self._events.append(END)
+
+    def expect_response(self, head_request: bool) -> None:
+        self._head_request = head_request
+
+    def on_status(self, status: bytes) -> None:
+        self._status = status
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        code = p.get_status_code()
+        headers = self._headers
+        chunked, length = _framing(headers, "response")
+        if 100 <= code < 200:
+            self._interim = True     # 1xx interim responses are swallowed (Envoy's default)
+            return
+        keep_alive = p.should_keep_alive()
+        self._events.append(ResponseHead(code, self._status or b"", headers, keep_alive, chunked, length))
+        self._until_close = not chunked and length is None
+        if self._head_request or code in (204, 304):
+            self._events.append(END)
+            self._parser = httptools.HttpResponseParser(self)
+            self._head_request = False
+            self._until_close = False
+            raise _Done()
+
+    def receive_data(self, data: bytes) -> list:
+        try:
+            self._parser.feed_data(data)
+        except ProtocolError:
+            raise
+        except httptools.HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, _Done):
+                pass
+            elif isinstance(cause, ProtocolError):
+                raise cause from None
+            else:
+                raise ProtocolError(f"malformed response: {e}", 502) from None
+        except _Done:
+            pass
+        events = self._events
+        self._events = []
+        return events
+
+    def feed_eof(self) -> list:
+        """The upstream closed; completes a response delimited by connection close."""
+        if self._until_close:
+            self._until_close = False
+            return [END]
+        return []
+
+
+class _Done(Exception):
+    """Stops the parser after a body-less response (HEAD, 204, 304)."""
+
+
+REASONS = {
+    200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content", 206: b"Partial Content",
+    301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified", 307: b"Temporary Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large",
+    421: b"Misdirected Request", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
+    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+}
+
+
+def encode_request_head(method: bytes, target: bytes, headers: list) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for k, v in headers:
+        parts += (k, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def encode_response_head(status: int, headers: list, reason: bytes | None = None) -> bytes:
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
+    for k, v in headers:
+        parts += (k, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)

@@ -1,0 +1,52 @@
+"""HTTP filters registered by name (Envoy's extension names, v3 and v2 spellings).
+
+A filter module calls :func:`register` with its names, accepted ``@type`` URLs, a
+``parse(Obj) -> config`` (run once at load time) and ``factory(config, ctx)`` returning
+a zero-argument callable that makes one filter instance per stream.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from proxy.cfg_reader import ConfigError
+
+__all__ = ["FilterInfo", "register", "http_filter", "BUILTIN_MODULES"]
+
+BUILTIN_MODULES = ("proxy.router", "proxy.fault")
+
+
+@dataclass(frozen=True)
+class FilterInfo:
+    names: tuple[str, ...]           # canonical name first
+    type_urls: tuple[str, ...]
+    parse: Callable[[Any], Any]
+    factory: Callable[[Any, Any], Callable[[], Any]]
+
+
+_FILTERS: dict[str, FilterInfo] = {}
+_loaded = False
+
+
+def register(info: FilterInfo) -> FilterInfo:
+    for n in info.names:
+        _FILTERS[n] = info
+    return info
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for m in BUILTIN_MODULES:
+            importlib.import_module(m)
+
+
+def http_filter(name: str, path: str = "") -> FilterInfo:
+    _load_builtins()
+    try:
+        return _FILTERS[name]
+    except KeyError:
+        known = sorted({i.names[0] for i in _FILTERS.values()})
+        raise ConfigError(path, f"unsupported HTTP filter {name!r}; allowed: {', '.join(known)}") from None

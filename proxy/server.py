@@ -1,0 +1,207 @@
+"""The server: cluster manager, listener manager, admin, access logs, timers, lifecycle.
+
+``Server(bootstrap)`` then ``await server.start()`` (clusters warm first, like Envoy's init
+manager, then listeners open) and ``await server.wait_stopped()``.  The xDS client drives
+``server.cluster_manager`` and ``server.listener_manager`` through their update methods.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from proxy.access_log import AccessLogs, format_entry
+from proxy.bootstrap import Bootstrap
+from proxy.cfg_listener import HcmSpec, ListenerSpec
+from proxy.cluster import ClusterManager
+from proxy.hcm import DownstreamConnection, HcmConfig
+from proxy.stats import Stats
+from proxy.tcp_proxy import TcpDownstream, TcpProxyConfig
+
+__all__ = ["Server", "ServerContext", "ListenerManager", "StartupError"]
+log = logging.getLogger("proxy")
+
+
+class StartupError(Exception):
+    """A listener or admin socket could not be opened."""
+
+
+def _source_workload(bootstrap: Bootstrap) -> str:
+    md = bootstrap.node.metadata or {}
+    labels = md.get("LABELS") or md.get("labels") or {}
+    return str(md.get("WORKLOAD_NAME") or labels.get("app") or bootstrap.node.cluster or "unknown")
+
+
+class ServerContext:
+    """What filters and connection managers share: cluster manager, stats, access logs."""
+
+    def __init__(self, bootstrap: Bootstrap):
+        self.bootstrap = bootstrap
+        self.stats = Stats(_source_workload(bootstrap))
+        self.cluster_manager = ClusterManager(self.stats)
+        self.access_logs = AccessLogs()
+        self._dest: dict[str, tuple[str, str]] = {}
+        self.stats.gauge_sources.append(self._breaker_gauges)
+        md = bootstrap.node.metadata or {}
+        self.default_version = str((md.get("LABELS") or {}).get("version", "unknown")) if isinstance(
+            md.get("LABELS"), dict) else "unknown"
+
+    def _breaker_gauges(self):
+        """cluster.<name>.circuit_breakers.default.{cx,rq_pending,rq,rq_retry}_open (0/1) and remaining_*."""
+        for name, c in self.cluster_manager.clusters.items():
+            th = c.spec.thresholds
+            base = f"cluster.{name}.circuit_breakers.default."
+            for stat, used, limit in (("cx", c.cx_count, th.max_connections),
+                                      ("rq_pending", c.pending_count, th.max_pending_requests),
+                                      ("rq", c.rq_active, th.max_requests),
+                                      ("rq_retry", c.retries_active, th.max_retries)):
+                yield base + stat + "_open", int(used >= limit), {"envoy_cluster_name": name}
+                yield base + "remaining_" + stat, max(0, limit - used), {"envoy_cluster_name": name}
+
+    def destination(self, cluster_name: str) -> tuple[str, str]:
+        """(destination_service, destination_version); Istio cluster names carry both
+        (``outbound|80|v1|reviews.default.svc.cluster.local``)."""
+        d = self._dest.get(cluster_name)
+        if d is None:
+            parts = cluster_name.split("|")
+            if len(parts) == 4:
+                d = (parts[3], parts[2] or "unknown")
+            else:
+                d = (cluster_name or "unknown", "unknown")
+            self._dest[cluster_name] = d
+        return d
+
+    def record(self, stream) -> None:
+        """A stream ended: Istio metrics and access logs."""
+        now = time.monotonic()
+        dur_ms = (now - stream.t0) * 1000.0
+        service, version = self.destination(stream.cluster_name)
+        flags = stream.flag_string()
+        self.stats.istio.record(service, version, stream.status, flags, dur_ms)
+        loggers = stream.cfg.loggers
+        if loggers:
+            line = format_entry(stream, time.time() - (now - stream.t0), int(dur_ms))
+            for lg in loggers:
+                lg.write(line)
+
+
+class _Listener:
+    def __init__(self, spec: ListenerSpec, config, server: asyncio.AbstractServer):
+        self.spec = spec
+        self.config = config
+        self.server = server
+
+
+class ListenerManager:
+    def __init__(self, owner: "Server"):
+        self.owner = owner
+        self.listeners: dict[str, _Listener] = {}
+
+    async def add_or_update_listener(self, spec: ListenerSpec) -> None:
+        old = self.listeners.get(spec.name)
+        if old is not None:
+            if old.spec == spec:
+                return
+            await self.remove_listener(spec.name)
+        ctx = self.owner.ctx
+        lname = f"{spec.address}_{spec.port}"
+        lstats = ctx.stats.listener(lname)
+        owner = self.owner
+        limit = spec.per_connection_buffer_limit_bytes
+        if isinstance(spec.filter, HcmSpec):
+            config = HcmConfig(spec.filter, ctx, spec.name)
+            factory = lambda: DownstreamConnection(config, owner, lstats, limit)  # noqa: E731
+        else:
+            config = TcpProxyConfig(spec.filter, ctx, spec.name)
+            factory = lambda: TcpDownstream(config, owner, lstats, limit)  # noqa: E731
+        loop = asyncio.get_event_loop()
+        try:
+            srv = await loop.create_server(factory, spec.address, spec.port, reuse_address=True, backlog=1024)
+        except OSError as e:
+            raise StartupError(f"listener {spec.name!r}: cannot bind '{spec.address}:{spec.port}': "
+                               f"{e.strerror or e}") from None
+        self.listeners[spec.name] = _Listener(spec, config, srv)
+
+    async def remove_listener(self, name: str) -> bool:
+        lst = self.listeners.pop(name, None)
+        if lst is None:
+            return False
+        lst.server.close()
+        return True
+
+    def replace_route_config(self, route_config_spec, listener_name: str | None = None) -> int:
+        """Install a route configuration on every HCM whose RDS name matches (or on
+        ``listener_name``); returns how many connection managers took it."""
+        n = 0
+        for lst in self.listeners.values():
+            cfg = lst.config
+            if not isinstance(cfg, HcmConfig):
+                continue
+            if (listener_name is not None and lst.spec.name == listener_name) or (
+                    listener_name is None and cfg.spec.rds_route_config_name == route_config_spec.name):
+                cfg.replace_route_config(route_config_spec)
+                n += 1
+        return n
+
+    def bound_port(self, name: str) -> int:
+        return self.listeners[name].server.sockets[0].getsockname()[1]
+
+
+class Server:
+    def __init__(self, bootstrap: Bootstrap):
+        self.bootstrap = bootstrap
+        self.ctx = ServerContext(bootstrap)
+        self.stats = self.ctx.stats
+        self.cluster_manager = self.ctx.cluster_manager
+        self.listener_manager = ListenerManager(self)
+        self.connections: set = set()
+        self.admin = None
+        self.start_time = time.time()
+        self.ready = False
+        self._stopped = asyncio.Event()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        for c in self.bootstrap.clusters:
+            self.cluster_manager.add_or_update_cluster(c)
+        if self.bootstrap.admin is not None:
+            from proxy.admin import AdminServer
+            self.admin = AdminServer(self)
+            await self.admin.start()
+        await self.cluster_manager.initialize()
+        for spec in self.bootstrap.listeners:
+            await self.listener_manager.add_or_update_listener(spec)
+        self.ctx.access_logs.start()
+        self._sweeper = asyncio.get_event_loop().call_later(1.0, self._sweep)
+        self.ready = True
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.connections):
+            d = conn.deadline
+            if d and now > d:
+                conn.deadline = 0.0
+                try:
+                    conn.timed_out()
+                except Exception:    # noqa: BLE001 - a broken connection must not stop the sweeper
+                    log.exception("timeout handling failed")
+        self._sweeper = asyncio.get_event_loop().call_later(1.0, self._sweep)
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for name in list(self.listener_manager.listeners):
+            await self.listener_manager.remove_listener(name)
+        for conn in list(self.connections):
+            conn.close()
+        if self.admin is not None:
+            self.admin.close()
+        self.cluster_manager.stop()
+        self.ctx.access_logs.close()

@@ -1,0 +1,98 @@
+"""The sans-IO HTTP/1.1 codec: parsing, framing, errors, and a hypothesis fuzz test."""
+from hypothesis import given, settings, strategies as st
+
+import pytest
+
+from proxy.codec import (END, ClientCodec, Data, ProtocolError, RequestHead, ResponseHead, ServerCodec,
+                         encode_chunk, encode_request_head, encode_response_head, LAST_CHUNK)
+
+
+def test_pipelined_requests_and_chunked_body():
+    ev = ServerCodec().receive_data(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+                                    b"POST /b HTTP/1.1\r\nHost: y\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                    b"5\r\nhello\r\n0\r\n\r\n")
+    assert [type(e).__name__ for e in ev] == ["RequestHead", "EndOfMessage", "RequestHead", "Data", "EndOfMessage"]
+    assert ev[0].target == b"/a" and ev[0].headers == [(b"host", b"x")] and ev[0].keep_alive
+    assert ev[2].chunked and ev[3].data == b"hello"
+
+
+def test_header_names_lowercased_and_split_input():
+    c = ServerCodec()
+    events = []
+    for b in b"GET /p?q=1 HTTP/1.1\r\nX-Trace-ID: Ab\r\nContent-Length: 2\r\n\r\nhi":
+        events += c.receive_data(bytes([b]))
+    head = events[0]
+    assert head.target == b"/p?q=1" and (b"x-trace-id", b"Ab") in head.headers and head.content_length == 2
+    assert b"".join(e.data for e in events if type(e) is Data) == b"hi" and events[-1] is END
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+])
+def test_malformed_requests_raise_protocol_error(raw, status):
+    with pytest.raises(ProtocolError) as e:
+        ServerCodec().receive_data(raw)
+    assert e.value.status == status
+
+
+def test_too_many_headers():
+    raw = b"GET / HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(101)) + b"\r\n"
+    with pytest.raises(ProtocolError) as e:
+        ServerCodec(max_headers=100).receive_data(raw)
+    assert e.value.status == 431
+
+
+def test_response_parsing_head_204_1xx_and_close_delimited():
+    c = ClientCodec()
+    c.expect_response(True)
+    ev = c.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    assert type(ev[0]) is ResponseHead and ev[0].content_length == 10 and ev[1] is END
+    ev = c.receive_data(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+    assert [type(e) for e in ev] == [ResponseHead, type(END)] and ev[0].status == 204
+    ev = c.receive_data(b"HTTP/1.1 200 OK\r\n\r\nabc")
+    assert ev[0].keep_alive is False and ev[1].data == b"abc"
+    assert c.feed_eof() == [END]
+
+
+def test_encoders():
+    assert encode_request_head(b"GET", b"/", [(b"host", b"h")]) == b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"
+    assert encode_response_head(404, []) == b"HTTP/1.1 404 Not Found\r\n\r\n"
+    assert encode_chunk(b"x" * 17) == b"11\r\n" + b"x" * 17 + b"\r\n" and LAST_CHUNK == b"0\r\n\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzz_random_bytes_only_raise_protocol_error(data):
+    c = ServerCodec(max_header_bytes=1024)
+    try:
+        for e in c.receive_data(data):
+            assert type(e) in (RequestHead, Data, type(END))
+    except ProtocolError as e:
+        assert e.status in (400, 431, 501)
+
+
+_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
+_value = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 ;=/.", max_size=30).map(str.strip)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_token, _value), max_size=10), st.lists(st.binary(min_size=1, max_size=50), max_size=5),
+       st.integers(min_value=1, max_value=64))
+def test_fuzz_roundtrip_chunked_request_any_split(headers, chunks, split):
+    hs = [(k.encode(), v.encode()) for k, v in headers
+          if k not in ("content-length", "transfer-encoding", "connection", "upgrade")]
+    raw = encode_request_head(b"POST", b"/x", hs + [(b"transfer-encoding", b"chunked")])
+    raw += b"".join(encode_chunk(c) for c in chunks) + LAST_CHUNK
+    c = ServerCodec()
+    events = []
+    for i in range(0, len(raw), split):
+        events += c.receive_data(raw[i:i + split])
+    assert events[0].headers[:len(hs)] == hs
+    assert b"".join(e.data for e in events if type(e) is Data) == b"".join(chunks)
+    assert events[-1] is END
