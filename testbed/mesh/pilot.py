@@ -215,7 +215,13 @@ class Pilot:
         old one. A client that does send a nonce must send the pushed one."""
         nonce, version = req.get("response_nonce", ""), req.get("version_info", "")
         err = req.get("error_detail")
-        if not sub.sent_nonce or (nonce and nonce != sub.sent_nonce):
+        if not sub.sent_nonce:
+            # nothing pushed yet by this Pilot (e.g. it restarted): a client that already
+            # holds a version has applied it; remember it so routes are not held back
+            if version and not err:
+                sub.acked_version, sub.acked_at = version, self.clock()
+            return
+        if nonce and nonce != sub.sent_nonce:
             return
         if not version and not err:  # a (re)started client: a fresh subscription
             sub.acked_version = sub.nacked_version = sub.nack_error = ""
