@@ -188,18 +188,26 @@ class EtcdCluster:
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now (kernel-chosen)."""
+    """``n`` distinct TCP ports free on 127.0.0.1 right now.
+
+    Drawn below the kernel's ephemeral range (32768+ by default), so an outgoing
+    connection elsewhere on the machine cannot grab one between this check and etcd's bind.
+    """
+    import random
     import socket
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    out: list[int] = []
+    rng = random.Random()
+    while len(out) < n:
+        port = rng.randrange(20000, 32000)
+        if port in out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        out.append(port)
+    return out
 
 
 # --- launching -----------------------------------------------------------------------------
