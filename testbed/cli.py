@@ -34,7 +34,8 @@ class Subcommand:
     run: Callable[[argparse.Namespace], int]
 
 
-SUBCOMMAND_MODULES: list[str] = ["testbed.cli", "testbed.doctor", "testbed.demo"]
+SUBCOMMAND_MODULES: list[str] = ["testbed.cli", "testbed.doctor", "testbed.demo", "testbed.run_cmd",
+                                  "testbed.mesh.cli"]
 
 
 class Terminated(SystemExit):

@@ -5,6 +5,8 @@
     link-down h1 s1 / link-up h1 s1                    administrative down/up
     drop h1 h2 [oneway]                                drop traffic (h1->h2 only with oneway)
     restore [h1 [h2]]                                  remove drops (all / of h1 / between)
+    apply FILE...                                      Istio rules to the mesh (mesh: section)
+    registry [list]                                    the mesh's services and endpoints
 
 ``cmd.Cmd`` reads a command name as a run of ``identchars``; '-' is added to them and
 each hyphenated command is registered under its hyphenated name (``do_link-set``), so
@@ -118,7 +120,9 @@ class MeshCLI(CLI):
     def __init__(self, testbed: Any, stdin: IO[str] = sys.stdin, **kwargs: Any):
         self.tb = testbed
         self.errors = 0
-        super().__init__(testbed.net, stdin=stdin, **kwargs)
+        from testbed.mesh.cli import mesh_session
+        with mesh_session(testbed) as self.mesh:   # None without a mesh: section
+            super().__init__(testbed.net, stdin=stdin, **kwargs)
 
     # --- minimesh commands -------------------------------------------------------------
 
@@ -170,6 +174,16 @@ class MeshCLI(CLI):
             n = self.tb.restore(*parse_restore(line))
             output(f"removed {n} drop rule{'s' if n != 1 else ''}\n")
         self._guard(run)
+
+    def do_apply(self, line: str) -> None:
+        """Apply Istio rules to the mesh (all or nothing). Usage: apply FILE..."""
+        from testbed.mesh.cli import cli_apply
+        self._guard(lambda: output(cli_apply(self.mesh, line)))
+
+    def do_registry(self, line: str) -> None:
+        """List the mesh's services and endpoints from etcd. Usage: registry [list]"""
+        from testbed.mesh.cli import cli_registry
+        self._guard(lambda: output(cli_registry(self.mesh, line)))
 
     def _guard(self, fn: Any) -> None:
         try:

@@ -1,0 +1,133 @@
+"""Operations on a running :class:`~testbed.mesh.deploy.Mesh` (mixed into it): rules
+(apply through Pilot's admin socket), status and registry, requests from mesh hosts
+(through their sidecars), sidecar admin, logs, Pilot events; and the index of published
+meshes (``<state dir>/mesh/<pid>.json``) that ``minimesh apply``/``registry`` read."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from testbed.journal import proc_alive, state_dir
+
+__all__ = ["ApplyError", "MeshError", "MeshTraffic", "REPO", "child_env", "running_meshes",
+           "mesh_publish_dir"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def child_env() -> dict[str, str]:
+    """Environment of mesh processes: ours, with the repository on PYTHONPATH."""
+    extra = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *extra])}
+
+
+def mesh_publish_dir() -> Path:
+    return state_dir() / "mesh"
+
+
+def running_meshes() -> list[dict]:
+    """Published meshes whose runner is alive: {pid, topology, socket, pilot_url, ...}."""
+    out = []
+    for f in sorted(mesh_publish_dir().glob("*.json")) if mesh_publish_dir().is_dir() else []:
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if proc_alive(int(d.get("pid", 0)), d.get("start")):
+            out.append(d)
+    return out
+
+
+class MeshError(RuntimeError):
+    """The mesh could not be brought up or driven (names the process and its log)."""
+
+
+class ApplyError(Exception):
+    """Pilot rejected an apply; ``errors`` are Galley's messages. Nothing changed."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("apply rejected:\n" + "\n".join(errors))
+
+
+class MeshTraffic:
+    """Mixed into Mesh; needs ``tb``, ``python``, ``admin``, ``events``, ``_dir()``, ``_spec()``."""
+
+    tb: Any
+    python: str
+    events: Path
+    admin: Any
+
+    def status(self) -> dict:
+        """Pilot's /status: generation, registered endpoints, per-node sync."""
+        return self.admin.get("/status")
+
+    def registry(self) -> dict:
+        return self.admin.get("/registry")
+
+    def apply_text(self, text: str, name: str = "<text>") -> list[str]:
+        return self.apply_texts([(text, name)])
+
+    def apply_texts(self, files: list[tuple[str, str]]) -> list[str]:
+        """All or nothing; returns warnings, raises ApplyError (nothing changed)."""
+        ok, body = self.admin.apply_texts(files)
+        if not ok:
+            raise ApplyError(list(body["errors"]))
+        return list(body["warnings"])
+
+    def apply_files(self, paths: list[str | Path]) -> list[str]:
+        return self.apply_texts([(Path(p).read_text(), str(p)) for p in paths])
+
+    def curl(self, host: str, url: str, headers: dict[str, str] | None = None,
+             timeout_s: float = 5.0) -> tuple[int, str]:
+        """One request with curl inside ``host``: (HTTP status, body); status 0 = failed."""
+        argv = ["curl", "-s", "-m", str(timeout_s), "-o", "-", "-w", "\n%{http_code}"]
+        for k, v in (headers or {}).items():
+            argv += ["-H", f"{k}: {v}"]
+        out, _, _ = self.tb.host(host).pexec(argv + [url])
+        body, _, code = out.rpartition("\n")
+        return (int(code) if code.isdigit() else 0), body
+
+    def sidecar_admin(self, name: str, path: str = "/clusters", timeout_s: float = 3.0) -> str:
+        """GET a sidecar's admin endpoint (``name``: an instance, or ``client@<host>``)."""
+        if name.startswith("client@"):
+            host, port = name.split("@", 1)[1], 15000
+        else:
+            inst = self._spec(name)
+            host, port = inst.host, inst.admin_port
+        out, err, code = self.tb.host(host).pexec(
+            ["curl", "-s", "-m", str(timeout_s), f"http://127.0.0.1:{port}{path}"])
+        if code != 0:
+            raise MeshError(f"sidecar admin of {name} ({host}:{port}{path}): curl exit {code} {err}")
+        return out
+
+    def requests(self, host: str, url: str, n: int, headers: dict[str, str] | None = None,
+                 timeout_s: float = 5.0) -> dict:
+        """``n`` requests over one keep-alive connection from ``host`` (deploy_client)."""
+        argv = [self.python, "-m", "testbed.mesh.deploy_client", url, "-n", str(n),
+                "--timeout", str(timeout_s)]
+        for k, v in (headers or {}).items():
+            argv += ["-H", f"{k}: {v}"]
+        p = self.tb.popen(host, argv, cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          env=child_env())
+        out, err = p.communicate(timeout=60 + n * timeout_s / 10)
+        if p.returncode != 0:
+            raise MeshError(f"load client on {host} failed: {err.decode(errors='replace')[-800:]}")
+        return json.loads(out)
+
+    def log(self, name: str) -> Path:
+        """A process's log, e.g. log('echo-v1-0.sidecar'), log('pilot')."""
+        return self._dir() / "logs" / f"{name}.log"
+
+    def iter_events(self) -> Iterator[dict]:
+        try:
+            with open(self.events) as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)
+        except FileNotFoundError:
+            return
