@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--service", default=None, help="accepted for the mesh's run line (= --app)")
     p.add_argument("--version", default="v1")
     p.add_argument("--instance", default=None)
+    p.add_argument("--node", default=None, help="testbed host it runs on (accepted for the mesh's run line)")
     for svc, url in DEFAULT_URLS.items():
         p.add_argument(f"--{svc}-url", default=url)
     a = p.parse_args(argv)

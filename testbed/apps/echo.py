@@ -6,7 +6,7 @@ Host, path and headers the proxy forwarded.
 
 Response body (``application/json``)::
 
-    {"service": "reviews", "version": "v2", "instance": "r2", "host": "<Host header>",
+    {"service": "reviews", "version": "v2", "instance": "r2", "host": "<testbed host>", "authority": "<Host header>",
      "method": "GET", "path": "/raw/path?q", "headers": {"lower-case-name": "value", ...},
      "body_bytes": 0}
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
 import signal
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,6 +35,7 @@ class Identity:
     service: str = "echo"
     version: str = "v1"
     instance: str = "echo-0"
+    node: str = ""             # the testbed host it runs on (Mininet host name)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ def make_app(identity: Identity = Identity(), behaviour: Behaviour = Behaviour()
         count += 1
         body = await request.read()
         record = {"service": identity.service, "version": identity.version,
-                  "instance": identity.instance, "host": request.headers.get("Host", ""),
+                  "instance": identity.instance, "host": identity.node,
+                  "authority": request.headers.get("Host", ""),
                   "method": request.method, "path": request.raw_path,
                   "headers": _headers(request), "body_bytes": len(body)}
         if on_request is not None:
@@ -108,12 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--service", default="echo")
     p.add_argument("--version", default="v1")
     p.add_argument("--instance", default=None, help="instance name (default: <service>-<port>)")
+    p.add_argument("--node", default=os.environ.get("MINIMESH_HOST") or socket.gethostname(),
+                   help="testbed host name reported as 'host' (default: $MINIMESH_HOST or hostname)")
     p.add_argument("--fail-first", type=int, default=0, metavar="N",
                    help="answer the first N requests with --fail-status")
     p.add_argument("--fail-status", type=int, default=503)
     p.add_argument("--delay-ms", type=int, default=0)
     a = p.parse_args(argv)
-    identity = Identity(a.service, a.version, a.instance or f"{a.service}-{a.port}")
+    identity = Identity(a.service, a.version, a.instance or f"{a.service}-{a.port}", a.node)
     serve(make_app(identity, Behaviour(a.fail_first, a.fail_status, a.delay_ms)), a.bind, a.port)
 
 

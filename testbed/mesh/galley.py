@@ -248,6 +248,11 @@ def load_files(paths: Sequence[str]) -> tuple[list[ServiceSpec] | None, list, li
             else:
                 docs_in = [doc]
             for d in docs_in:
+                if isinstance(d.v, str):  # a rule file named by the topology, relative to it
+                    _, sub_rules, m = load_files([str(Path(path).parent / d.v)])
+                    rules += sub_rules
+                    msgs += m
+                    continue
                 rule, m = parse_rule(d, str(path))
                 msgs += m
                 if rule is not None:

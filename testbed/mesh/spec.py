@@ -117,7 +117,8 @@ def app_argv(run: str, inst: InstanceSpec, python: str = sys.executable) -> list
         module = "testbed.apps.echo" if name == "echo" else "testbed.apps.bookinfo"
         extra = [] if name == "echo" else ["--app", name]
         return [python, "-m", module, *extra, "--bind", "127.0.0.1", "--port", str(inst.app_port),
-                "--service", inst.service, "--version", inst.version, "--instance", inst.instance]
+                "--service", inst.service, "--version", inst.version, "--instance", inst.instance,
+                "--node", inst.host]
     fields = {"port": inst.app_port, "service": inst.service, "version": inst.version,
               "instance": inst.instance}
     return [word.format(**fields) for word in shlex.split(run)]

@@ -52,7 +52,7 @@ def _run(kind: str) -> dict[str, tuple]:
                 for name, data in CASES.items():
                     before = len(ups.records("a"))
                     ans = probe(listen, data)
-                    seen = [(r["host"], r["path"]) for r in ups.records("a")[before:]]
+                    seen = [(r["authority"], r["path"]) for r in ups.records("a")[before:]]
                     out[name] = (ans.statuses, ans.closed, tuple(seen))
         _RESULTS[kind] = out
     return _RESULTS[kind]

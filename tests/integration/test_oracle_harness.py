@@ -55,7 +55,7 @@ def test_echo_command_answers_identity_and_headers():
         rec = json.loads(body)
         assert status == 200 and hdrs["x-echo-instance"] == "r2"
         assert (rec["service"], rec["version"], rec["instance"]) == ("reviews", "v2", "r2")
-        assert (rec["host"], rec["method"], rec["path"], rec["body_bytes"]) == ("svc.test", "POST", "/a/b?x=1", 3)
+        assert (rec["authority"], rec["method"], rec["path"], rec["body_bytes"]) == ("svc.test", "POST", "/a/b?x=1", 3)
         assert rec["headers"]["x-thing"] == "1"
     finally:
         p.terminate()

@@ -113,7 +113,7 @@ def _outcome(req: Req, status: int, resp_headers: dict[str, str], body: bytes | 
                        local_body=body.decode("utf-8", "replace"), elapsed_s=elapsed_s)
     last = new_records[-1]
     seen = last["headers"]
-    return Outcome(status, len(new_records), last["instance"], last["host"], last["path"],
+    return Outcome(status, len(new_records), last["instance"], last["authority"], last["path"],
                    last["method"], last["body_bytes"],
                    tuple(sorted((k, v) for k, v in seen.items() if k.startswith("x-mm-"))),
                    "x-request-id" in seen, _trace(req, seen), shown, elapsed_s=elapsed_s)

@@ -19,7 +19,8 @@ def target() -> FakeTarget:
 
 
 def test_registry_names():
-    assert set(FAULTS) == {"link", "link-down", "partition", "cut", "crash", "restart", "pause"}
+    # other modules (e.g. Citadel's identity faults) may register more kinds
+    assert {"link", "link-down", "partition", "cut", "crash", "restart", "pause"} <= set(FAULTS)
     assert isinstance(target(), NemesisTarget)
 
 

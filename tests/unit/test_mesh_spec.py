@@ -129,7 +129,8 @@ def test_app_argv_builtin_and_template():
                         "builtin:reviews", None)
     assert app_argv("builtin:reviews", inst, "PY") == [
         "PY", "-m", "testbed.apps.bookinfo", "--app", "reviews", "--bind", "127.0.0.1",
-        "--port", "20003", "--service", "reviews", "--version", "v2", "--instance", "reviews-v2-0"]
+        "--port", "20003", "--service", "reviews", "--version", "v2", "--instance", "reviews-v2-0",
+        "--node", "h1"]
     assert app_argv("builtin:echo", inst, "PY")[:3] == ["PY", "-m", "testbed.apps.echo"]
     assert app_argv("python3 app.py --port {port} --name '{service} {version}' {instance}", inst) == [
         "python3", "app.py", "--port", "20003", "--name", "reviews v2", "reviews-v2-0"]
