@@ -1,4 +1,5 @@
-"""Access logs in Envoy's default format, written in batches (flushed every second or 64 KiB)."""
+"""Access logs in Envoy's default format or a configured ``log_format`` (proxy.log_format),
+written in batches (flushed every second or 64 KiB)."""
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +7,7 @@ import os
 import sys
 import time
 
-__all__ = ["AccessLogs", "AccessLogger", "format_entry"]
+__all__ = ["AccessLogs", "AccessLogger", "format_entry", "write_entries"]
 
 FLUSH_INTERVAL_S = 1.0
 FLUSH_BYTES = 64 * 1024
@@ -43,6 +44,18 @@ def format_entry(stream, wall_start: float, duration_ms: int) -> str:
             f'{stream.flag_string()} {stream.bytes_in} {stream.bytes_out} {duration_ms} {ust} '
             f'"{_req(h, b"x-forwarded-for")}" "{_req(h, b"user-agent")}" "{_req(h, b"x-request-id")}" '
             f'"{stream.host.decode("latin-1") or "-"}" "{upstream}"\n')
+
+
+def write_entries(loggers: list, stream, wall_start: float, duration_ms: int) -> None:
+    """Log a finished stream to each ``(logger, formatter or None)`` of a connection manager."""
+    default = None
+    for lg, fmt in loggers:
+        if fmt is None:
+            if default is None:
+                default = format_entry(stream, wall_start, duration_ms)
+            lg.write(default)
+        else:
+            lg.write(fmt(stream, wall_start, duration_ms))
 
 
 class AccessLogger:
@@ -96,6 +109,11 @@ class AccessLogs:
         if lg is None:
             lg = self.loggers[key] = AccessLogger(spec.kind, spec.path)
         return lg
+
+    def get_formatted(self, spec) -> tuple:
+        """(shared writer, formatter or None for Envoy's default format)."""
+        from proxy.log_format import compile_format
+        return self.get(spec), (compile_format(spec.log_format) if spec.log_format is not None else None)
 
     def start(self) -> None:
         self._timer = asyncio.get_event_loop().call_later(FLUSH_INTERVAL_S, self._tick)

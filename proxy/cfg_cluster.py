@@ -75,6 +75,7 @@ class ClusterSpec:
     ring_size: int = 1024
     choice_count: int = 2
     max_requests_per_connection: int = 0
+    tls: object = None         # proxy.tls_transport.TlsContextSpec (UpstreamTlsContext), None: plaintext
 
 
 def _upper(value: str) -> str:
@@ -266,7 +267,9 @@ def parse_cluster(o: Obj) -> ClusterSpec:
     if hpo is not None:
         mrpc = hpo.take("max_requests_per_connection", mrpc, int)
         hpo.done()
+    from proxy.tls_transport import parse_upstream
+    tls = parse_upstream(o)
     o.ignore("alt_stat_name", "metadata")
     o.done()
     return ClusterSpec(name, ctype, connect_timeout, lb, eps, refresh, family, thresholds, outlier, hcs,
-                       eds_name, buf, panic, ring, choice, mrpc)
+                       eds_name, buf, panic, ring, choice, mrpc, tls)

@@ -8,7 +8,8 @@ from typing import Any
 from proxy.cfg_cluster import parse_socket_address
 from proxy.cfg_reader import ConfigError, Obj, typed
 from proxy.cfg_route import RouteConfigSpec, parse_route_config
-from proxy import registry
+from proxy.log_format import LogFormat, parse_log_format
+from proxy import registry, tls_transport
 
 __all__ = ["AccessLogSpec", "HttpFilterSpec", "HcmSpec", "TcpProxySpec", "ListenerSpec", "parse_listener",
            "HCM_NAMES", "TCP_PROXY_NAMES"]
@@ -33,6 +34,7 @@ LOGGER_TYPES = ("type.googleapis.com/envoy.extensions.access_loggers.file.v3.Fil
 class AccessLogSpec:
     kind: str          # file | stdout | stderr
     path: str = ""
+    log_format: LogFormat | None = None    # None: Envoy's default format
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class ListenerSpec:
     filter: HcmSpec | TcpProxySpec
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     raw: Any = None
+    tls: Any = None        # proxy.tls_transport.DownstreamTls, None: plaintext
 
 
 def _access_logs(o: Obj) -> tuple[AccessLogSpec, ...]:
@@ -89,9 +92,11 @@ def _access_logs(o: Obj) -> tuple[AccessLogSpec, ...]:
         kind = LOGGERS[name]
         c = typed(a, (), LOGGER_TYPES)
         path = c.take("path", kind=str) if kind == "file" else ""
+        lf = c.obj("log_format")
+        fmt = parse_log_format(lf) if lf is not None else None
         c.done()
         a.done()
-        logs.append(AccessLogSpec(kind, path))
+        logs.append(AccessLogSpec(kind, path, fmt))
     return tuple(logs)
 
 
@@ -180,9 +185,7 @@ def parse_listener(o: Obj, index: int) -> ListenerSpec:
     assert a is not None
     address, port = parse_socket_address(a)
     chains = list(o.objs("filter_chains"))
-    if len(chains) != 1:
-        raise ConfigError(o.sub("filter_chains"), f"exactly one filter chain is supported, got {len(chains)}")
-    chain = chains[0]
+    chain, tls = tls_transport.pick_chain(o, chains)    # transport_socket: STRICT/PERMISSIVE/plain
     chain.ignore("name")
     filters = list(chain.objs("filters"))
     if len(filters) != 1:
@@ -205,4 +208,4 @@ def parse_listener(o: Obj, index: int) -> ListenerSpec:
     limit = o.take("per_connection_buffer_limit_bytes", 1024 * 1024, int)
     o.ignore("traffic_direction", "stat_prefix", "metadata", "connection_balance_config")
     o.done()
-    return ListenerSpec(name, address, port, spec, limit, o.data)
+    return ListenerSpec(name, address, port, spec, limit, o.data, tls)

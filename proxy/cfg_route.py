@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
-from proxy.cfg_reader import ConfigError, Obj
+from proxy import registry
+from proxy.cfg_reader import ConfigError, Obj, percent
 
 __all__ = ["StringMatch", "HeaderMatch", "HeaderOp", "HeaderEdits", "RetryPolicy", "WeightedCluster",
            "RouteAction", "DirectResponse", "RouteSpec", "VirtualHostSpec", "RouteConfigSpec",
-           "parse_route_config", "parse_retry_policy", "parse_string_match"]
+           "parse_route_config", "parse_retry_policy", "parse_string_match", "parse_header_match",
+           "MirrorPolicy"]
 
 RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx",
             "retriable-status-codes", "refused-stream")
@@ -60,6 +63,14 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class MirrorPolicy:
+    """request_mirror_policies[]: a fire-and-forget copy of the request to ``cluster``."""
+    cluster: str
+    percent: float = 100.0
+    shadow_host_suffix: bool = True
+
+
+@dataclass(frozen=True)
 class WeightedCluster:
     name: str
     weight: int
@@ -79,6 +90,7 @@ class RouteAction:
     retry_policy: RetryPolicy | None = None
     hash_headers: tuple[str, ...] = ()
     hash_source_ip: bool = False
+    mirrors: tuple[MirrorPolicy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class RouteSpec:
     headers: tuple[HeaderMatch, ...] = ()
     action: RouteAction | DirectResponse | None = None
     edits: HeaderEdits = HeaderEdits()
+    per_filter: tuple[tuple[str, Any], ...] = ()     # typed_per_filter_config, parsed
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,7 @@ class VirtualHostSpec:
     routes: tuple[RouteSpec, ...]
     edits: HeaderEdits = HeaderEdits()
     retry_policy: RetryPolicy | None = None
+    per_filter: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,35 @@ def parse_string_match(o: Obj) -> StringMatch:
 
 _LEGACY_HEADER = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
                   "contains_match": "contains"}
+
+
+def parse_header_match(o: Obj) -> HeaderMatch:
+    """One HeaderMatcher (route match ``headers``, the fault filter's ``headers``)."""
+    return _header_match(o)
+
+
+def _per_filter(o: Obj) -> tuple[tuple[str, Any], ...]:
+    raw = o.take("typed_per_filter_config", {}, dict)
+    return tuple(registry.per_route_config(name, cfg, f"{o.sub('typed_per_filter_config')}.{name}")
+                 for name, cfg in raw.items())
+
+
+def _mirrors(o: Obj) -> tuple[MirrorPolicy, ...]:
+    out = []
+    for m in o.objs("request_mirror_policies"):
+        cluster = m.take("cluster", kind=str)
+        pct = 100.0
+        rf = m.obj("runtime_fraction")
+        if rf is not None:
+            if rf.has("default_value"):
+                pct = percent(rf.take("default_value"), rf.sub("default_value"))
+            rf.ignore("runtime_key")      # no runtime layer: the default value applies
+            rf.done()
+        suffix = not m.take("disable_shadow_host_suffix_append", False, bool)
+        m.take("trace_sampled", True, bool, (True,))
+        m.done()
+        out.append(MirrorPolicy(cluster, pct, suffix))
+    return tuple(out)
 
 
 def _header_match(o: Obj) -> HeaderMatch:
@@ -272,7 +315,7 @@ def _route_action(o: Obj) -> RouteAction:
     o.ignore("priority")
     o.take("cluster_not_found_response_code", "SERVICE_UNAVAILABLE", str, ("SERVICE_UNAVAILABLE",))
     action = RouteAction(cluster, tuple(weighted), host, auto, prefix_rw, rx, timeout, idle,
-                         parse_retry_policy(rp) if rp else None, tuple(hash_headers), source_ip)
+                         parse_retry_policy(rp) if rp else None, tuple(hash_headers), source_ip, _mirrors(o))
     o.done()
     return action
 
@@ -308,9 +351,10 @@ def _route(o: Obj, index: int) -> RouteSpec:
         d.done()
         action = DirectResponse(status, body)
     edits = parse_edits(o)
+    per_filter = _per_filter(o)
     o.ignore("metadata", "decorator")
     o.done()
-    return RouteSpec(name, prefix, path, regex, cs, headers, action, edits)
+    return RouteSpec(name, prefix, path, regex, cs, headers, action, edits, per_filter)
 
 
 def parse_route_config(o: Obj) -> RouteConfigSpec:
@@ -332,9 +376,11 @@ def parse_route_config(o: Obj) -> RouteConfigSpec:
         vrp = v.obj("retry_policy")
         v.take("require_tls", "NONE", str, ("NONE",))
         edits = parse_edits(v)
+        per_filter = _per_filter(v)
         v.ignore("metadata")
         v.done()
-        vhosts.append(VirtualHostSpec(vname, domains, routes, edits, parse_retry_policy(vrp) if vrp else None))
+        vhosts.append(VirtualHostSpec(vname, domains, routes, edits, parse_retry_policy(vrp) if vrp else None,
+                                      per_filter))
     edits = parse_edits(o)
     o.ignore("validate_clusters")
     o.done()

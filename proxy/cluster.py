@@ -198,6 +198,7 @@ class ClusterManager:
     def __init__(self, stats: Stats):
         self.stats = stats
         self.clusters: dict[str, Cluster] = {}
+        self.security = None        # proxy.sds.SidecarSecurity: mTLS for clusters with a transport_socket
         self.version_info = "static"
 
     def get(self, name: str) -> Cluster | None:
@@ -208,6 +209,7 @@ class ClusterManager:
         if old is not None and old.spec == spec:
             return old
         c = Cluster(spec, self.stats)
+        c.security = self.security
         if old is not None and spec.type == "EDS" and old.spec.type == "EDS":
             c.set_hosts((h.address, h.port, EndpointSpec(h.address, h.port, h.weight, h.hostname, h.priority,
                                                          h.hc_port, h.eds_healthy)) for h in old.hosts)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import re
+
 import httptools
 
 __all__ = ["RequestHead", "ResponseHead", "Data", "EndOfMessage", "ProtocolError", "ServerCodec",
@@ -22,6 +24,7 @@ __all__ = ["RequestHead", "ResponseHead", "Data", "EndOfMessage", "ProtocolError
 
 Headers = list  # list[tuple[bytes, bytes]]
 LAST_CHUNK = b"0\r\n\r\n"
+_ABSOLUTE = re.compile(rb"(?i)https?://")
 
 
 class RequestHead(NamedTuple):
@@ -55,9 +58,14 @@ END = EndOfMessage()
 
 
 class ProtocolError(Exception):
-    def __init__(self, message: str, status: int = 400):
+    """``status`` is what the server answers before closing; ``body`` None means the reason phrase."""
+
+    events: list = []          # ServerCodec: events parsed before the violation
+
+    def __init__(self, message: str, status: int = 400, body: bytes | None = None):
         super().__init__(message)
         self.status = status
+        self.body = body
 
 
 def get_header(headers: list, name: bytes) -> bytes | None:
@@ -121,12 +129,13 @@ class _Base:
 class ServerCodec(_Base):
     """Parses requests received by a server."""
 
-    __slots__ = ("_url", "head")
+    __slots__ = ("_url", "head", "_chunk")
 
     def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
         super().__init__(max_header_bytes, max_headers)
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
+        self._chunk = b""
 
     def on_message_begin(self) -> None:
         self._headers = []
@@ -142,33 +151,75 @@ class ServerCodec(_Base):
     def on_headers_complete(self) -> None:
         p = self._parser
         headers = self._headers
+        version = p.get_http_version()
+        if version != "1.1":
+            # Envoy's default (accept_http_10: false): 426 Upgrade Required, then close;
+            # llhttp also takes RTSP/ and ICE/ request lines, which Envoy rejects with 400
+            other = b"RTSP/" in self._chunk or b"ICE/" in self._chunk
+            raise ProtocolError(f"HTTP/{version} request (only HTTP/1.1 is accepted)", 400 if other else 426)
         chunked, length = _framing(headers, "request")
-        self._events.append(RequestHead(p.get_method(), self._url, headers, p.should_keep_alive(),
-                                        chunked, length, p.get_http_version()))
+        for k, _ in headers:      # Host is nearly always first: this loop is short
+            if k == b"host":
+                break
+        else:
+            if not _ABSOLUTE.match(self._url):
+                raise ProtocolError("HTTP/1.1 request without Host", 400, b"")
+        method = p.get_method()
+        self._events.append(RequestHead(method, self._url, headers, p.should_keep_alive() and method != b"CONNECT",
+                                        chunked, length, version))
 
     def receive_data(self, data: bytes) -> list:
-        while True:
-            try:
-                self._parser.feed_data(data)
-                break
-            except httptools.HttpParserUpgrade as e:
-                # Upgrades are not proxied: the request is served as plain HTTP/1.1 and
-                # whatever followed it is parsed by a fresh parser.
-                offset = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
-                self._parser = httptools.HttpRequestParser(self)
-                data = data[offset:]
-                if not data:
-                    break
-            except ProtocolError:
-                raise
-            except httptools.HttpParserError as e:
-                cause = e.__context__
-                if isinstance(cause, ProtocolError):
-                    raise cause from None
-                raise ProtocolError(f"malformed request: {e}") from None
+        """Events parsed from ``data``.  On a protocol violation raises :class:`ProtocolError`
+        whose ``events`` holds the events parsed before it (earlier pipelined requests)."""
+        self._chunk = data
+        try:
+            self._parser.feed_data(data)       # the common case, without the loop below
+        except httptools.HttpParserUpgrade as e:
+            self._feed_after_upgrade(data, e)
+        except ProtocolError as e:
+            e.events, self._events = self._events, []
+            raise
+        except httptools.HttpParserError as e:
+            err = self._error(e)
+            err.events, self._events = self._events, []
+            raise err from None
         events = self._events
         self._events = []
         return events
+
+    @staticmethod
+    def _error(e: Exception) -> ProtocolError:
+        cause = e.__context__
+        if isinstance(cause, ProtocolError):
+            return cause
+        # llhttp knows only HTTP/0.9, 1.0, 1.1 and 2.0; Envoy answers other versions with 426
+        return ProtocolError(f"malformed request: {e}", 426 if str(e) == "Invalid HTTP version" else 400)
+
+    def _feed_after_upgrade(self, data: bytes, up: Exception) -> None:
+        try:
+            self._feed(data, up)
+        except ProtocolError as e:
+            e.events, self._events = self._events, []
+            raise
+
+    def _feed(self, data: bytes, e: Exception) -> None:
+        while True:
+            # Upgrades are not proxied: the request is served as plain HTTP/1.1 and
+            # whatever followed it is parsed by a fresh parser.
+            offset = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
+            self._parser = httptools.HttpRequestParser(self)
+            data = data[offset:]
+            if not data:
+                return
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as u:
+                e = u
+            except ProtocolError:
+                raise
+            except httptools.HttpParserError as err:
+                raise self._error(err) from None
 
 
 class ClientCodec(_Base):
@@ -251,7 +302,7 @@ REASONS = {
     301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified", 307: b"Temporary Redirect",
     400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
     405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large",
-    421: b"Misdirected Request", 429: b"Too Many Requests",
+    421: b"Misdirected Request", 426: b"Upgrade Required", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }

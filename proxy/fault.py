@@ -1,12 +1,19 @@
-"""``envoy.filters.http.fault``: inject delays and aborts by percentage or by request header."""
+"""``envoy.filters.http.fault``: inject delays and aborts by percentage or by request header.
+
+The filter's config may be restricted to requests matching ``headers`` (all must match) or
+bound to ``upstream_cluster``.  A route's (or virtual host's) ``typed_per_filter_config``
+entry for ``envoy.filters.http.fault`` replaces the filter's config for that route, which is
+how Istio (and minimesh's Pilot) delivers a VirtualService's fault injection."""
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from proxy import registry
 from proxy.cfg_reader import ConfigError, Obj, percent
+from proxy.cfg_route import parse_header_match
 from proxy.filters import CONTINUE, STOP_ITERATION, HttpFilter
 
 __all__ = ["FaultConfig", "FaultFilter"]
@@ -23,6 +30,13 @@ class FaultConfig:
     delay_percent_set: bool = False
     abort_percent_set: bool = False
     max_active_faults: int | None = None
+    headers: tuple = ()                   # HeaderMatch specs (all must match)
+    upstream_cluster: str | None = None
+    matchers: tuple[Callable[[list], bool], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from proxy.routing import header_predicate
+        object.__setattr__(self, "matchers", tuple(header_predicate(h) for h in self.headers))
 
 
 def _parse(o: Obj) -> FaultConfig:
@@ -65,8 +79,10 @@ def _parse(o: Obj) -> FaultConfig:
             ap, aps = float(a.take("percent", kind=int)), True
         a.done()
     maf = o.take("max_active_faults", None, int)
+    headers = tuple(parse_header_match(h) for h in o.objs("headers"))
+    upstream = o.take("upstream_cluster", None, str)
     o.done()
-    return FaultConfig(delay_s, dp, hd, status, ap, ha, dps, aps, maf)
+    return FaultConfig(delay_s, dp, hd, status, ap, ha, dps, aps, maf, headers, upstream)
 
 
 class _State:
@@ -110,6 +126,16 @@ class FaultFilter(HttpFilter):
     def decode_headers(self, stream, end_stream: bool) -> int:
         c = self.config
         self.stream = stream
+        route = stream.route
+        if route is not None and route.per_filter is not None:
+            c = self.config = route.per_filter.get(FAULT, c)
+        if c.matchers:
+            headers = stream.headers
+            for m in c.matchers:
+                if not m(headers):
+                    return CONTINUE
+        if c.upstream_cluster is not None and (route is None or route.cluster != c.upstream_cluster):
+            return CONTINUE
         if c.max_active_faults is not None and self.state.active >= c.max_active_faults:
             return CONTINUE
         delay = c.delay_s
@@ -160,8 +186,9 @@ class FaultFilter(HttpFilter):
             self.state.active -= 1
 
 
+FAULT = "envoy.filters.http.fault"
 registry.register(registry.FilterInfo(
-    names=("envoy.filters.http.fault", "envoy.fault"),
+    names=(FAULT, "envoy.fault"),
     type_urls=("type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
                "type.googleapis.com/envoy.config.filter.http.fault.v2.HTTPFault"),
-    parse=_parse, factory=_factory))
+    parse=_parse, factory=_factory, parse_per_route=_parse))

@@ -19,7 +19,7 @@ CONTINUE = 0
 STOP_ITERATION = 1
 
 # Envoy's response flag short names, in Envoy's print order.
-FLAG_ORDER = ("UH", "UF", "UO", "NR", "URX", "UT", "LR", "UR", "UC", "DI", "FI", "RL", "DC", "NC", "SI", "DPE")
+FLAG_ORDER = ("UH", "UF", "UO", "NR", "URX", "UT", "LR", "UR", "UC", "DI", "FI", "RL", "DC", "NC", "SI", "DPE", "RBAC")
 
 
 class HttpFilter:

@@ -33,7 +33,7 @@ class HcmConfig:
         self.stats = ctx.stats.http_prefix(spec.stat_prefix)
         self.route_table: RouteTable | None = RouteTable(spec.route_config) if spec.route_config else None
         self.factories = [registry.http_filter(f.name).factory(f.config, ctx) for f in spec.http_filters]
-        self.loggers = [ctx.access_logs.get(a) for a in spec.access_log]
+        self.loggers = [ctx.access_logs.get_formatted(a) for a in spec.access_log]
         self.server_header = spec.server_name.encode()
         self.server_mode = spec.server_header_transformation
         self.max_header_bytes = spec.max_request_headers_kb * 1024
@@ -93,8 +93,8 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             events = self.codec.receive_data(data)
         except ProtocolError as e:
-            self.protocol_error(e.status)
-            return
+            # answered in order: after the requests parsed before it (see _feed)
+            events = e.events + [e]
         if self.queue:
             self.queue.extend(events)
             return
@@ -126,9 +126,19 @@ class DownstreamConnection(asyncio.Protocol):
                 s = self.stream = Stream(self, ev)
                 s.start()
             elif s is None:
+                if t is ProtocolError:
+                    self.protocol_error(ev.status, ev.body)
+                    return
                 continue          # tail of a request whose stream was closed early
             elif t is Data:
                 s.on_downstream_data(ev.data)
+            elif t is ProtocolError:
+                if s.req_done and not self.closing:     # a pipelined request is bad: answer the
+                    self.queue = events[i:]             # one in flight first (as Envoy does)
+                    self._pause(2)
+                    return
+                self.protocol_error(ev.status, ev.body)
+                return
             else:
                 s.on_downstream_end()
 
@@ -174,16 +184,19 @@ class DownstreamConnection(asyncio.Protocol):
             if not self.paused_by and not self.closing:
                 self.transport.resume_reading()
 
-    def protocol_error(self, status: int) -> None:
+    def protocol_error(self, status: int, body: bytes | None = None) -> None:
         st = self.cfg.stats
         st.downstream_cx_protocol_error += 1
         if status == 431:
             st.downstream_rq_too_large += 1
         if self.stream is None or not self.stream.resp_started:
-            body = REASONS.get(status, b"Bad Request")
-            self.transport.write(encode_response_head(status, [
-                (b"content-length", b"%d" % len(body)), (b"content-type", b"text/plain"), (b"date", http_date()),
-                (b"server", self.cfg.server_header), (b"connection", b"close")]) + body)
+            if body is None:
+                body = REASONS.get(status, b"Bad Request")
+            head = [(b"content-length", b"%d" % len(body))]
+            if body:
+                head.append((b"content-type", b"text/plain"))
+            head += ((b"date", http_date()), (b"server", self.cfg.server_header), (b"connection", b"close"))
+            self.transport.write(encode_response_head(status, head) + body)
         self.close()
 
     def stream_finished(self, stream: "Stream", keep_alive: bool) -> None:

@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 from proxy.cfg_reader import ConfigError
 
-__all__ = ["FilterInfo", "register", "http_filter", "BUILTIN_MODULES"]
+__all__ = ["FilterInfo", "register", "http_filter", "per_route_config", "BUILTIN_MODULES"]
 
-BUILTIN_MODULES = ("proxy.router", "proxy.fault")
+BUILTIN_MODULES = ("proxy.router", "proxy.fault", "proxy.rbac")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class FilterInfo:
     type_urls: tuple[str, ...]
     parse: Callable[[Any], Any]
     factory: Callable[[Any, Any], Callable[[], Any]]
+    # parses the filter's entry in a route's or virtual host's typed_per_filter_config;
+    # None: the filter takes no per-route configuration
+    parse_per_route: Callable[[Any], Any] | None = None
 
 
 _FILTERS: dict[str, FilterInfo] = {}
@@ -50,3 +53,19 @@ def http_filter(name: str, path: str = "") -> FilterInfo:
     except KeyError:
         known = sorted({i.names[0] for i in _FILTERS.values()})
         raise ConfigError(path, f"unsupported HTTP filter {name!r}; allowed: {', '.join(known)}") from None
+
+
+def per_route_config(name: str, raw: Any, path: str) -> tuple[str, Any]:
+    """One entry of ``typed_per_filter_config``: (canonical filter name, parsed config)."""
+    from proxy.cfg_reader import Obj
+    info = http_filter(name, path)
+    if info.parse_per_route is None:
+        raise ConfigError(path, f"filter {name!r} takes no per-route configuration in minimesh-proxy")
+    o = Obj(raw, path)
+    url = o.take("@type", None, str)
+    if url is not None and url not in info.type_urls:
+        raise ConfigError(o.sub("@type"), f"type {url!r} does not fit filter {name!r}; "
+                          f"expected {' or '.join(info.type_urls)}")
+    parsed = info.parse_per_route(o)
+    o.done()
+    return info.names[0], parsed

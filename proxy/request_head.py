@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from proxy.codec import encode_request_head
 from proxy.hcm import HOP_BY_HOP
+from proxy.mirror import shadow_host
 from proxy.routing import apply_ops
 
 __all__ = ["build_request_head"]
 
 
 def build_request_head(stream, route, edit_levels: tuple, suppress_envoy_headers: bool,
-                       host_rw: bytes | None = None) -> tuple[bytes, bool]:
+                       host_rw: bytes | None = None, shadow: bool = False) -> tuple[bytes, bool]:
     """The upstream request head (bytes) and whether the body is sent chunked.
-    ``host_rw`` (auto_host_rewrite: the chosen host's name) overrides the route's literal."""
+    ``host_rw`` (auto_host_rewrite: the chosen host's name) overrides the route's literal;
+    ``shadow`` (a mirrored copy) suffixes the final Host with ``-shadow``."""
     out = []
     host_rw = host_rw or route.host_rewrite
     has_xfp = False
@@ -22,11 +24,14 @@ def build_request_head(stream, route, edit_levels: tuple, suppress_envoy_headers
             if k == b"te" and v.strip().lower() == b"trailers":
                 out.append((k, v))           # Envoy forwards only "te: trailers"
             continue
-        if k == b"host" and host_rw is not None:
-            original_hosts.append(v)
-            if len(original_hosts) > 1:
-                continue
-            v = host_rw
+        if k == b"host":
+            if host_rw is not None:
+                original_hosts.append(v)
+                if len(original_hosts) > 1:
+                    continue
+                v = host_rw
+            if shadow:
+                v = shadow_host(v)
         elif k == b"x-forwarded-proto":
             has_xfp = True
         out.append((k, v))

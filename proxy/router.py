@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from proxy import registry
 from proxy.codec import LAST_CHUNK, encode_chunk
 from proxy.filters import STOP_ITERATION, HttpFilter
+from proxy.mirror import start_mirrors
 from proxy.request_head import build_request_head
+from proxy.router_retry import RetryMixin, retry_conditions
 from proxy.routing import apply_ops
 from proxy.upstream import OVERFLOW
 
 __all__ = ["RouterConfig", "Router"]
 
 _CONNECT_FAIL = b"upstream connect error or disconnect/reset before headers. reset reason: "
-_GATEWAY = frozenset((502, 503, 504))
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,12 @@ def _factory(config: RouterConfig, ctx):
     return lambda: Router(cm, config, loop)
 
 
-class Router(HttpFilter):
+class Router(RetryMixin, HttpFilter):
     __slots__ = ("cm", "config", "loop", "stream", "cluster", "host", "conn", "policy", "retries_left",
                  "attempts", "body", "body_bytes", "pending", "req_end", "head_bytes", "chunked",
                  "global_timer", "try_timer", "t_sent", "active", "done", "headers_sent", "edit_levels",
-                 "hash_key", "retrying", "wc_edits", "retry_timer", "paused", "retry_outstanding")
+                 "hash_key", "retrying", "wc_edits", "retry_timer", "paused", "retry_outstanding", "retry_declined",
+                 "mirrors")
 
     def __init__(self, cm, config: RouterConfig, loop):
         self.cm = cm
@@ -67,6 +69,8 @@ class Router(HttpFilter):
         self.retrying = False
         self.paused = False
         self.retry_outstanding = False
+        self.retry_declined = False
+        self.mirrors = None
 
     # --- decode -------------------------------------------------------------------------------
     def decode_headers(self, stream, end_stream: bool) -> int:
@@ -113,10 +117,20 @@ class Router(HttpFilter):
         elif a.hash_source_ip:
             self.hash_key = str(stream.conn.peer[0]).encode()
         self.req_end = end_stream
+        if route.mirrors:
+            self._mirror(stream, route, end_stream)
         if end_stream:
             self._start_global_timer()
         self._attempt()
         return STOP_ITERATION
+
+    def _mirror(self, stream, route, end_stream: bool) -> None:
+        sup = self.config.suppress_envoy_headers
+        self.mirrors = start_mirrors(self, stream, route, lambda suffix: build_request_head(
+            stream, route, self.edit_levels, sup, None, suffix)[0]) or None
+        if self.mirrors and end_stream:
+            for sh in self.mirrors:
+                sh.send(b"", True)
 
     def decode_data(self, stream, data: bytes, end_stream: bool) -> int:
         if self.done:
@@ -131,6 +145,9 @@ class Router(HttpFilter):
             self.body_bytes += len(framed)
             if self.body_bytes > stream.conn.buffer_limit:
                 self.body = None          # too large to replay: no more retries
+        if self.mirrors is not None:
+            for sh in self.mirrors:
+                sh.send(framed, end_stream)
         conn = self.conn
         if conn is not None and not self.retrying:
             if framed:
@@ -176,7 +193,6 @@ class Router(HttpFilter):
         cluster.rq_active += 1
         host.rq_active += 1
         host.rq_total += 1
-        cst.upstream_rq_total += 1
         cst.upstream_rq_active += 1
         if host.pool.request(self) is OVERFLOW:
             self._release()
@@ -200,6 +216,7 @@ class Router(HttpFilter):
             conn.pool.release(conn)
             return
         self.conn = conn
+        self.cluster.stats.upstream_rq_total += 1
         conn.attach(self, self.stream.head_only)
         self.t_sent = time.monotonic()
         if self.body and self.attempts > 1:
@@ -238,18 +255,14 @@ class Router(HttpFilter):
         cluster = self.cluster
         if cluster.outlier is not None:
             cluster.outlier.report(self.host, status)
-        if status >= 500 and self.retries_left and not self.headers_sent:
-            conds = ("5xx", "gateway-error") if status in _GATEWAY else ("5xx",)
-            if self._maybe_retry(conds, None, status):
+        p = self.policy
+        if p is not None and status >= 409 and not self.headers_sent:
+            conds = retry_conditions(status, p.retriable_status_codes)
+            if conds and self._maybe_retry(conds, None, status):
                 return
-        elif 400 <= status < 500 and self.policy and self.retries_left and (
-                ("retriable-4xx" in self.policy.retry_on and status == 409)
-                or ("retriable-status-codes" in self.policy.retry_on and status in self.policy.retriable_status_codes)):
-            if self._maybe_retry(("retriable-4xx", "retriable-status-codes"), None, status):
-                return
-        if self.retrying is False and self.attempts > 1 and self.retries_left == 0 and status >= 500:
-            self.stream.flags.append("URX")
-        codes = cluster.stats.codes
+        cst = cluster.stats           # _charge(), inlined on the hot path
+        cst.upstream_rq_completed += 1
+        codes = cst.codes
         codes[status] = codes.get(status, 0) + 1
         self.host.rq_error += status >= 500
         headers = head.headers
@@ -284,9 +297,9 @@ class Router(HttpFilter):
         if not self.req_end and self.conn is not None:
             self.conn.detach_and_close()      # answered before the request body was sent
             self.conn = None
-        self.cluster.stats.upstream_rq_completed += 1
         self.host.rq_success += 1
-        if self.attempts > 1:
+        if self.attempts > 1 and not self.retry_declined:
+            # Envoy: a retried request whose final answer is not retriable
             self.cluster.stats.upstream_rq_retry_success += 1
 
     def on_upstream_reset(self, reason: str) -> None:
@@ -326,70 +339,20 @@ class Router(HttpFilter):
         if self.conn is not None:
             self.conn.resume_reading()
 
-    # --- retries and timeouts -------------------------------------------------------------------
-    def _maybe_retry(self, conditions: tuple, flag: str | None, status: int = 0) -> bool:
-        p = self.policy
-        if p is None or not any(c in p.retry_on for c in conditions):
-            return False
-        if self.retries_left <= 0 or (self.body is None and not self.req_end) or self.body is None:
-            if self.attempts > 0 and self.retries_left <= 0:
-                self.stream.flags.append("URX")
-            return False
-        cluster = self.cluster
-        if cluster.retries_active >= cluster.spec.thresholds.max_retries:
-            cluster.stats.upstream_rq_retry_overflow += 1
-            return False
-        self.retries_left -= 1
-        cluster.stats.upstream_rq_retry += 1
-        if self.conn is not None:
-            self.conn.detach_and_close()
-            self.conn = None
-        self._release()
-        if self.try_timer is not None:
-            self.try_timer.cancel()
-            self.try_timer = None
-        self.retrying = True
-        self._end_retry()
-        cluster.retries_active += 1
-        self.retry_outstanding = True
-        n = self.attempts
-        delay = random.random() * min(p.base_interval_s * (2 ** n - 1), p.max_interval_s)
-        self.retry_timer = self.loop.call_later(delay, self._retry_now)
-        return True
-
-    def _retry_now(self) -> None:
-        self.retry_timer = None
-        if not self.done:
-            self._attempt()
-
-    def _on_try_timeout(self) -> None:
-        self.try_timer = None
-        if self.done or self.headers_sent:
-            return
-        self.cluster.stats.upstream_rq_per_try_timeout += 1
-        if self.cluster.outlier is not None:
-            self.cluster.outlier.report(self.host, 504)
-        if self._maybe_retry(("5xx", "gateway-error", "reset"), None):
-            return
-        self._on_global_timeout()
-
-    def _on_global_timeout(self) -> None:
-        self.global_timer = None
-        if self.done:
-            return
-        self.cluster.stats.upstream_rq_timeout += 1
-        if self.headers_sent:
-            self.done = True
-            self._teardown()
-            self.stream.flags.append("UT")
-            self.stream.send_local_reply(504, b"", None)
-            return
-        self._fail(504, b"upstream request timeout", "UT")
-
     def _fail(self, status: int, body: bytes, flag: str) -> None:
         self.done = True
+        backoff = self.retrying and not self.active
         self._teardown()
+        if not backoff:           # Envoy charges the cluster for a local reply, unless no
+            self._charge(status)  # upstream request was under way (timeout during a back-off)
         self.stream.send_local_reply(status, body, flag)
+
+    def _charge(self, status: int) -> None:
+        """The cluster's response-code stats: once per request, for the final answer."""
+        st = self.cluster.stats
+        st.upstream_rq_completed += 1
+        codes = st.codes
+        codes[status] = codes.get(status, 0) + 1
 
     def _cancel_timers(self) -> None:
         for t in (self.global_timer, self.try_timer):
@@ -414,6 +377,10 @@ class Router(HttpFilter):
             self.stream.resume_downstream()
 
     def on_destroy(self) -> None:
+        if self.mirrors is not None:
+            for sh in self.mirrors:
+                sh.main_stream_ended()
+            self.mirrors = None
         if not self.done:
             self.done = True
             self._teardown()

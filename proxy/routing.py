@@ -12,7 +12,8 @@ from typing import Callable
 from proxy.cfg_route import (DirectResponse, HeaderEdits, HeaderMatch, RetryPolicy, RouteAction,
                              RouteConfigSpec, RouteSpec, StringMatch, VirtualHostSpec)
 
-__all__ = ["RouteTable", "Route", "VirtualHost", "compile_string_match", "Edits", "apply_ops"]
+__all__ = ["RouteTable", "Route", "VirtualHost", "compile_string_match", "header_predicate", "Edits",
+           "apply_ops"]
 
 
 class Edits:
@@ -67,6 +68,11 @@ def compile_string_match(m: StringMatch) -> Callable[[bytes | None], bool]:
     return lambda x: x is not None and v in (x.lower() if low else x)
 
 
+def header_predicate(h: HeaderMatch) -> Callable[[list], bool]:
+    """A predicate over a request's header list (Envoy's HeaderMatcher semantics)."""
+    return _header_predicate(h)
+
+
 def _header_predicate(h: HeaderMatch) -> Callable[[list], bool]:
     name = h.name.encode()
     test = compile_string_match(h.match)
@@ -80,12 +86,13 @@ def _header_predicate(h: HeaderMatch) -> Callable[[list], bool]:
 
 
 class VirtualHost:
-    __slots__ = ("name", "routes", "edits", "retry_policy")
+    __slots__ = ("name", "routes", "edits", "retry_policy", "per_filter")
 
     def __init__(self, spec: VirtualHostSpec, table_edits: HeaderEdits):
         self.name = spec.name
         self.edits = spec.edits
         self.retry_policy = spec.retry_policy
+        self.per_filter = spec.per_filter
         self.routes = [Route(r, self, table_edits) for r in spec.routes]
 
 
@@ -94,7 +101,7 @@ class Route:
 
     __slots__ = ("name", "prefix", "path", "regex", "lower", "headers", "action", "direct", "vhost",
                  "edit_levels", "retry_policy", "cluster", "weights", "total_weight", "timeout_s",
-                 "host_rewrite", "prefix_rewrite", "prefix_len", "regex_rewrite")
+                 "host_rewrite", "prefix_rewrite", "prefix_len", "regex_rewrite", "per_filter", "mirrors")
 
     def __init__(self, spec: RouteSpec, vh: VirtualHost, table_edits: HeaderEdits):
         self.name = spec.name
@@ -105,6 +112,10 @@ class Route:
         self.regex = re.compile(spec.regex.encode(), re.IGNORECASE if self.lower else 0) if spec.regex else None
         self.headers = [_header_predicate(h) for h in spec.headers]
         self.vhost = vh
+        # typed_per_filter_config by canonical filter name; the route's entry wins over the
+        # virtual host's; None when empty (filters test it on every request)
+        self.per_filter = dict(vh.per_filter + spec.per_filter) or None
+        self.mirrors = ()
         a = spec.action
         self.action = a
         self.direct = a if isinstance(a, DirectResponse) else None
@@ -121,6 +132,7 @@ class Route:
         self.regex_rewrite = None
         if isinstance(a, RouteAction):
             self.cluster = a.cluster
+            self.mirrors = a.mirrors
             acc = 0
             for w in a.weighted_clusters:
                 acc += w.weight

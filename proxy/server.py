@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from proxy.access_log import AccessLogs, format_entry
+from proxy.access_log import AccessLogs, write_entries
 from proxy.bootstrap import Bootstrap
 from proxy.cfg_listener import HcmSpec, ListenerSpec
 from proxy.cluster import ClusterManager
@@ -80,9 +80,7 @@ class ServerContext:
         self.stats.istio.record(service, version, stream.status, flags, dur_ms)
         loggers = stream.cfg.loggers
         if loggers:
-            line = format_entry(stream, time.time() - (now - stream.t0), int(dur_ms))
-            for lg in loggers:
-                lg.write(line)
+            write_entries(loggers, stream, time.time() - (now - stream.t0), int(dur_ms))
 
 
 class _Listener:
@@ -116,7 +114,12 @@ class ListenerManager:
             factory = lambda: TcpDownstream(config, owner, lstats, limit)  # noqa: E731
         loop = asyncio.get_event_loop()
         try:
-            srv = await loop.create_server(factory, spec.address, spec.port, reuse_address=True, backlog=1024)
+            if spec.tls is not None:     # transport_socket tls: STRICT/PERMISSIVE (proxy/sds.py)
+                from proxy.sds import security_of
+                srv = await security_of(ctx).start_listener(spec, lname, factory)
+            else:
+                srv = await loop.create_server(factory, spec.address, spec.port, reuse_address=True,
+                                               backlog=1024)
         except OSError as e:
             raise StartupError(f"listener {spec.name!r}: cannot bind '{spec.address}:{spec.port}': "
                                f"{e.strerror or e}") from None
@@ -127,6 +130,14 @@ class ListenerManager:
         if lst is None:
             return False
         lst.server.close()
+        # drain the old listener's connections (Envoy's listener drain): idle ones close now,
+        # busy ones after their response (Connection: close), so new config/policy applies
+        for conn in list(self.owner.connections):
+            if getattr(conn, "cfg", None) is lst.config and hasattr(conn, "stream"):
+                if conn.stream is None:
+                    conn.close()
+                else:
+                    conn.closing = True
         return True
 
     def replace_route_config(self, route_config_spec, listener_name: str | None = None) -> int:
@@ -162,6 +173,14 @@ class Server:
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
+        md = self.bootstrap.node.metadata or {}
+        if md.get("CITADEL") or md.get("KEYLOG") or any(
+                c.tls is not None for c in self.bootstrap.clusters) or any(
+                l.tls is not None for l in self.bootstrap.listeners):
+            # Citadel certificates before sockets; imported only when used (cryptography
+            # costs ~18 MB of RSS that a plaintext sidecar does not need)
+            from proxy.sds import attach_security
+            await attach_security(self)
         for c in self.bootstrap.clusters:
             self.cluster_manager.add_or_update_cluster(c)
         if self.bootstrap.admin is not None:
@@ -173,6 +192,10 @@ class Server:
             await self.listener_manager.add_or_update_listener(spec)
         self.ctx.access_logs.start()
         self._sweeper = asyncio.get_event_loop().call_later(1.0, self._sweep)
+        if self.bootstrap.dynamic_resources:        # xDS: CDS, EDS, LDS, RDS before ready
+            from proxy.xds_client import XdsClient
+            self.xds = XdsClient(self)
+            await self.xds.start()
         self.ready = True
 
     def _sweep(self) -> None:
@@ -205,3 +228,5 @@ class Server:
             self.admin.close()
         self.cluster_manager.stop()
         self.ctx.access_logs.close()
+        if getattr(self.ctx, "security", None) is not None:
+            await self.ctx.security.stop()

@@ -30,6 +30,7 @@ def _stat_class(name: str, counters: tuple[str, ...], gauges: tuple[str, ...]) -
 
 ClusterStats = _stat_class("ClusterStats", (
     "upstream_rq_total", "upstream_rq_completed", "upstream_rq_retry", "upstream_rq_retry_success",
+    "upstream_rq_retry_limit_exceeded",
     "upstream_rq_retry_overflow", "upstream_rq_pending_overflow", "upstream_rq_pending_total",
     "upstream_rq_timeout", "upstream_rq_per_try_timeout", "upstream_rq_rx_reset",
     "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
@@ -45,7 +46,7 @@ ClusterStats = _stat_class("ClusterStats", (
 ))
 
 HttpStats = _stat_class("HttpStats", (
-    "downstream_rq_total", "downstream_rq_http1_total", "downstream_cx_total", "downstream_cx_http1_total",
+    "downstream_rq_total", "downstream_rq_completed", "downstream_rq_http1_total", "downstream_cx_total", "downstream_cx_http1_total",
     "downstream_cx_protocol_error", "downstream_rq_timeout", "downstream_rq_idle_timeout",
     "downstream_cx_idle_timeout", "downstream_rq_rx_reset", "downstream_rq_tx_reset",
     "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total", "no_route", "no_cluster", "rq_direct_response",

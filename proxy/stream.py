@@ -7,6 +7,7 @@ response for the downstream HTTP version and coalesces its writes.
 from __future__ import annotations
 
 import random
+import re
 import time
 
 from proxy.codec import LAST_CHUNK, RequestHead, encode_chunk, encode_response_head
@@ -62,23 +63,25 @@ class Stream:
         st.downstream_rq_http1_total += 1
         st.downstream_rq_active += 1
         headers = self.headers
-        if self.path[:7].lower() == b"http://":
-            # absolute-form target (forward-proxy style, curl -x): Envoy takes the authority
-            # from the URL and forwards the path
-            rest = self.path[7:]
-            slash = rest.find(b"/")
-            authority, self.path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-            headers[:] = [(k, v) for k, v in headers if k != b"host"]
-            headers.insert(0, (b"host", authority))
+        if self.path[:1] != b"/" and _ABSOLUTE.match(self.path):
+            self.path = _absolute_form(self.path, headers)
         host = rid = None
-        expect = False
+        expect = dup_host = False
         for k, v in headers:
             if k == b"host":
-                host = v
+                if host is not None:
+                    dup_host = True
+                    host += b"," + v
+                else:
+                    host = v
             elif k == b"x-request-id":
                 rid = v
             elif k == b"expect":
                 expect = v.lower() == b"100-continue"
+        if dup_host:
+            # Envoy joins repeated Host headers into one value, as for any repeated header
+            headers[:] = [(k, v) for k, v in headers if k != b"host"]
+            headers.insert(0, (b"host", host))
         if expect:
             # like Envoy (proxy_100_continue off): answer 100 here, do not forward Expect
             headers[:] = [(k, v) for k, v in headers if k != b"expect"]
@@ -290,6 +293,7 @@ class Stream:
         cfg = self.cfg
         st = cfg.stats
         st.downstream_rq_active -= 1
+        st.downstream_rq_completed += 1
         codes = st.codes
         codes[self.status] = codes.get(self.status, 0) + 1
         for f in self.filters:
@@ -318,6 +322,27 @@ class Stream:
 
 
 _getrandbits = random.getrandbits
+_ABSOLUTE = re.compile(rb"(?i)https?://")
+
+
+def _absolute_form(target: bytes, headers: list) -> bytes:
+    """Absolute-form request target (forward-proxy style, ``curl -x``): like Envoy, the
+    authority (without userinfo) replaces Host and the rest is forwarded as the path;
+    ``http://h`` becomes ``/``, ``http://h?q`` keeps ``?q`` as the path (and so matches no
+    prefix route, as in Envoy)."""
+    rest = target[target.index(b"//") + 2:]
+    end = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        i = rest.find(sep)
+        if 0 <= i < end:
+            end = i
+    authority, path = rest[:end], rest[end:]
+    at = authority.rfind(b"@")
+    if at >= 0:
+        authority = authority[at + 1:]
+    headers[:] = [(k, v) for k, v in headers if k != b"host"]
+    headers.insert(0, (b"host", authority))
+    return path or b"/"
 
 
 def _external(ip: str) -> bool:

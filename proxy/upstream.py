@@ -218,8 +218,15 @@ class ConnPool:
         conn = UpstreamConnection(self)
         host = self.host
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: conn, host.address, host.port),
-                                   c.spec.connect_timeout_s)
+            if c.spec.tls is None:
+                await asyncio.wait_for(self.loop.create_connection(lambda: conn, host.address, host.port),
+                                       c.spec.connect_timeout_s)
+            else:        # UpstreamTlsContext: mTLS + SPIFFE check (proxy/sds.py)
+                if c.security is None:
+                    raise OSError("cluster needs TLS but this sidecar has no certificates "
+                                  "(node.metadata.CITADEL not set)")
+                await asyncio.wait_for(c.security.connect(c, conn, host.address, host.port),
+                                       c.spec.connect_timeout_s)
         except (OSError, asyncio.TimeoutError) as e:
             self.connecting -= 1
             c.cx_count -= 1

@@ -369,6 +369,9 @@ def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | No
     r = _Reader(file, f"{kind} {name}")
     f = r.fields(doc, "<document>", ("apiVersion", "kind", "metadata", "spec"))
     api = f["apiVersion"].v if "apiVersion" in f else None
+    if kind in ("PeerAuthentication", "AuthorizationPolicy"):    # security.istio.io (Citadel)
+        from .security_yaml import parse_security_resource
+        return parse_security_resource(doc, file)
     if kind in NOT_YET:
         return None, [Message("MM0002", ERROR, f"{api}/{kind} is not supported yet (the security "
                               "resources arrive with Citadel); nothing applied", file, doc.line,

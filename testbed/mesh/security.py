@@ -80,6 +80,10 @@ class PeerAuthentication:
     file: str = ""
     line: int = 0
 
+    @property
+    def kind(self) -> str:
+        return "PeerAuthentication"
+
 
 @dataclass(frozen=True)
 class Source:
@@ -124,6 +128,10 @@ class AuthorizationPolicy:
     rules: tuple[Rule, ...] = ()  # ALLOW without rules allows nothing (Istio "allow-nothing")
     file: str = ""
     line: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "AuthorizationPolicy"
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,11 @@ class _Gate(asyncio.Protocol):
                  factory: Callable[[Peer], asyncio.Protocol]) -> None:
         self._check, self._factory = check, factory
         self.inner: asyncio.Protocol | None = None
+        self._ssl = False
         self.checked: asyncio.Future = asyncio.get_event_loop().create_future()
 
     def connection_made(self, transport) -> None:
+        self._ssl = transport.get_extra_info("ssl_object") is not None
         try:
             peer = self._check(transport)
         except Exception as e:  # noqa: BLE001 -- any failed check closes the connection
@@ -48,7 +50,9 @@ class _Gate(asyncio.Protocol):
             self.inner.data_received(data)
 
     def eof_received(self):
-        return self.inner.eof_received() if self.inner is not None else None
+        keep_open = self.inner.eof_received() if self.inner is not None else None
+        # over TLS asyncio closes on EOF anyway and warns once per connection if we say True
+        return None if self.inner is not None and self._ssl else keep_open
 
     def connection_lost(self, exc) -> None:
         if self.inner is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from .galley import short_host
+from .pilot_security import secure_clusters, secure_listeners
 from .model import (Destination, DestinationRule, HTTPMatch, HTTPRoute, MeshState, Retries,
                     RouteDestination, ServiceSpec, StringMatch, TrafficPolicy, VirtualService,
                     service_vips)
@@ -109,7 +110,7 @@ class NodeInfo:
         if type_url == CLUSTER:
             return (self.service, self.app_port)
         return (self.service, self.app_port, self.ip, self.outbound_address, self.outbound_port,
-                self.inbound_address, self.access_log)
+                self.inbound_address, self.access_log, tuple(sorted(self.labels.items())))
 
 
 def _dur(ms: int | float) -> str:
@@ -287,7 +288,7 @@ def build_listeners(state: MeshState, node: NodeInfo, source: XdsSource) -> list
                                          "match": {"prefix": "/"},
                                          "route": {"cluster": inbound, "timeout": "0s"}}]}]}},
                                  node.access_log)))
-    return out
+    return secure_listeners(state, node, out)     # mTLS chains + RBAC (pilot_security.py)
 
 
 # ---------------------------------------------------------------- CDS / EDS
@@ -348,7 +349,7 @@ def build_clusters(state: MeshState, node: NodeInfo, source: XdsSource) -> list[
         out.append({"@type": CLUSTER, "name": name, "type": "STATIC", "connect_timeout": "10s",
                     "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
                         {"endpoint": _socket("127.0.0.1", node.app_port)}]}]}})
-    return out
+    return secure_clusters(state, node, out)      # UpstreamTlsContext for mTLS destinations
 
 
 def build_endpoints(state: MeshState, names: list[str]) -> list[dict]:

@@ -143,13 +143,13 @@ def test_bad_regex_is_ist0122():
 
 
 def test_security_kinds_and_unsupported_fields_are_rejected_not_ignored():
-    pa = """apiVersion: security.istio.io/v1beta1
-kind: PeerAuthentication
+    ra = """apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
 metadata: {name: default}
-spec: {mtls: {mode: STRICT}}
+spec: {jwtRules: [{issuer: x}]}
 """
-    rules, msgs = _one(pa)
-    assert rules == [] and msgs[0][0] == "MM0002" and "not supported yet" in msgs[0][2]
+    rules, msgs = _one(ra)
+    assert rules == [] and msgs[0][0] == "MM0002"
     rules, msgs = _one(VS + "    rewrite: {uri: /x}\n")
     assert rules == [] and msgs[0][:2] == ("MM0002", 9)
     rules, msgs = _one(VS.replace("apiVersion: networking.istio.io/v1",

@@ -93,8 +93,8 @@ HCM = "static_resources.listeners[0].filter_chains[0].filters[0].config"
     (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0].update(
         typed_config={"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"}),
      "only one of typed_config, config may be given"),
-    (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0].update(transport_socket={}),
-     "static_resources.listeners[0].filter_chains[0]: unsupported field 'transport_socket'"),
+    (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0].update(use_proxy_proto=True),
+     "static_resources.listeners[0].filter_chains[0]: unsupported field 'use_proxy_proto'"),
     (lambda d: d.update(stats_sinks=[]), "unsupported field 'stats_sinks'"),
 ])
 def test_strict_errors_name_the_path(mutate, expected):
