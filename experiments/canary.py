@@ -1,0 +1,79 @@
+"""Canary release: 5 % of the traffic to echo goes to the new version v2.
+
+    sudo python3 experiments/canary.py [--quick] [--out DIR] [--weight 5]
+
+    "In the top diagram, 5% of all traffic between SvcA and SvcB is routed to a canary
+    version SvcB' (a canary version is a newly updated version that still needs to be
+    tested)."
+
+The mesh of topologies/mesh-lab.yaml runs (echo v1 x3, v2 x1, each with its sidecar; etcd;
+Pilot). A VirtualService sends ``weight`` % to subset v2, the rest to v1. Client c0 sends an
+open-loop stream to http://echo:8080/ through its sidecar; each answer says which version
+served it. Claims: every request succeeds; the observed v2 share's 95 % Wilson interval
+contains the configured share, and an exact binomial test does not reject it (p >= 0.01).
+"""
+from __future__ import annotations
+
+import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
+
+from testbed.checkers import check_availability, check_split
+from testbed.experiment import REPO, Context, Experiment, start_mesh
+
+RULES = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+    - route:
+        - {destination: {host: echo, subset: v1}, weight: %(v1)d}
+        - {destination: {host: echo, subset: v2}, weight: %(v2)d}
+"""
+
+
+def configure(ap) -> None:
+    ap.add_argument("--weight", type=int, default=5, help="percent of traffic to v2 (default 5)")
+    ap.add_argument("--rate", type=float, default=None, help="requests per second")
+    ap.add_argument("--duration", type=float, default=None, help="seconds of traffic")
+
+
+def run(ctx: Context) -> None:
+    w = ctx.args.weight
+    rate, duration = ctx.args.rate or (60 if ctx.quick else 100), ctx.args.duration or (20 if ctx.quick else 120)
+    ctx.params.update(weights={"v1": 100 - w, "v2": w}, rate=rate, duration_s=duration)
+    mesh = start_mesh(ctx, RULES % {"v1": 100 - w, "v2": w})
+    # the route reaches the client sidecar asynchronously: wait until v2 answers once
+    for _ in range(200):
+        if mesh.requests("c0", "http://echo:8080/", 20).get("versions", {}).get("v2"):
+            break
+    ctx.workload("c0", "http", rate, duration, url="http://echo:8080/", client="c0", service="echo", timeout=5)
+    ctx.wait("workload", duration + 20)
+
+
+def analyze(ctx: Context, data) -> None:
+    from testbed.results import plot_split
+    split = check_split(data.requests, ctx.params["weights"])
+    ctx.verdicts["split"] = split
+    ctx.verdicts["availability"] = check_availability(data.requests, 1.0, 0.99)
+    v2 = next(s for s in split.shares if s.version == "v2")
+    ctx.metrics.update(requests=split.requests, v2_share=v2.observed, v2_ci=[v2.ci_low, v2.ci_high])
+    ctx.claim(f"the 95 % interval of the v2 share contains {ctx.args.weight} %", v2.within_ci,
+              f"v2 served {v2.count}/{split.requests} = {v2.observed:.2%}, 95 % Wilson CI "
+              f"[{v2.ci_low:.2%}, {v2.ci_high:.2%}], binomial p = {split.p_value:.3g}")
+    plot_split(ctx.out / "split.png", split, title=f"canary: {ctx.args.weight} % to v2")
+
+
+EXPERIMENT = Experiment("canary", __doc__, REPO / "topologies" / "mesh-lab.yaml", run, analyze, configure)
+
+if __name__ == "__main__":
+    raise SystemExit(EXPERIMENT.main())

@@ -1,0 +1,135 @@
+"""Crash one of three replicas under load, without and with retries + outlier detection.
+
+    sudo python3 experiments/crash_failover.py [--quick] [--out DIR]
+
+    "[...] a service mesh also collects usage statistics from individual services, handles
+    node failures and overload conditions [...]"
+
+The mesh of topologies/mesh-lab.yaml; all echo traffic goes to subset v1 (3 replicas, round
+robin). Two phases on the same mesh, each: client c0 sends an open-loop stream through its
+sidecar; after a few seconds replica echo-v1-0 is killed (app, sidecar and registration
+agent: SIGKILL, as if its host died); at the end of the phase it is restarted.
+
+- ``plain``: no retries (``attempts: 0``), no outlier detection. Requests sent to the dead
+  replica fail (503) until its lease expires (ttl 3 s) and Pilot pushes the removal.
+- ``istio-default`` (full run only): no retry policy written, so Istio's default applies
+  (2 retries on connect-failure,refused-stream).
+- ``resilient``: retries (3 attempts on connect-failure/reset/5xx) and outlier detection
+  (eject after 1 gateway error, for 30 s).
+
+Claims: plain — some requests fail, and the errors stop within ttl + 4 s of the crash;
+istio-default and resilient — at most 1 % of the requests after the crash fail, fewer than
+in the plain phase.
+"""
+from __future__ import annotations
+
+import time
+
+import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
+
+from testbed.checkers import check_failover
+from testbed.experiment import REPO, Context, Experiment, start_mesh
+
+VICTIM, TTL_S = "echo-v1-0", 3
+SUBSETS = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+%s---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+    - route: [{destination: {host: echo, subset: v1}}]
+%s"""
+PHASES = {"plain": SUBSETS % ("", "      retries: {attempts: 0}\n"),
+          "istio-default": SUBSETS % ("", ""),
+          "resilient": SUBSETS % ("  trafficPolicy:\n    outlierDetection: {consecutiveGatewayErrors: 1, "
+                                  "consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, "
+                                  "maxEjectionPercent: 50}\n",
+                                  "      retries: {attempts: 3, perTryTimeout: 1s, retryOn: "
+                                  "\"connect-failure,reset,5xx\"}\n")}
+
+
+def retries(mesh) -> int:
+    """upstream_rq_retry summed over c0's sidecar's echo clusters (its admin /stats)."""
+    text = mesh.sidecar_admin("client@c0", "/stats")
+    return sum(int(v) for k, _, v in (ln.partition(": ") for ln in text.splitlines())
+               if k.startswith("cluster.") and "echo" in k and k.endswith(".upstream_rq_retry") and v.isdigit())
+
+
+def configure(ap) -> None:
+    ap.add_argument("--phases", default=None, help=f"of {', '.join(PHASES)} (quick: plain,resilient)")
+
+
+def run(ctx: Context) -> None:
+    rate, before, after = (40, 3.0, 9.0) if ctx.quick else (100, 10.0, 30.0)
+    ctx.params.update(rate=rate, crash_after_s=before, phase_s=before + after, victim=VICTIM, ttl_s=TTL_S)
+    mesh = start_mesh(ctx)
+    ctx.metrics["phases"] = {}
+    phases = (ctx.args.phases or ("plain,resilient" if ctx.quick else ",".join(PHASES))).split(",")
+    for fid, phase in enumerate(phases):
+        rules = PHASES[phase]
+        mesh.apply_text(rules, f"{phase}.yaml")
+        retried_before = retries(mesh)
+        time.sleep(2.0)                       # Pilot's push reaches the sidecars
+        t = ctx.clock.now() + 0.3
+        ctx.workload("c0", "http", rate, before + after, start_s=t, name=f"load-{phase}", url="http://echo:8080/",
+                     client=phase, service="echo", timeout=5)
+        ctx.sleep_until(t + before)
+        t0 = ctx.clock.now()
+        mesh.crash(VICTIM)
+        ctx.history.fault(t_start=t0, t_end=ctx.clock.now(), fault_id=fid, phase="apply",
+                          fault={"kind": "crash", "process": VICTIM, "signal": "SIGKILL"},
+                          description=f"crash {VICTIM} ({phase})")
+        ctx.wait(f"load-{phase}", after + 20)
+        t1 = ctx.clock.now()
+        mesh.restart(VICTIM)
+        mesh.wait_ready(40)
+        ctx.history.fault(t_start=t1, t_end=ctx.clock.now(), fault_id=fid, phase="revert",
+                          fault={"kind": "crash", "process": VICTIM}, description=f"restart {VICTIM}")
+        ctx.metrics["phases"][phase] = {"crash_t": t0, "end_t": t + before + after,
+                                        "sidecar_retries": retries(mesh) - retried_before}
+
+
+def analyze(ctx: Context, data) -> None:
+    res = {}
+    for phase, p in ctx.metrics["phases"].items():     # also istio-default in a full run
+        mine = [r for r in data.requests if r.client == phase]
+        v = check_failover(mine, p["crash_t"], until=p["end_t"], max_recovery_s=TTL_S + 4)
+        after = [r for r in mine if r.t_start >= p["crash_t"]]
+        res[phase] = v
+        p.update(requests=len(mine), after_crash=len(after), errors=v.errors,
+                 error_share=v.errors / len(after) if after else None, recovered_s=v.recovered_s,
+                 flags=sorted({r.flags or str(r.status) for r in after if not r.ok}))
+        print(f"{phase}: {v.errors}/{len(after)} failed after the crash; first error "
+              f"{v.first_error_s}, error-free from {v.recovered_s} s after it; flags {p['flags']}")
+    phases = ctx.metrics["phases"]
+    plain = phases.get("plain")
+    if plain is not None:
+        ctx.verdicts["plain: failover within ttl + 4 s"] = res["plain"]
+        ctx.claim("plain: the crash is visible to clients", plain["errors"] > 0,
+                  f"{plain['errors']} of {plain['after_crash']} requests failed, error-free after "
+                  f"{plain['recovered_s']} s")
+    for name in ("istio-default", "resilient"):
+        p = phases.get(name)
+        if p is not None:
+            ctx.claim(f"{name}: <= 1 % of requests fail" + (", fewer than without" if plain else ""),
+                      p["error_share"] is not None and p["error_share"] <= 0.01
+                      and (plain is None or p["errors"] < max(plain["errors"], 1)),
+                      f"{p['errors']} of {p['after_crash']} failed"
+                      + (f" (plain: {plain['errors']})" if plain else "")
+                      + f"; c0's sidecar retried {p['sidecar_retries']} times")
+
+
+EXPERIMENT = Experiment("crash_failover", __doc__, REPO / "topologies" / "mesh-lab.yaml", run, analyze, configure)
+
+if __name__ == "__main__":
+    raise SystemExit(EXPERIMENT.main())

@@ -1,0 +1,207 @@
+"""Packet captures of a run: one pcapng per host interface, fault comments, names.
+
+    cap = Capture(tb, Path("out/pcap")).start()          # tcpdump in each host's namespace
+    ...                                                  # the run
+    cap.stop()                                           # SIGINT: tcpdump writes its last block
+    cap.annotate(faults, wall0)                          # fault ops -> packet comments
+    cap.write_names({"10.0.0.1": "client"})              # last (editcap drops NRBs): names
+
+``tcpdump -w FILE --immediate-mode -U`` runs through ``tb.popen`` (journaled: killed if the
+runner dies); each file is complete, and converted to pcapng (``editcap -F pcapng``), after
+:meth:`stop`. :meth:`annotate` puts each fault
+operation as a comment on the first frame at or after its time (``editcap -a N:comment``),
+so ``tshark -r FILE -Y frame.comment`` lists them. :meth:`write_names` embeds a name
+resolution block (pcapng NRB; ``tshark -N n`` and Wireshark show the names) and leaves ``hosts`` next to the captures (the
+format of Wireshark's ``hosts`` file, usable as ``wireshark -H``/profile file).
+:meth:`inject_secrets` embeds a TLS key log (``editcap --inject-secrets tls,KEYLOG``).
+
+The pure part, :func:`comment_plan`, maps fault times to frame numbers.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["Capture", "CaptureFile", "comment_plan", "fault_comments", "frame_times", "hosts_text",
+           "nrb_block", "insert_nrb"]
+
+
+@dataclass(frozen=True)
+class CaptureFile:
+    host: str
+    interface: str
+    path: Path
+
+
+def fault_comments(faults: Iterable[Any], wall0: float) -> list[tuple[float, str]]:
+    """(wall-clock time, comment) per fault op record (apply/revert), in time order."""
+    out = []
+    for f in faults:
+        what = f.description or str(f.fault.get("kind", "fault"))
+        status = "" if f.ok else f" FAILED: {f.error}"
+        out.append((wall0 + f.t_start, f"minimesh fault #{f.fault_id} {f.phase} at t={f.t_start:.3f}s: {what}{status}"))
+    return sorted(out)
+
+
+def comment_plan(frame_epochs: Sequence[float], comments: Sequence[tuple[float, str]]) -> dict[int, str]:
+    """Frame number (1-based) -> comment: each comment goes on the first frame whose time is
+    at or after the comment's; comments on the same frame are joined with " | "; comments
+    after the last frame go on the last frame (marked "(after the last packet)")."""
+    import bisect
+    plan: dict[int, str] = {}
+    if not frame_epochs:
+        return plan
+    for t, text in comments:
+        i = bisect.bisect_left(frame_epochs, t)
+        if i >= len(frame_epochs):
+            i, text = len(frame_epochs) - 1, text + " (after the last packet)"
+        n = i + 1
+        plan[n] = f"{plan[n]} | {text}" if n in plan else text
+    return plan
+
+
+def frame_times(path: Path) -> list[float]:
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"],
+                         capture_output=True, text=True, check=True).stdout
+    return [float(x) for x in out.split()]
+
+
+def nrb_block(names: Mapping[str, str]) -> bytes:
+    """A pcapng Name Resolution Block (little-endian) with one IPv4 record per address."""
+    import ipaddress
+    import struct
+    body = b""
+    for ip, name in sorted(names.items()):
+        value = ipaddress.IPv4Address(ip).packed + name.replace(" ", "_").encode() + b"\0"
+        body += struct.pack("<HH", 1, len(value)) + value + b"\0" * (-len(value) % 4)
+    body += struct.pack("<HH", 0, 0)
+    total = 12 + len(body)
+    return struct.pack("<II", 4, total) + body + struct.pack("<I", total)
+
+
+def insert_nrb(data: bytes, names: Mapping[str, str]) -> bytes:
+    """``data`` (a little-endian pcapng) with an NRB after the section's first interface
+    blocks, before the first packet; an existing NRB is replaced."""
+    import struct
+    if data[:4] != b"\x0a\x0d\x0d\x0a" or data[8:12] != b"\x4d\x3c\x2b\x1a":
+        raise ValueError("not a little-endian pcapng file")
+    i, head, rest = 0, b"", b""
+    while i + 8 <= len(data):
+        btype, length = struct.unpack("<II", data[i:i + 8])
+        if btype not in (0x0A0D0D0A, 1, 4):
+            break
+        if btype != 4:
+            head += data[i:i + length]
+        i += length
+    rest = data[i:]
+    return head + nrb_block(names) + rest
+
+
+def hosts_text(names: Mapping[str, str]) -> str:
+    """Wireshark ``hosts`` format: ``address name`` per line (names without spaces)."""
+    return "".join(f"{ip} {name.replace(' ', '_')}\n" for ip, name in sorted(names.items()))
+
+
+class Capture:
+    """tcpdump on every interface (except lo) of ``hosts`` (default: all hosts of ``tb``)."""
+
+    def __init__(self, tb: Any, directory: Path, hosts: Sequence[str] | None = None, snaplen: int = 0):
+        self.tb, self.dir, self.snaplen = tb, Path(directory), snaplen
+        self.hosts = list(hosts) if hosts is not None else list(tb.host_names)
+        self.files: list[CaptureFile] = []
+        self._procs: list[subprocess.Popen] = []
+
+    def start(self, ready_timeout_s: float = 5.0) -> "Capture":
+        if shutil.which("tcpdump") is None:
+            raise RuntimeError("--capture needs tcpdump (apt install tcpdump)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        logs = []
+        for h in self.hosts:
+            for intf in self.tb.host(h).intfNames():
+                if intf == "lo":
+                    continue
+                path = self.dir / f"{intf}.pcapng"
+                log = self.dir / f".{intf}.tcpdump.log"
+                argv = ["tcpdump", "-i", intf, "-w", str(path), "--immediate-mode", "-U", "-n",
+                        "-s", str(self.snaplen), "-Z", "root", "--time-stamp-precision", "micro"]
+                with open(log, "wb") as lf:
+                    self._procs.append(self.tb.popen(h, argv, stdout=lf, stderr=subprocess.STDOUT))
+                self.files.append(CaptureFile(h, intf, path))
+                logs.append(log)
+        deadline = time.monotonic() + ready_timeout_s
+        for log, proc in zip(logs, self._procs):
+            while b"listening on" not in log.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"tcpdump did not start: {log.read_text(errors='replace')[-300:]}")
+                time.sleep(0.05)
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGINT each tcpdump (it then writes its buffered packets and closes the file)."""
+        for p in self._procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self._procs:
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self._procs = []
+        for f in self.dir.glob(".*.tcpdump.log"):
+            f.unlink()
+        for f in self.files:       # tcpdump writes pcap: make every file the pcapng its name says
+            if f.path.exists() and f.path.stat().st_size > 0 and f.path.read_bytes()[:4] != b"\x0a\x0d\x0d\x0a":
+                self._rewrite(f.path, ["editcap", "-F", "pcapng"])
+
+    def _rewrite(self, path: Path, argv: list[str]) -> None:
+        tmp = path.with_suffix(".tmp.pcapng")
+        subprocess.run(argv + [str(path), str(tmp)] if argv[0] == "editcap" else argv + ["-w", str(tmp)],
+                       check=True, capture_output=True)
+        os.replace(tmp, path)
+
+    def annotate(self, faults: Iterable[Any], wall0: float) -> dict[str, int]:
+        """Fault ops as packet comments in every capture; returns file name -> comments added."""
+        comments = fault_comments(faults, wall0)
+        added: dict[str, int] = {}
+        for f in self.files:
+            if not comments or not f.path.exists() or f.path.stat().st_size == 0:
+                continue
+            plan = comment_plan(frame_times(f.path), comments)
+            if not plan:
+                continue
+            argv = ["editcap"]
+            for n, text in sorted(plan.items()):
+                argv += ["-a", f"{n}:{text}"]
+            self._rewrite(f.path, argv)
+            added[f.path.name] = len(plan)
+        return added
+
+    def write_names(self, names: Mapping[str, str]) -> Path:
+        """``hosts`` file under the capture dir, and a name resolution block in each file."""
+        hosts = self.dir / "hosts"
+        hosts.write_text(hosts_text(names))
+        for f in self.files:
+            if f.path.exists() and f.path.stat().st_size > 0:
+                tmp = f.path.with_suffix(".tmp.pcapng")
+                tmp.write_bytes(insert_nrb(f.path.read_bytes(), names))
+                os.replace(tmp, f.path)
+        return hosts
+
+    def inject_secrets(self, keylog: Path) -> int:
+        """Embed a TLS key log in every capture (Wireshark then decrypts without settings)."""
+        n = 0
+        if not keylog.exists() or keylog.stat().st_size == 0:
+            return n
+        for f in self.files:
+            if f.path.exists() and f.path.stat().st_size > 0:
+                self._rewrite(f.path, ["editcap", "--inject-secrets", f"tls,{keylog}"])
+                n += 1
+        return n

@@ -1,0 +1,104 @@
+"""Every experiment of issue 6 with --quick, as root, the way users run them: exit status 0
+only when its checks hold; results.json, history.jsonl, plots and captures with the fault
+comments that Wireshark finds (``tshark -r FILE -Y frame.comment``); nothing left behind."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.history import read_history
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(argv: list[str], out: Path, timeout_s: float = 150) -> tuple[subprocess.CompletedProcess, dict, float]:
+    t0 = time.monotonic()
+    r = subprocess.run(argv + ["--quick", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=timeout_s)
+    elapsed = time.monotonic() - t0
+    res = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    return r, res, elapsed
+
+
+def _why(r: subprocess.CompletedProcess, res: dict) -> str:
+    bad = {k: v for k, v in res.get("verdicts", {}).items() if not v.get("valid")}
+    return f"exit {r.returncode}; failed: {json.dumps(bad)[:3000]}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+
+
+def _comments(pcap_dir: Path) -> list[str]:
+    found = []
+    for f in sorted(pcap_dir.glob("*.pcapng")):
+        out = subprocess.run(["tshark", "-r", str(f), "-Y", "frame.comment", "-T", "fields", "-e", "frame.comment"],
+                             capture_output=True, text=True).stdout
+        found += [ln for ln in out.splitlines() if ln.strip()]
+    return found
+
+
+def _nothing_left(tag: str) -> None:
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert tag not in links, links
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "testbed.workload" not in ps or "--t0" not in ps
+
+
+def _common(out: Path, res: dict, elapsed: float, tag: str, fault_word: str) -> None:
+    assert elapsed <= 75, f"--quick took {elapsed:.0f} s"            # <= 60 s of run + start-up slack
+    assert res["metrics"]["elapsed_s"] <= 60
+    assert (out / "history.jsonl").exists() and read_history(out / "history.jsonl").faults
+    comments = _comments(out / "pcap")
+    assert any(fault_word in c for c in comments), comments[:5]
+    assert (out / "pcap" / "hosts").exists()
+    _nothing_left(tag)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs Debian's python3")
+def test_link_delay_via_system_python3(tmp_path):
+    """`sudo python3 experiments/X.py`: _bootstrap re-execs under the project's venv."""
+    out = tmp_path / "ld"
+    r, res, elapsed = _run(["/usr/bin/python3", "experiments/link_delay.py"], out)
+    assert r.returncode == 0 and res.get("valid") is True, _why(r, res)
+    steps = {s["delay_ms"]: s for s in res["metrics"]["steps"]}
+    assert steps[0]["ut"] == 0 and steps[200]["ut"] == steps[200]["requests"] > 0
+    assert (out / "timeline.png").stat().st_size > 10_000 and (out / "latency_vs_delay.png").exists()
+    _common(out, res, elapsed, "mmld1", "delay=100ms")
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd not installed")
+def test_etcd_leader_latency_via_minimesh_run(tmp_path):
+    out = tmp_path / "el"
+    r, res, elapsed = _run([sys.executable, "-m", "testbed", "run", "experiments/etcd_leader_latency.py"], out)
+    assert r.returncode == 0 and res.get("valid") is True, _why(r, res)
+    runs = res["metrics"]["runs"]
+    assert runs["default"]["leaders_after_jump"] and not runs["tuned"]["leaders_after_jump"]
+    _common(out, res, elapsed, "mmet1", "delay=2400ms")
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd not installed")
+def test_registry_split_brain(tmp_path):
+    out = tmp_path / "sb"
+    r, res, elapsed = _run([sys.executable, "experiments/registry_split_brain.py"], out)
+    assert r.returncode == 0 and res.get("valid") is True, _why(r, res)
+    lin = res["verdicts"]["linearizability (linearizable ops)"]
+    assert lin["outcome"] == "linearizable" and lin["operations"] > 100
+    assert res["verdicts"]["stale reads"]["stale_serializable"] > 0
+    _common(out, res, elapsed, "mmet1", "partition")
+
+
+def test_a_failing_check_exits_non_zero(tmp_path):
+    """Same experiment, a delay sweep whose claim cannot hold (no step above the per-try
+    timeout): the 'every request times out' check fails and the exit status says so."""
+    out = tmp_path / "bad"
+    r = subprocess.run([sys.executable, "experiments/link_delay.py", "--out", str(out), "--delays", "0,20",
+                        "--step", "3", "--no-capture"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    res = json.loads((out / "results.json").read_text())
+    assert r.returncode == 1 and res["valid"] is False
+    assert res["failed"] == ["every request times out (504 UT) after 3 tries once 2 x delay > per-try timeout"]
+    assert not (out / "pcap").exists()
+    _nothing_left("mmld1")
