@@ -2,12 +2,11 @@
 
     with Testbed(topo) as tb, Mesh(tb, topo.sections["mesh"]) as mesh:
         mesh.requests("h0", "http://echo:8080/", n=100)    # through h0's sidecar
-        mesh.apply_text(open("rules.yaml").read(), "rules.yaml")
-        mesh.crash("echo-v1-0"); mesh.restart("echo-v1-0")
+        mesh.apply_text(open("rules.yaml").read(), "rules.yaml"); mesh.crash("echo-v1-0")
 
 What runs where (every process through ``tb.popen``: journaled, killed on every exit):
 
-* etcd members on ``registry.members`` (:class:`~testbed.mesh.etcd.EtcdRunner`);
+* etcd members on ``registry.members``; Citadel (``mesh.security``, deploy_security) on the CP host;
 * Pilot on the control-plane host (``python -m testbed.mesh.pilot_proc``): xDS on
   ``<cp ip>:15010``, admin on the unix socket ``<run dir>/pilot.sock`` (how ``minimesh
   apply``/``registry`` reach it from the root namespace);
@@ -17,9 +16,8 @@ What runs where (every process through ``tb.popen``: journaled, killed on every 
 * a client-only sidecar on each ``clients:`` host that runs no instance;
 * names, VIP route and iptables capture on the mesh hosts (:mod:`testbed.mesh.deploy_net`).
 
-``start()`` returns once every instance is registered and every sidecar has ACKed all of
-its xDS subscriptions. A running mesh is published as ``<state dir>/mesh/<pid>.json`` for
-the CLI (:func:`running_meshes`).
+``start()`` returns once every instance is registered and every sidecar has ACKed all of its
+xDS subscriptions; the mesh is then published as ``<state dir>/mesh/<pid>.json`` (running_meshes).
 """
 from __future__ import annotations
 
@@ -37,6 +35,7 @@ from typing import Any
 
 from testbed.journal import state_dir
 from testbed.mesh.deploy_net import Plumbing
+from testbed.mesh.deploy_security import MeshSecurity
 from testbed.mesh.deploy_traffic import (REPO, ApplyError, MeshError, MeshTraffic, child_env,
                                         mesh_publish_dir, running_meshes)
 from testbed.mesh.etcd import EtcdCluster, EtcdMember, EtcdRunner, popen_probe
@@ -85,6 +84,7 @@ class Mesh(MeshTraffic):
         self._published_eid = 0
         self._started = False
         self.cp_ip = ""
+        self.security: MeshSecurity | None = None     # Citadel (mesh.security): start()
 
     # --- paths and names --------------------------------------------------------------
 
@@ -152,6 +152,7 @@ class Mesh(MeshTraffic):
             for host in self.spec.mesh_hosts:
                 self.plumbing.capture(host)
             self._start_etcd()
+            self._start_citadel()
             self.start_pilot(wait=False)
             for inst in self.spec.instances:
                 self._start_instance(inst)
@@ -204,6 +205,13 @@ class Mesh(MeshTraffic):
             probe=popen_probe(self.tb.popen))
         self.etcd.start()
 
+    def _start_citadel(self) -> None:
+        self.security = sec = MeshSecurity(self.spec.security, self._dir(), self.cp_ip, self.python)
+        if sec.enabled:  # in _procs: checked by wait_ready, stopped with the others
+            cp = self.spec.control_plane
+            self._procs["citadel"] = {"server": sec.start(lambda a: self._spawn(cp, "citadel.server", a),
+                                                          lambda a: self.tb.host(cp).pexec(a)[2])}
+
     @property
     def etcd_endpoints(self) -> list[str]:
         return [f"http://{self.tb.ip(m)}:2379" for m in self.spec.registry.members]
@@ -217,7 +225,7 @@ class Mesh(MeshTraffic):
             "rules": list(self.spec.rules), "etcd": self.etcd_endpoints,
             "listen": [self.cp_ip, PILOT_PORT], "events": str(self.events),
             "socket": str(self.socket), "applied": str(self._dir() / "applied.jsonl"),
-            "hold_s": self.hold_s}
+            "hold_s": self.hold_s, "citadel": self.spec.security.citadel, "sds_root": str(self._dir() / "sds")}
         path = self._dir() / "pilot.json"
         path.write_text(json.dumps(cfg, indent=1))
         self._pilot = self._spawn(self.spec.control_plane, "pilot",
@@ -254,15 +262,20 @@ class Mesh(MeshTraffic):
 
     def _start_client(self, host: str) -> None:
         node = NodeInfo.make(self.tb.ip(host), host, "client")
-        self._procs[f"client@{host}"] = {"sidecar": self._sidecar(
-            host, f"client@{host}", node, 15000, self.sidecar_default)}
+        self._procs.setdefault(f"client@{host}", {})["sidecar"] = self._sidecar(
+            host, f"client@{host}", node, 15000, self.sidecar_default)
 
     def _sidecar(self, host: str, name: str, node: NodeInfo, admin_port: int,
                  kind: str) -> subprocess.Popen:
         boot = sidecar_bootstrap(node, (self.cp_ip, PILOT_PORT), admin_port)
+        if self.security is not None:
+            boot["node"]["metadata"].update(self.security.metadata(name, node.service, kind))
         path = self._dir() / f"{name}.bootstrap.json"
         path.write_text(json.dumps(boot, indent=1))
         if kind == "envoy":
+            if self.security is not None and self.security.enabled:  # SDS files first
+                self._procs.setdefault(name, {})["sds"] = self.security.start_sds(
+                    lambda a: self._spawn(host, f"{name}.sds", a), node)
             argv = [self.envoy, "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
                     "--log-level", "warning", "--file-flush-interval-msec", "50"]
         else:

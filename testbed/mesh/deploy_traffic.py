@@ -119,6 +119,12 @@ class MeshTraffic:
             raise MeshError(f"load client on {host} failed: {err.decode(errors='replace')[-800:]}")
         return json.loads(out)
 
+    def keylogs(self) -> dict[str, Path]:
+        """Sidecar name (instance or ``client@<host>``) -> its NSS key log file
+        (``mesh.security.keylog``; empty otherwise). For ``editcap --inject-secrets tls,FILE``."""
+        sec = getattr(self, "security", None)
+        return sec.keylogs() if sec is not None else {}
+
     def log(self, name: str) -> Path:
         """A process's log, e.g. log('echo-v1-0.sidecar'), log('pilot')."""
         return self._dir() / "logs" / f"{name}.log"

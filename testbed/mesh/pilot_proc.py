@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import signal
 import socket
 import sys
@@ -103,6 +104,31 @@ def _services(raw: list[dict]) -> list:
             for s in raw]
 
 
+def _refuse_security(files: list[dict]) -> None:
+    """A mesh deployed without Citadel (``mesh.security.citadel: false`` or no security
+    at all) rejects PeerAuthentication/AuthorizationPolicy: its sidecars have no certificate."""
+    import yaml
+
+    from testbed.mesh.model import Message
+    from testbed.mesh.pilot import ApplyRejected
+    from testbed.mesh.spec import SECURITY_KINDS
+    bad = []
+    for f in files:
+        try:
+            nodes = list(yaml.compose_all(f["text"]))
+        except yaml.YAMLError:
+            continue  # Galley reports it
+        for node in nodes:
+            d = yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.MappingNode) else None
+            if isinstance(d, dict) and d.get("kind") in SECURITY_KINDS:
+                name = (d.get("metadata") or {}).get("name", "") if isinstance(d.get("metadata"), dict) else ""
+                bad.append(Message("MM0120", "Error", f"{d['kind']} needs Citadel, but this mesh runs "
+                                   "without it; deploy with mesh.security (docs/topology.md)",
+                                   f["name"], node.start_mark.line + 1, f"{d['kind']} {name}".strip()))
+    if bad:
+        raise ApplyRejected(bad)
+
+
 async def _run(cfg: dict) -> None:
     from aiohttp import web
 
@@ -137,6 +163,9 @@ async def _run(cfg: dict) -> None:
                     return False
             return True
 
+    if cfg.get("sds_root"):  # where real-Envoy sidecars find their SDS files (pilot_security)
+        from testbed.mesh.pilot_security import SDS_ROOT_ENV
+        os.environ[SDS_ROOT_ENV] = cfg["sds_root"]
     pilot = MeshPilot(_services(cfg["services"]), events_path=cfg.get("events"),
                   hold_s=float(cfg.get("hold_s", 15)), source=XdsSource())
     if cfg.get("rules"):
@@ -155,6 +184,8 @@ async def _run(cfg: dict) -> None:
         body = await request.json()
         files = [{"name": f["name"], "text": f["text"]} for f in body.get("files", [])]
         try:
+            if cfg.get("citadel") is False:
+                _refuse_security(files)
             msgs = pilot.apply_texts([(f["text"], f["name"]) for f in files])
         except ApplyRejected as e:
             return web.json_response({"applied": False, "generation": pilot.generation,

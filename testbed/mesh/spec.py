@@ -18,13 +18,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from yaml.nodes import Node
 
 from testbed.mesh.model import ServiceSpec, VersionSpec, service_vips
 from testbed.topology import Context, register_section
 
-__all__ = ["MeshSpec", "RegistrySpec", "ServiceDecl", "InstanceSpec", "parse_mesh",
-           "SIDECARS", "BUILTIN_APPS", "VIP_CIDR", "app_argv"]
+__all__ = ["MeshSpec", "RegistrySpec", "SecuritySpec", "ServiceDecl", "InstanceSpec", "parse_mesh",
+           "SIDECARS", "BUILTIN_APPS", "VIP_CIDR", "app_argv", "CITADEL_PORT", "SECURITY_KINDS"]
 
 SIDECARS = ("minimesh", "envoy")
 VIP_CIDR = "10.96.0.0/16"
@@ -33,11 +34,14 @@ APP_PORT_BASE = 20000     # the k-th instance on a host: app on 127.0.0.1:20000+
 ADMIN_PORT_BASE = 15000   # ... its sidecar admin on 127.0.0.1:15000+100k
 OUTBOUND_PORT = 15001     # the host's capture sidecar (k = 0 or the client sidecar)
 PILOT_PORT = 15010
-MESH_FIELDS = ("registry", "control_plane", "services", "clients", "rules")
+CITADEL_PORT = 15012      # Citadel on the control-plane host (mesh.security)
+MESH_FIELDS = ("registry", "control_plane", "services", "clients", "rules", "security")
+SECURITY_FIELDS = ("citadel", "cert_ttl_s", "renew_fraction", "trust_domain", "keylog")
+SECURITY_KINDS = ("PeerAuthentication", "AuthorizationPolicy")
 REGISTRY_FIELDS = ("members", "heartbeat_ms", "election_ms", "ttl_s")
 SERVICE_FIELDS = ("port", "run", "sidecar", "versions")
 VERSION_FIELDS = ("replicas", "hosts")
-RESERVED_PORTS = (ADMIN_PORT_BASE, OUTBOUND_PORT, PILOT_PORT, 2379, 2380)
+RESERVED_PORTS = (ADMIN_PORT_BASE, OUTBOUND_PORT, PILOT_PORT, CITADEL_PORT, 2379, 2380)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,16 @@ class RegistrySpec:
     heartbeat_ms: int = 100
     election_ms: int = 1000
     ttl_s: int = 5
+
+
+@dataclass(frozen=True)
+class SecuritySpec:
+    """``mesh.security``: Citadel on the control-plane host and what sidecars ask of it."""
+    citadel: bool = False
+    cert_ttl_s: float = 3600.0
+    renew_fraction: float = 0.5
+    trust_domain: str = "cluster.local"
+    keylog: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class MeshSpec:
     rules: tuple[str, ...]       # paths, resolved against the topology file's directory
     vips: tuple[tuple[str, str], ...]
     source: str = ""
+    security: SecuritySpec = SecuritySpec()
 
     def service_specs(self) -> tuple[ServiceSpec, ...]:
         """What Pilot and Galley take (model.ServiceSpec)."""
@@ -137,6 +152,7 @@ def parse_mesh(node: Node, ctx: Context) -> MeshSpec:
                     for i, n in enumerate(ctx.sequence(top["clients"][1], "mesh.clients"))) \
         if "clients" in top else ()
     rules = _rules(ctx, top["rules"][1]) if "rules" in top else ()
+    security = _security(ctx, top["security"][1] if "security" in top else None, rules)
     services, vnodes = _services(ctx, top["services"][1])
     for name, spec in ctx.hosts.items():
         if ipaddress.ip_interface(spec.ip).ip in ipaddress.ip_network(VIP_CIDR):
@@ -145,7 +161,7 @@ def parse_mesh(node: Node, ctx: Context) -> MeshSpec:
     pool = [h for h in ctx.hosts if h not in registry.members and h != cp and h not in clients]
     instances = _place(ctx, services, vnodes, pool)
     vips = tuple(sorted(service_vips([s.name for s in services], VIP_CIDR).items()))
-    return MeshSpec(registry, cp, services, instances, clients, rules, vips, ctx.file)
+    return MeshSpec(registry, cp, services, instances, clients, rules, vips, ctx.file, security)
 
 
 def _registry(ctx: Context, node: Node) -> RegistrySpec:
@@ -182,6 +198,53 @@ def _rules(ctx: Context, node: Node) -> tuple[str, ...]:
             ctx.error(n, f"mesh.rules[{i}]: no such file {str(path)!r}")
         out.append(str(path))
     return tuple(out)
+
+
+def security_rule_kinds(paths: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path, kind) of every PeerAuthentication/AuthorizationPolicy in the rule files
+    (unreadable files are skipped here: Galley reports them)."""
+    out = []
+    for path in paths:
+        try:
+            docs = list(yaml.safe_load_all(Path(path).read_text()))
+        except (OSError, yaml.YAMLError):
+            continue
+        out += [(path, d["kind"]) for d in docs if isinstance(d, dict) and d.get("kind") in SECURITY_KINDS]
+    return out
+
+
+def _security(ctx: Context, node: Node | None, rules: tuple[str, ...]) -> SecuritySpec:
+    """``mesh.security``; Citadel defaults to on when the section is given or a rule file
+    holds a security rule (docs/topology.md)."""
+    listed = security_rule_kinds(rules)
+    if node is None or (isinstance(node, yaml.ScalarNode) and ctx.scalar(node, "mesh.security") is None):
+        return SecuritySpec(citadel=bool(listed))
+    f = ctx.mapping(node, "mesh.security", SECURITY_FIELDS)
+    kw: dict = {"citadel": True}
+    for key in ("citadel", "keylog"):
+        if key in f:
+            v = ctx.scalar(f[key][1], f"mesh.security.{key}")
+            if not isinstance(v, bool):
+                ctx.error(f[key][1], f"mesh.security.{key}: {v!r} is not a boolean; use true or false")
+            kw[key] = v
+    for key, lo, hi in (("cert_ttl_s", 1.0, 86400.0), ("renew_fraction", 0.05, 0.95)):
+        if key in f:
+            v = ctx.scalar(f[key][1], f"mesh.security.{key}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                ctx.error(f[key][1], f"mesh.security.{key}: {v!r} must be a number from {lo:g} to {hi:g}")
+            kw[key] = float(v)
+    if "trust_domain" in f:
+        td = ctx.text(f["trust_domain"][1], "mesh.security.trust_domain", "a trust domain")
+        if td != "cluster.local":   # Pilot's client-side SAN check assumes it (pilot_security.py)
+            ctx.error(f["trust_domain"][1], f"mesh.security.trust_domain: {td!r} is not supported yet; "
+                                            "allowed: cluster.local")
+        kw["trust_domain"] = td
+    spec = SecuritySpec(**kw)
+    if listed and not spec.citadel:
+        path, kind = listed[0]
+        ctx.error(f["citadel"][1], f"mesh.security.citadel: false, but {path} holds a {kind}; "
+                                   "security rules need Citadel (set citadel: true or drop the rule)")
+    return spec
 
 
 def _services(ctx: Context, node: Node) -> tuple[tuple[ServiceDecl, ...], dict[tuple[str, str], Node]]:
