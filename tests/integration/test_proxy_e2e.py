@@ -13,14 +13,13 @@ import yaml
 from proxy.bootstrap import parse_bootstrap
 from proxy.server import Server
 from proxy.testing import HttpClient, Reply, Upstream, http_request
+from tests.support.seed import seed_yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SEED = pathlib.Path("/work/shared/seeds/000_4812a8856aca79f2.txt")
 
 
 def seed_config(upstream_port: int) -> dict:
-    text = re.search(r"```\n(static_resources:.*?)```", SEED.read_text(), re.S).group(1)
-    cfg = yaml.safe_load(text)
+    cfg = yaml.safe_load(seed_yaml())
     cfg["static_resources"]["listeners"][0]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
     ep = cfg["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     ep["endpoint"]["address"]["socket_address"].update(address="localhost", port_value=upstream_port)

@@ -2,7 +2,6 @@
 errors naming their path (like `envoy --mode validate`)."""
 import copy
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -11,15 +10,16 @@ import yaml
 
 from proxy.bootstrap import ConfigError, load_bootstrap, parse_bootstrap
 from proxy.cfg_listener import HcmSpec
+from tests.support.seed import seed_path, seed_yaml, yaml_in_seed
 
-SEED = pathlib.Path("/work/shared/seeds/000_4812a8856aca79f2.txt")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def seed_yaml() -> str:
-    text = SEED.read_text()
-    m = re.search(r"```\n(static_resources:.*?)```", text, re.S)
-    return m.group(1)
+def test_repo_copy_is_the_tutorials_yaml_byte_for_byte():
+    path = seed_path()
+    if path is None:
+        pytest.skip("the tutorial (shared/seeds) is not beside this checkout")
+    assert seed_yaml() == yaml_in_seed(path)
 
 
 @pytest.fixture
