@@ -133,6 +133,8 @@ def _configure_up(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-backend", choices=BACKENDS, default="auto",
                    help="link emulation: kernel netem, userspace emulator, or auto (probe)")
     p.add_argument("-v", "--verbose", action="store_true", help="Mininet's progress messages")
+    p.add_argument("--capture", metavar="DIR", help="record pcapng per host interface under DIR for the "
+                   "session (tcpdump in each host; Wireshark name file DIR/hosts)")
 
 
 def run_testbed(what: str, topology: Any, backend: str, body: Callable[[Any], int],
@@ -182,7 +184,22 @@ def _run_up(args: argparse.Namespace) -> int:
     route_output_to_stdout()
 
     def cli(tb: Any) -> int:
-        return EXIT_FAIL if MeshCLI(tb).errors else EXIT_OK
+        if not getattr(args, "capture", None):
+            return EXIT_FAIL if MeshCLI(tb).errors else EXIT_OK
+        from pathlib import Path
+
+        from testbed.capture import Capture
+        try:
+            cap = Capture(tb, Path(args.capture).resolve()).start()
+        except (RuntimeError, OSError) as e:
+            print(f"minimesh up --capture {args.capture}: {e}", file=sys.stderr)
+            return EXIT_FAIL
+        print(f"*** capture: {len(cap.files)} pcapng files under {cap.dir}", file=sys.stderr)
+        try:
+            return EXIT_FAIL if MeshCLI(tb).errors else EXIT_OK
+        finally:             # before teardown: tcpdump flushes, files are complete
+            cap.stop()
+            cap.write_names({tb.ip(h): h for h in tb.host_names})
     return run_testbed("up", topology, args.link_backend, cli, sigint=not sys.stdin.isatty())
 
 

@@ -1,35 +1,54 @@
-"""``minimesh demo``: the README's main job (for now): configured vs measured delay, live.
+"""``minimesh demo``: the README's main job, a short tour with results and captures.
 
-Builds ``topologies/line3.yaml`` (or, if the checkout has none, Mininet's stock
-``single,3`` with h1-s1 shaped to 10 ms live), then
+Three parts, one results directory (``--out``, default ./results/demo-<timestamp>):
 
-1. pings h1 -> h2 and compares the median RTT with the configured one (twice the sum of
-   one-way delays along the path);
-2. runs a continuous ping and, while it flows, changes the first link's delay with
-   ``link-set``; the RTTs of packets sent after the change are compared with the new
-   configuration.
+1. **delay**: builds ``topologies/line3.yaml`` (or, if the checkout has none, Mininet's
+   stock ``single,3`` with h1-s1 shaped to 10 ms), pings h1 -> h2 and compares the median
+   RTT with the configured one (twice the sum of one-way delays along the path); then,
+   while a ping flows, changes the first link's delay with ``link-set`` and compares the
+   RTTs sent after the change with the new configuration (``--tolerance-ms``, 2 ms);
+2. **front_proxy**: ``experiments/front_proxy.py --quick`` (the tutorial's Envoy sample);
+3. **canary**: ``experiments/canary.py --quick`` (5 % to v2, measured split with its
+   95 % interval);
 
-Exit status 1 if a median differs from its configuration by more than ``--tolerance-ms``
-(2 ms). ``--link-backend`` as for ``up``.
+parts 2 and 3 with packet capture (pcapng per host interface under <part>/pcap). Then a
+summary: each part's verdict and key number, where results, plots and captures are, and
+the tshark/wireshark commands to open them. Exit status 1 if any part fails.
+``--only PART`` (repeatable) runs a subset; ``--link-backend`` as for ``up``.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
 import re
+import shlex
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.cli import (BACKENDS, EXIT_FAIL, EXIT_OK, Subcommand, load_topology_or_exit,
-                         require_root, run_testbed)
+from testbed.cli import (BACKENDS, EXIT_FAIL, EXIT_OK, Subcommand, Terminated, load_topology_or_exit,
+                         require_root, run_testbed, teardown_signals)
 
-__all__ = ["SUBCOMMANDS", "parse_ping", "path_between", "Measurement"]
+__all__ = ["SUBCOMMANDS", "parse_ping", "path_between", "Measurement", "Part", "delay_part",
+           "front_proxy_part", "canary_part", "format_summary", "PARTS"]
 
-DEFAULT_TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "line3.yaml"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TOPOLOGY = REPO / "topologies" / "line3.yaml"
+PARTS = ("delay", "front_proxy", "canary")
+PART_TIMEOUT_S = 150.0
+OPEN_WITH = {   # part -> (capture to open first, tshark options, what to do in Wireshark)
+    "front_proxy": ("h1-eth0.pcapng", "-d tcp.port==15001,http -Y 'http || dns'",
+                    "the proxy's host; Decode As: TCP port 15001 -> HTTP"),
+    "canary": ("c0-eth0.pcapng", "-Y 'http.request && tcp.dstport == 8080'",
+               "the client's host; Statistics > Conversations: requests per echo instance"),
+}
 _PING_LINE = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+).*time=([\d.]+) ms")
 
 
@@ -131,6 +150,91 @@ def run_demo(tb: Any, tolerance_ms: float, new_delay_ms: float) -> list[Measurem
     return results
 
 
+@dataclass(frozen=True)
+class Part:
+    """One part's outcome for the summary: verdict, key number, where to look."""
+
+    name: str
+    ok: bool
+    key: str
+    files: tuple[str, ...] = ()
+
+
+def delay_part(results: list[Measurement], tolerance_ms: float, backend: str) -> Part:
+    shown = results[:1] + results[1:][-1:]          # the first ping and the one after link-set
+    key = "; ".join(f"{m.label}: median RTT {m.median_ms:.2f} ms vs configured {m.configured_ms:.1f} ms"
+                    for m in shown) or "no measurement"
+    return Part("delay", bool(results) and all(m.ok(tolerance_ms) for m in results),
+                f"{key} (tolerance ±{tolerance_ms:g} ms, {backend} backend)")
+
+
+def _missing(name: str, out: Path, status: int | None) -> Part:
+    return Part(name, False, f"no results.json (exit status {status}); see {out / 'run.log'}")
+
+
+def front_proxy_part(out: Path, status: int | None = 0) -> Part:
+    """From experiments/front_proxy.py's results.json ({passed, checks: [{name, ok, detail}]})."""
+    path = out / "results.json"
+    if not path.exists():
+        return _missing("front_proxy", out, status)
+    doc = json.loads(path.read_text())
+    checks = doc.get("checks", [])
+    host = next((c for c in checks if c["name"].startswith("upstream saw Host:")), None)
+    failed = [c["name"] for c in checks if not c["ok"]]
+    key = ("curl via the proxy got 200; " if any(c["ok"] and c["name"].startswith("curl succeeds") for c in checks)
+           else "curl via the proxy FAILED; ")
+    key += f"upstream saw Host: {host['detail']}" if host else "upstream Host not checked"
+    if failed:
+        key += "; failed: " + ", ".join(failed)
+    return Part("front_proxy", bool(doc.get("passed")) and status == 0 and not failed, key,
+                tuple(str(p) for p in sorted((out / "pcap").glob("*.pcapng"))))
+
+
+def canary_part(out: Path, status: int | None = 0) -> Part:
+    """From the canary experiment's results.json (testbed.results.write_results)."""
+    path = out / "results.json"
+    if not path.exists():
+        return _missing("canary", out, status)
+    doc = json.loads(path.read_text())
+    m, weight = doc.get("metrics", {}), doc.get("params", {}).get("weights", {}).get("v2")
+    if "v2_share" in m and m.get("v2_ci"):
+        lo, hi = m["v2_ci"]
+        key = (f"v2 served {m['v2_share']:.2%} of {m.get('requests')} requests, 95 % CI [{lo:.2%}, {hi:.2%}]"
+               + (f", configured {weight} %" if weight is not None else ""))
+    else:
+        key = "no split measured"
+    if doc.get("failed"):
+        key += "; failed: " + ", ".join(map(str, doc["failed"]))
+    files = sorted((out).glob("*.png")) + sorted((out / "pcap").glob("*.pcapng"))
+    return Part("canary", bool(doc.get("valid")) and status == 0, key, tuple(str(p) for p in files))
+
+
+def format_summary(parts: list[Part], out: Path) -> str:
+    """The text printed at the end of ``minimesh demo``."""
+    lines = ["", "=== minimesh demo: summary"]
+    for p in parts:
+        lines.append(f"  [{'ok' if p.ok else 'FAIL'}] {p.name}: {p.key}")
+    lines.append(f"\nResults: {out}  (each part's results.json, logs, plots and pcap/ under {out}/<part>/)")
+    plots = [f for p in parts for f in p.files if f.endswith(".png")]
+    if plots:
+        lines.append("Plots:   " + "  ".join(plots))
+    for p in parts:
+        pcaps = [f for f in p.files if f.endswith(".pcapng")]
+        if pcaps:
+            lines.append(f"Captures ({p.name}): {Path(pcaps[0]).parent}/*.pcapng  ({len(pcaps)} files, "
+                         "one per host interface; names embedded, also in hosts)")
+    opens = [(f, flt, hint) for p in parts for f in p.files for name, (main, flt, hint) in OPEN_WITH.items()
+             if p.name == name and Path(f).name == main]
+    if opens:
+        lines.append("Open them:")
+    for f, flt, hint in opens:
+        lines.append(f"  tshark -r {shlex.quote(f)} -N n {flt}")
+        lines.append(f"  wireshark -r {shlex.quote(f)}  ({hint})")
+    ok = bool(parts) and all(p.ok for p in parts)
+    lines.append(f"\n{'PASS' if ok else 'FAIL'}: {sum(p.ok for p in parts)}/{len(parts)} parts passed")
+    return "\n".join(lines)
+
+
 def _print(results: list[Measurement], tolerance_ms: float, backend: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -145,20 +249,19 @@ def _print(results: list[Measurement], tolerance_ms: float, backend: str) -> Non
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="results directory (default ./results/demo-<timestamp>)")
+    p.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
     p.add_argument("--topology", default=str(DEFAULT_TOPOLOGY),
-                   help="topology to demonstrate on (default: topologies/line3.yaml)")
+                   help="topology of the delay part (default: topologies/line3.yaml)")
     p.add_argument("--link-backend", choices=BACKENDS, default="auto")
     p.add_argument("--tolerance-ms", type=float, default=2.0)
     p.add_argument("--new-delay-ms", type=float, default=40.0,
                    help="one-way delay set live on the first hop")
 
 
-def _run(args: argparse.Namespace) -> int:
-    fallback = not Path(args.topology).exists() and args.topology == str(DEFAULT_TOPOLOGY)
-    topology = load_topology_or_exit("single,3" if fallback else args.topology)
-    require_root("demo")
-    from mininet.log import setLogLevel
-    setLogLevel("output")
+def _run_delay(args: argparse.Namespace, topology: Any, fallback: bool, out: Path) -> Part:
+    from testbed.results import write_results
+    parts: list[Part] = []
 
     def demo(tb: Any) -> int:
         if fallback:
@@ -167,9 +270,79 @@ def _run(args: argparse.Namespace) -> int:
             tb.set_link("h1", "s1", delay="10ms")
         results = run_demo(tb, args.tolerance_ms, args.new_delay_ms)
         _print(results, args.tolerance_ms, tb.backend.name)
-        return EXIT_OK if all(m.ok(args.tolerance_ms) for m in results) else EXIT_FAIL
-    return run_testbed("demo", topology, args.link_backend, demo)
+        part = delay_part(results, args.tolerance_ms, tb.backend.name)
+        parts.append(part)
+        write_results(out, "demo-delay", None, {"topology": str(args.topology), "tolerance_ms": args.tolerance_ms,
+                                                 "new_delay_ms": args.new_delay_ms, "backend": tb.backend.name},
+                      {m.label: {"configured_ms": m.configured_ms, "median_ms": m.median_ms,
+                                 "samples": len(m.samples)} for m in results},
+                      {"delay": {"valid": part.ok, "detail": part.key}})
+        return EXIT_OK if part.ok else EXIT_FAIL
+    status = run_testbed("demo", topology, args.link_backend, demo)
+    if status >= 128:                  # Ctrl-C or SIGTERM: torn down; stop the whole demo
+        raise KeyboardInterrupt
+    return parts[0] if parts and status == EXIT_OK else (
+        Part("delay", False, f"{parts[0].key if parts else 'did not run'} (exit status {status})"))
 
 
-SUBCOMMANDS = [Subcommand("demo", "build topologies/line3.yaml and show configured vs measured delay, "
-                          "live", _configure, _run)]
+def _run_experiment(name: str, args: argparse.Namespace, out: Path) -> Part:
+    """``experiments/<name>.py --quick --out <out>`` (capture on: <out>/pcap), its output
+    shown and kept in <out>/run.log."""
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, str(REPO / "experiments" / f"{name}.py"), "--quick", "--out", str(out),
+            "--link-backend", args.link_backend]
+    print(f"\n*** {name}: {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr, flush=True)
+    status: int | None = None
+    with open(out / "run.log", "w") as log:
+        proc = subprocess.Popen(argv, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        timer = threading.Timer(PART_TIMEOUT_S, proc.terminate)   # SIGTERM: it tears down
+        timer.start()
+        try:
+            with teardown_signals(sigint=False):   # SIGTERM/SIGHUP to the demo: passed on below
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    sys.stdout.write(line)
+                    log.write(line)
+                status = proc.wait(30)
+        except Terminated:
+            proc.terminate()
+            raise KeyboardInterrupt from None
+        finally:
+            timer.cancel()
+            if proc.poll() is None:      # Ctrl-C: the child got SIGINT too; let it tear down
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    return (front_proxy_part if name == "front_proxy" else canary_part)(out, status)
+
+
+def _run(args: argparse.Namespace) -> int:
+    parts_wanted = [p for p in PARTS if p in (args.only or PARTS)]
+    fallback = not Path(args.topology).exists() and args.topology == str(DEFAULT_TOPOLOGY)
+    topology = load_topology_or_exit("single,3" if fallback else args.topology) if "delay" in parts_wanted else None
+    require_root("demo")
+    from mininet.log import setLogLevel
+    setLogLevel("output")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = (args.out or Path("results") / f"demo-{stamp}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    parts: list[Part] = []
+    try:
+        for name in parts_wanted:
+            print(f"\n=== minimesh demo, part {len(parts) + 1}/{len(parts_wanted)}: {name}", flush=True)
+            parts.append(_run_delay(args, topology, fallback, out / "delay") if name == "delay"
+                         else _run_experiment(name, args, out / name))
+    except KeyboardInterrupt:
+        print("\n*** interrupted", file=sys.stderr)
+        print(format_summary(parts, out))
+        return 130
+    print(format_summary(parts, out))
+    print(f"(demo took {time.monotonic() - started:.0f} s)")
+    return EXIT_OK if all(p.ok for p in parts) else EXIT_FAIL
+
+
+SUBCOMMANDS = [Subcommand("demo", "the main job: configured vs measured delay, the tutorial's front proxy "
+                          "and a canary split, with results, plots and pcapng captures", _configure, _run)]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed.demo import Measurement, parse_ping, path_between
+from testbed.demo import (Measurement, Part, canary_part, delay_part, format_summary, front_proxy_part,
+                          parse_ping, path_between)
 from testbed.doctor import Check, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,3 +76,88 @@ def test_measurement_tolerance():
     assert m.median_ms == 20.4 and m.ok(2.0)
     assert not Measurement("x", 20.0, (23.0, 22.5, 22.1)).ok(2.0)
     assert not Measurement("x", 20.0, ()).ok(2.0), "no samples is a failure, not a pass"
+
+
+# --- the demo's summary (no root: results.json files written here) ----------------------------
+
+def _write(path: Path, doc: dict) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps(doc))
+    return path
+
+
+def _front_proxy_doc(ok: bool = True) -> dict:
+    return {"experiment": "front_proxy", "passed": ok, "checks": [
+        {"name": "curl succeeds with 200", "ok": ok, "detail": "curl exit 0"},
+        {"name": "upstream saw Host: gwadvnet20.github.io (host_rewrite)", "ok": True,
+         "detail": "gwadvnet20.github.io"}]}
+
+
+def _canary_doc(valid: bool = True) -> dict:
+    return {"experiment": "canary", "valid": valid, "failed": [] if valid else ["the 95 % interval"],
+            "params": {"weights": {"v1": 95, "v2": 5}},
+            "metrics": {"requests": 1200, "v2_share": 0.0533, "v2_ci": [0.042, 0.0675]}}
+
+
+def test_delay_part_reports_first_and_last_measurement():
+    ms = [Measurement("ping h1 -> h2", 20.0, (20.3, 20.4)), Measurement("before", 20.0, (20.2,)),
+          Measurement("after link-set", 80.0, (80.3, 80.6, 80.2))]
+    p = delay_part(ms, 2.0, "userspace")
+    assert p.ok and "ping h1 -> h2: median RTT 20.35 ms vs configured 20.0 ms" in p.key
+    assert "after link-set: median RTT 80.30 ms vs configured 80.0 ms" in p.key and "before" not in p.key
+    assert not delay_part([Measurement("x", 20.0, (25.0,))], 2.0, "netem").ok
+    assert not delay_part([], 2.0, "netem").ok
+
+
+def test_front_proxy_part(tmp_path):
+    out = _write(tmp_path / "front_proxy", _front_proxy_doc())
+    (out / "pcap").mkdir()
+    (out / "pcap" / "h1-eth0.pcapng").write_bytes(b"x")
+    p = front_proxy_part(out, 0)
+    assert p.ok and p.key == "curl via the proxy got 200; upstream saw Host: gwadvnet20.github.io"
+    assert p.files == (str(out / "pcap" / "h1-eth0.pcapng"),)
+    bad = front_proxy_part(_write(tmp_path / "bad", _front_proxy_doc(False)), 1)
+    assert not bad.ok and "FAILED" in bad.key and "failed: curl succeeds with 200" in bad.key
+    assert not front_proxy_part(_write(tmp_path / "rc", _front_proxy_doc()), 1).ok, "exit status counts"
+
+
+def test_missing_results_is_a_failure_naming_the_log(tmp_path):
+    p = canary_part(tmp_path / "canary", 137)
+    assert not p.ok and "exit status 137" in p.key and str(tmp_path / "canary" / "run.log") in p.key
+
+
+def test_canary_part(tmp_path):
+    out = _write(tmp_path / "canary", _canary_doc())
+    (out / "split.png").write_bytes(b"png")
+    p = canary_part(out, 0)
+    assert p.ok and p.key == "v2 served 5.33% of 1200 requests, 95 % CI [4.20%, 6.75%], configured 5 %"
+    assert p.files == (str(out / "split.png"),)
+    bad = canary_part(_write(tmp_path / "c2", _canary_doc(False)), 1)
+    assert not bad.ok and bad.key.endswith("failed: the 95 % interval")
+
+
+def test_format_summary_says_where_everything_is(tmp_path):
+    fp = Part("front_proxy", True, "curl ok", (str(tmp_path / "front_proxy/pcap/h1-eth0.pcapng"),
+                                               str(tmp_path / "front_proxy/pcap/web-eth0.pcapng")))
+    ca = Part("canary", False, "v2 served 3%", (str(tmp_path / "canary/split.png"),
+                                                str(tmp_path / "canary/pcap/c0-eth0.pcapng")))
+    text = format_summary([Part("delay", True, "20 vs 20"), fp, ca], tmp_path)
+    lines = text.splitlines()
+    assert "  [ok] delay: 20 vs 20" in lines and "  [FAIL] canary: v2 served 3%" in lines
+    assert f"Plots:   {tmp_path}/canary/split.png" in lines
+    assert any(line.startswith(f"Captures (front_proxy): {tmp_path}/front_proxy/pcap/*.pcapng  (2 files")
+               for line in lines)
+    assert f"  tshark -r {tmp_path}/front_proxy/pcap/h1-eth0.pcapng -N n -d tcp.port==15001,http " \
+           "-Y 'http || dns'" in lines
+    assert any(line.startswith(f"  wireshark -r {tmp_path}/canary/pcap/c0-eth0.pcapng") for line in lines)
+    assert lines[-1] == "FAIL: 2/3 parts passed"
+    assert format_summary([Part("delay", True, "ok")], tmp_path).splitlines()[-1] == "PASS: 1/1 parts passed"
+    assert "Open them:" not in format_summary([Part("delay", True, "ok")], tmp_path)
+
+
+def test_demo_help_lists_parts_and_out():
+    from testbed.cli import build_parser
+    args = build_parser().parse_args(["demo", "--only", "canary", "--only", "delay", "--out", "x"])
+    assert args.only == ["canary", "delay"] and args.out == Path("x")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--only", "nope"])
