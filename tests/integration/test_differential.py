@@ -2,7 +2,7 @@
 minimesh-proxy (both on loopback, fresh echo upstreams each) give the same outcomes:
 status, upstream instance chosen, Host/path/x-mm-* headers seen upstream, number of
 upstream attempts, response x-mm-*/x-echo-* headers, direct_response bodies.
-Weighted routing: each proxy's share for cluster a lies in the binomial 99 % interval."""
+Weighted routing: each proxy's share for cluster a lies in the binomial 99.9 % interval."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import pytest
 from tests.support.differential import check_expectations, differences, envoy_outcomes, run_sequence
 from tests.support.scenarios import SCENARIOS, WEIGHT_A, WEIGHTED, WEIGHTED_N
 
-Z99 = 2.576  # two-sided 99 %
+Z99 = 3.29  # two-sided 99.9 %: several such checks run in CI, each must flake < 0.1 %
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
@@ -37,7 +37,7 @@ def _assert_binomial(kind: str, a: int, b: int, other: int) -> None:
     tol = Z99 * math.sqrt(n * WEIGHT_A * (1 - WEIGHT_A))
     assert other == 0, f"{kind}: {other} of {n} weighted requests did not reach a or b"
     assert abs(a - n * WEIGHT_A) <= tol, (f"{kind}: {a}/{n} to a, expected {n * WEIGHT_A:.0f} "
-                                          f"± {tol:.1f} (binomial 99 %)")
+                                          f"± {tol:.1f} (binomial 99.9 %)")
 
 
 def test_weighted_80_20_envoy(envoy_bin):

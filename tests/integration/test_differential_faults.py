@@ -5,7 +5,7 @@ test_differential.py (scenario "faults"):
   requests to a good and an always-503 endpoint, the bad one gets exactly 3 and is then
   ejected; /stats shows the ejection (outlier_detection.ejections_enforced_consecutive_5xx).
 - abort by percentage header (x-envoy-fault-abort-request-percentage: 50): of 300
-  requests, the aborted share lies in the binomial 99 % interval around 150.
+  requests, the aborted share lies in the binomial 99.9 % interval around 150.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.support.differential import Req, run_with_stats
 from tests.support.scenarios import FAULTS
 
 KINDS = ["envoy", "minimesh"]
-Z99 = 2.576
+Z99 = 3.29  # two-sided 99.9 %: several such checks run in CI, each must flake < 0.1 %
 
 
 def _need(kind: str, request) -> None:
