@@ -41,24 +41,7 @@ from testbed.mesh.etcd import free_ports  # noqa: E402
 from testbed.mesh.model import Endpoint, ServiceSpec, VersionSpec  # noqa: E402
 from testbed.mesh.pilot import Pilot  # noqa: E402
 from testbed.mesh.xds import NodeInfo, sidecar_bootstrap  # noqa: E402
-
-DR = """apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
-"""
-VS = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-  - route:
-    - {destination: {host: echo, subset: v1}, weight: %d}
-    - {destination: {host: echo, subset: v2}, weight: %d}
-"""
+from tests.support.pilot import SUBSETS, weighted  # noqa: E402  (topologies/mesh-lab rule files)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -84,7 +67,7 @@ class PilotThread:
                for v in ("v1", "v2") for i in range(2)]
         self.pilot = Pilot([ServiceSpec("echo", 8080, (VersionSpec("v1", 2), VersionSpec("v2", 2)))],
                            eps, on_event=self._on_event, hold_s=15)
-        self.pilot.apply_text(DR + "---\n" + VS % (90, 10), "bench.yaml")
+        self.pilot.apply_text(SUBSETS + "---\n" + weighted(90, 10), "bench.yaml")
         self.loop = asyncio.new_event_loop()
         self.port = 0
         ready = threading.Event()
@@ -164,7 +147,7 @@ def bench_apply(n: int, applies: int, kind: str) -> dict:
             for k in range(applies):
                 w = 10 if k % 2 == 0 else 90
                 t_apply = time.time()
-                pt.pilot.apply_text(VS % (w, 100 - w), "bench.yaml")
+                pt.pilot.apply_text(weighted(w, 100 - w), "bench.yaml")
                 gen = pt.pilot.generation
                 deadline = time.monotonic() + 10
                 while True:

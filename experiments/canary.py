@@ -7,38 +7,31 @@
     tested)."
 
 The mesh of topologies/mesh-lab.yaml runs (echo v1 x3, v2 x1, each with its sidecar; etcd;
-Pilot). A VirtualService sends ``weight`` % to subset v2, the rest to v1. Client c0 sends an
-open-loop stream to http://echo:8080/ through its sidecar; each answer says which version
-served it. Claims: every request succeeds; the observed v2 share's 95 % Wilson interval
-contains the configured share, and an exact binomial test does not reject it (p >= 0.01).
+Pilot). A VirtualService sends ``weight`` % to subset v2, the rest to v1 (the rule files
+topologies/mesh-lab/echo-subsets.yaml and echo-weights.yaml, with the weights set). Client
+c0 sends an open-loop stream to http://echo:8080/ through its sidecar; each answer says
+which version served it. Claims: every request succeeds; the observed v2 share's 99.9 % Wilson interval
+contains the configured share, and an exact binomial test does not reject it (p >= 0.001):
+at that level a correct split fails the check about once in a thousand runs.
 """
 from __future__ import annotations
+
+import re
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
 from testbed.checkers import check_availability, check_split
 from testbed.experiment import REPO, Context, Experiment, start_mesh
 
-RULES = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-    - route:
-        - {destination: {host: echo, subset: v1}, weight: %(v1)d}
-        - {destination: {host: echo, subset: v2}, weight: %(v2)d}
-"""
+RULES = REPO / "topologies" / "mesh-lab"      # echo-subsets.yaml, echo-weights.yaml (90/10)
+
+
+def rules(v2_percent: int) -> str:
+    """The echo subsets and echo-weights.yaml with ``v2_percent`` % to v2, the rest to v1."""
+    weights = {"v1": 100 - v2_percent, "v2": v2_percent}
+    vs = re.sub(r"(subset: (v[12])\}, weight: )\d+", lambda m: f"{m[1]}{weights[m[2]]}",
+                (RULES / "echo-weights.yaml").read_text())
+    return (RULES / "echo-subsets.yaml").read_text() + "---\n" + vs
 
 
 def configure(ap) -> None:
@@ -51,7 +44,7 @@ def run(ctx: Context) -> None:
     w = ctx.args.weight
     rate, duration = ctx.args.rate or (60 if ctx.quick else 100), ctx.args.duration or (20 if ctx.quick else 120)
     ctx.params.update(weights={"v1": 100 - w, "v2": w}, rate=rate, duration_s=duration)
-    mesh = start_mesh(ctx, RULES % {"v1": 100 - w, "v2": w})
+    mesh = start_mesh(ctx, rules(w))
     # the route reaches the client sidecar asynchronously: wait until v2 answers once
     for _ in range(200):
         if mesh.requests("c0", "http://echo:8080/", 20).get("versions", {}).get("v2"):
@@ -62,13 +55,13 @@ def run(ctx: Context) -> None:
 
 def analyze(ctx: Context, data) -> None:
     from testbed.results import plot_split
-    split = check_split(data.requests, ctx.params["weights"])
+    split = check_split(data.requests, ctx.params["weights"], confidence=0.999, alpha=0.001)
     ctx.verdicts["split"] = split
     ctx.verdicts["availability"] = check_availability(data.requests, 1.0, 0.99)
     v2 = next(s for s in split.shares if s.version == "v2")
     ctx.metrics.update(requests=split.requests, v2_share=v2.observed, v2_ci=[v2.ci_low, v2.ci_high])
-    ctx.claim(f"the 95 % interval of the v2 share contains {ctx.args.weight} %", v2.within_ci,
-              f"v2 served {v2.count}/{split.requests} = {v2.observed:.2%}, 95 % Wilson CI "
+    ctx.claim(f"the 99.9 % interval of the v2 share contains {ctx.args.weight} %", v2.within_ci,
+              f"v2 served {v2.count}/{split.requests} = {v2.observed:.2%}, 99.9 % Wilson CI "
               f"[{v2.ci_low:.2%}, {v2.ci_high:.2%}], binomial p = {split.p_value:.3g}")
     plot_split(ctx.out / "split.png", split, title=f"canary: {ctx.args.weight} % to v2")
 

@@ -10,7 +10,8 @@ The mesh of topologies/mesh-lab.yaml; a VirtualService sends all echo traffic to
 c0 sends an open-loop stream through its sidecar for the whole run. Then every sidecar host
 (c0, h1..h4) is cut from Pilot's host cp (a mesh-aware partition: the registry and the data
 plane stay connected). During the cut the route is changed to send everything to v2
-(applied to Pilot, which accepts it). After the heal the sidecars reconnect and get it.
+(applied to Pilot, which accepts it; topologies/mesh-lab/echo-all-v1.yaml, then
+echo-all-v2.yaml). After the heal the sidecars reconnect and get it.
 Claims: >= 99 % of requests succeed in every second, cut included; no request reaches v2
 before the heal; after the heal v2 takes over within 15 s and then serves everything.
 """
@@ -23,31 +24,22 @@ from testbed.experiment import REPO, Context, Experiment, start_mesh
 from testbed.faults import Partition
 from testbed.faults_grudge import control_plane_cut
 
-ROUTE = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-    - route: [{destination: {host: echo, subset: %s}}]
-"""
+RULES = REPO / "topologies" / "mesh-lab"
+SUBSETS = (RULES / "echo-subsets.yaml").read_text()
+
+
+def route(subset: str) -> str:
+    """The echo subsets and echo-all-<subset>.yaml: all echo traffic to ``subset``."""
+    return SUBSETS + "---\n" + (RULES / f"echo-all-{subset}.yaml").read_text()
+
+
 SIDECARS = ["c0", "h1", "h2", "h3", "h4"]
 
 
 def run(ctx: Context) -> None:
     before, cut_s, after = (4.0, 12.0, 16.0) if ctx.quick else (10.0, 60.0, 30.0)
     ctx.params.update(before_s=before, cut_s=cut_s, after_s=after, change_at_s=cut_s / 3)
-    mesh = start_mesh(ctx, ROUTE % "v1")
+    mesh = start_mesh(ctx, route("v1"))
     for _ in range(200):
         if mesh.requests("c0", "http://echo:8080/", 5).get("versions", {}).get("v1") == 5:
             break
@@ -60,7 +52,7 @@ def run(ctx: Context) -> None:
     nem.apply(Partition(control_plane_cut(roles)), fault_id=0).raise_for_error()
     cut_t = ctx.clock.now()
     ctx.sleep_until(cut_t + cut_s / 3)
-    mesh.apply_text(ROUTE % "v2", "route-v2.yaml")
+    mesh.apply_text(route("v2"), "route-v2.yaml")
     change_t = ctx.clock.now()
     ctx.event("experiment", "config_applied", route="v2")
     ctx.sleep_until(cut_t + cut_s)

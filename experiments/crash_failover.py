@@ -17,6 +17,8 @@ agent: SIGKILL, as if its host died); at the end of the phase it is restarted.
 - ``resilient``: retries (3 attempts on connect-failure/reset/5xx) and outlier detection
   (eject after 1 gateway error, for 30 s).
 
+The rules of each phase are files in topologies/mesh-lab/ (PHASES).
+
 Claims: plain — some requests fail, and the errors stop within ttl + 4 s of the crash;
 istio-default and resilient — at most 1 % of the requests after the crash fail, fewer than
 in the plain phase.
@@ -31,31 +33,10 @@ from testbed.checkers import check_failover
 from testbed.experiment import REPO, Context, Experiment, start_mesh
 
 VICTIM, TTL_S = "echo-v1-0", 3
-SUBSETS = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
-%s---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-    - route: [{destination: {host: echo, subset: v1}}]
-%s"""
-PHASES = {"plain": SUBSETS % ("", "      retries: {attempts: 0}\n"),
-          "istio-default": SUBSETS % ("", ""),
-          "resilient": SUBSETS % ("  trafficPolicy:\n    outlierDetection: {consecutiveGatewayErrors: 1, "
-                                  "consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, "
-                                  "maxEjectionPercent: 50}\n",
-                                  "      retries: {attempts: 3, perTryTimeout: 1s, retryOn: "
-                                  "\"connect-failure,reset,5xx\"}\n")}
+RULES = REPO / "topologies" / "mesh-lab"
+PHASES = {"plain": ("echo-subsets.yaml", "echo-all-v1-no-retries.yaml"),      # rule files in RULES
+          "istio-default": ("echo-subsets.yaml", "echo-all-v1.yaml"),
+          "resilient": ("echo-all-v1-resilient.yaml",)}
 
 
 def retries(mesh) -> int:
@@ -76,7 +57,7 @@ def run(ctx: Context) -> None:
     ctx.metrics["phases"] = {}
     phases = (ctx.args.phases or ("plain,resilient" if ctx.quick else ",".join(PHASES))).split(",")
     for fid, phase in enumerate(phases):
-        rules = PHASES[phase]
+        rules = "---\n".join((RULES / f).read_text() for f in PHASES[phase])
         mesh.apply_text(rules, f"{phase}.yaml")
         retried_before = retries(mesh)
         time.sleep(2.0)                       # Pilot's push reaches the sidecars

@@ -6,7 +6,8 @@
     here) can be redirected to different versions."
 
 The mesh of topologies/mesh-lab.yaml (echo v1 x3, v2 x1). A VirtualService matches the
-User-Agent header: ``.*Android.*`` goes to subset v2, ``.*iPhone.*`` to subset v1. From c0
+User-Agent header (topologies/mesh-lab/echo-user-agent.yaml, with echo-subsets.yaml):
+``.*Android.*`` goes to subset v2, ``.*iPhone.*`` to subset v1. From c0
 two open-loop streams run at the same time through c0's sidecar, one with an Android
 User-Agent, one with an iPhone one. Claims: every request succeeds, 100 % of Android
 requests are served by v2 and 100 % of iPhone requests by v1.
@@ -21,27 +22,8 @@ from testbed.experiment import REPO, Context, Experiment, start_mesh
 AGENTS = {"android": "Mozilla/5.0 (Linux; Android 14; Pixel 8)",
           "iphone": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X)"}
 EXPECTED = {"android": "v2", "iphone": "v1"}
-RULES = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-    - match: [{headers: {user-agent: {regex: ".*Android.*"}}}]
-      route: [{destination: {host: echo, subset: v2}}]
-    - match: [{headers: {user-agent: {regex: ".*iPhone.*"}}}]
-      route: [{destination: {host: echo, subset: v1}}]
-"""
+RULES = "---\n".join((REPO / "topologies" / "mesh-lab" / f).read_text()
+                    for f in ("echo-subsets.yaml", "echo-user-agent.yaml"))
 
 
 def run(ctx: Context) -> None:

@@ -9,7 +9,7 @@ Three parts, one results directory (``--out``, default ./results/demo-<timestamp
    RTTs sent after the change with the new configuration (``--tolerance-ms``, 2 ms);
 2. **front_proxy**: ``experiments/front_proxy.py --quick`` (the tutorial's Envoy sample);
 3. **canary**: ``experiments/canary.py --quick`` (5 % to v2, measured split with its
-   95 % interval);
+   99.9 % interval);
 
 parts 2 and 3 with packet capture (pcapng per host interface under <part>/pcap). Then a
 summary: each part's verdict and key number, where results, plots and captures are, and
@@ -199,7 +199,7 @@ def canary_part(out: Path, status: int | None = 0) -> Part:
     m, weight = doc.get("metrics", {}), doc.get("params", {}).get("weights", {}).get("v2")
     if "v2_share" in m and m.get("v2_ci"):
         lo, hi = m["v2_ci"]
-        key = (f"v2 served {m['v2_share']:.2%} of {m.get('requests')} requests, 95 % CI [{lo:.2%}, {hi:.2%}]"
+        key = (f"v2 served {m['v2_share']:.2%} of {m.get('requests')} requests, 99.9 % CI [{lo:.2%}, {hi:.2%}]"
                + (f", configured {weight} %" if weight is not None else ""))
     else:
         key = "no split measured"

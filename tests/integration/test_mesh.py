@@ -19,45 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pilot import BY_USER_AGENT as RULES_AGENT, SPLIT_90_10, SUBSETS
+
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 SIDECAR = os.environ.get("MINIMESH_TEST_SIDECAR", "minimesh")
 TTL_S = 2
 
-RULES_SPLIT = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-    - route:
-        - {destination: {host: echo, subset: v1}, weight: 90}
-        - {destination: {host: echo, subset: v2}, weight: 10}
-"""
-
-RULES_AGENT = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-    - match: [{headers: {user-agent: {regex: ".*Android.*"}}}]
-      route: [{destination: {host: echo, subset: v2}}]
-    - match: [{headers: {user-agent: {regex: ".*iPhone.*"}}}]
-      route: [{destination: {host: echo, subset: v1}}]
-"""
-
+# the rule files students apply (topologies/mesh-lab/)
+RULES_SPLIT = SUBSETS + "---\n" + SPLIT_90_10
+RULES_BY_AGENT = SUBSETS + "---\n" + RULES_AGENT
 RULES_INVALID = RULES_AGENT.replace("subset: v2", "subset: v9")
 
 
@@ -157,7 +128,7 @@ def test_90_10_split_over_2000_requests_within_3_sigma(mesh):
 
 
 def test_header_routing_is_100_percent_correct(mesh):
-    mesh.apply_text(RULES_SPLIT.split("---")[0] + "---\n" + RULES_AGENT, "agent.yaml")
+    mesh.apply_text(RULES_BY_AGENT, "agent.yaml")
     mesh.wait_ready(10)
     for agent, version in (("Mozilla/5.0 (Linux; Android 14)", "v2"),
                            ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)", "v1")):
@@ -169,7 +140,7 @@ def test_header_routing_is_100_percent_correct(mesh):
 
 def test_invalid_rule_is_rejected_and_nothing_changes(mesh, tmp_path):
     from testbed.mesh.deploy import ApplyError
-    mesh.apply_text(RULES_SPLIT.split("---")[0] + "---\n" + RULES_AGENT, "agent.yaml")
+    mesh.apply_text(RULES_BY_AGENT, "agent.yaml")
     before = mesh.status()
     with pytest.raises(ApplyError) as e:
         mesh.apply_text(RULES_INVALID, "bad.yaml")
@@ -265,7 +236,7 @@ def test_clean_stop_of_an_agent_deregisters_at_once(mesh):
 
 
 def test_pilot_stopped_traffic_continues_on_the_last_config(mesh):
-    mesh.apply_text(RULES_SPLIT.split("---")[0] + "---\n" + RULES_AGENT, "agent.yaml")
+    mesh.apply_text(RULES_BY_AGENT, "agent.yaml")
     mesh.wait_ready(10)
     mesh.stop_pilot()
     try:

@@ -1,180 +1,62 @@
 """Real Envoy (REST xDS) against Pilot on loopback: config delivery, routing per
 VirtualService, push latency, rejected applies and NACKs. No root needed: everything
-binds to 127.0.0.x. Every process started here is stopped in a finally block."""
+binds to 127.0.0.x. Every process started here is stopped on every exit path (tests.support.pilot)."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import math
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import web
 
-from testbed.mesh.model import ServiceSpec, VersionSpec
-from testbed.mesh.pilot import ApplyRejected, Pilot
-from testbed.mesh import xds
-from testbed.mesh.xds import NodeInfo, XdsSource, sidecar_bootstrap
+from testbed.mesh.pilot import ApplyRejected
+from testbed.mesh.xds import NodeInfo, XdsSource
+from tests.support.pilot import BY_USER_AGENT, SPLIT_90_10, SUBSETS as RULES, UP_IPS, PilotMesh, stop_process
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow  # real Envoy: the `envoy_bin` fixture skips without it
-UP_IPS = {"v1": "127.0.0.21", "v2": "127.0.0.22"}
-
-RULES = """
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
-"""
-SPLIT_90_10 = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-  - route:
-    - destination: {host: echo, subset: v1}
-      weight: 90
-    - destination: {host: echo, subset: v2}
-      weight: 10
-"""
-BY_USER_AGENT = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo}
-spec:
-  hosts: [echo]
-  http:
-  - match:
-    - headers: {user-agent: {regex: ".*Android.*"}}
-    route:
-    - destination: {host: echo, subset: v2}
-  - match:
-    - headers: {user-agent: {regex: ".*iPhone.*"}}
-    route:
-    - destination: {host: echo, subset: v1}
-"""
 
 
-def free_port(ip: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
-class Mesh:
-    """Two echo upstreams (v1, v2), Pilot, and one real Envoy as a client sidecar."""
+class Mesh(PilotMesh):
+    """Two echo upstreams (v1, v2), Pilot, and one real Envoy as a client sidecar (or, with
+    ``as_service``, as echo-v3-0's sidecar: inbound 127.0.0.30:port -> app 127.0.0.1:app_port)."""
+    POISON = (".*Android.*", "(?=.*Android).*")      # RE2 has no lookahead: Envoy NACKs
+    LOG = "envoy.log"
 
     def __init__(self, tmp: Path, envoy: str, as_service: bool = False) -> None:
-        self.tmp, self.envoy_bin = tmp, envoy
-        self.events: list[dict] = []
-        self.port = free_port()
-        self.out_port = free_port()
-        self.admin = free_port()
-        self.svc = ServiceSpec("echo", self.port, (VersionSpec("v1"), VersionSpec("v2")))
+        super().__init__(tmp, XdsSource(refresh_delay_ms=50, request_timeout_ms=10000), events_file=True)
+        self.envoy_bin = envoy
         self.app_port = free_port()
-        if as_service:  # an echo instance: inbound 127.0.0.30:port -> app 127.0.0.1:app_port
+        self.envoy: subprocess.Popen | None = None
+        if as_service:
             self.node = NodeInfo.make("127.0.0.30", "echo-v3-0", "echo",
                                       labels={"app": "echo", "version": "v3"},
                                       app_port=self.app_port, outbound_address="127.0.0.1",
                                       outbound_port=self.out_port,
                                       access_log=str(self.tmp / "access.jsonl"))
-        else:
-            self.node = NodeInfo.make("127.0.0.30", "curl-0", "client", labels={"app": "curl"},
-                                      outbound_address="127.0.0.1", outbound_port=self.out_port)
 
-    async def __aenter__(self) -> "Mesh":
-        self.runners = []
-        for version, ip in list(UP_IPS.items()) + [("local", "127.0.0.1")]:
-            async def answer(r: web.Request, version: str = version) -> web.Response:
-                return web.json_response({"service": "echo", "version": version})
-            app = web.Application()
-            app.router.add_get("/{tail:.*}", answer)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, ip, self.app_port if version == "local" else self.port
-                              ).start()
-            self.runners.append(runner)
-        eps = [dict(service="echo", version=v, instance=f"echo-{v}-0", host=f"h{v}", ip=ip,
-                    port=self.port, labels={}) for v, ip in UP_IPS.items()]
-        self.poison = False
+    def upstream_sites(self) -> list[tuple[str, str, int]]:
+        return super().upstream_sites() + [("local", "127.0.0.1", self.app_port)]
 
-        def builder(state, node, type_url, names, source):
-            res = xds.build(state, node, type_url, names, source)
-            if self.poison and type_url == xds.ROUTE:  # RE2 has no lookahead: Envoy NACKs
-                res = json.loads(json.dumps(res).replace(".*Android.*", "(?=.*Android).*"))
-            return res
-        self.pilot = Pilot([self.svc], eps, hold_s=2.0, on_event=self.events.append,
-                           builder=builder, events_path=self.tmp / "events.jsonl",
-                           source=XdsSource(refresh_delay_ms=50, request_timeout_ms=10000))
-        self.pilot_port = await self.pilot.start("127.0.0.1", 0)
+    async def start_sidecar(self, bootstrap: dict) -> None:
         boot = self.tmp / "bootstrap.json"
-        boot.write_text(json.dumps(sidecar_bootstrap(self.node, ("127.0.0.1", self.pilot_port),
-                                                     self.admin, source=self.pilot.source)))
+        boot.write_text(json.dumps(bootstrap))
         self.envoy = subprocess.Popen(
             [self.envoy_bin, "-c", str(boot), "--concurrency", "1", "--disable-hot-restart",
              "-l", "warning",
              "--file-flush-interval-msec", "50",
-             "--log-path", str(self.tmp / "envoy.log")],
+             "--log-path", str(self.tmp / self.LOG)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20))
+
+    def stop_sidecar(self) -> None:
+        if self.envoy is not None:
+            stop_process(self.envoy)
+
+    async def ready(self) -> None:
         await self.wait_for(lambda: self.acked("routes") and self.acked("clusters"), 10)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.http.close()
-        self.envoy.terminate()
-        try:
-            self.envoy.wait(5)
-        except subprocess.TimeoutExpired:
-            self.envoy.kill()
-            self.envoy.wait()
-        await self.pilot.stop()
-        for r in self.runners:
-            await r.cleanup()
-
-    def acked(self, type_: str, version: str = "") -> bool:
-        return any(e["event"] == "ack" and e["type"] == type_ and
-                   e["version"].startswith(version) for e in self.events)
-
-    async def wait_for(self, cond, timeout: float) -> float:
-        t0 = time.monotonic()
-        while not cond():
-            assert time.monotonic() - t0 < timeout, f"timed out; envoy log: " \
-                f"{(self.tmp / 'envoy.log').read_text()[-2000:]}"
-            await asyncio.sleep(0.005)
-        return time.monotonic() - t0
-
-    async def get(self, path: str = "/", **headers: str) -> tuple[int, str]:
-        async with self.http.get(f"http://127.0.0.1:{self.out_port}{path}",
-                                 headers={"Host": f"echo:{self.port}", **headers}) as r:
-            body = await r.json() if r.status == 200 else {}
-            return r.status, body.get("version", "")
-
-    async def versions(self, n: int, **headers: str) -> collections.Counter:
-        sem = asyncio.Semaphore(16)
-
-        async def one() -> tuple[int, str]:
-            async with sem:
-                return await self.get(**headers)
-        return collections.Counter(await asyncio.gather(*(one() for _ in range(n))))
-
-    async def admin_json(self, path: str) -> dict:
-        async with self.http.get(f"http://127.0.0.1:{self.admin}{path}") as r:
-            return await r.json(content_type=None)
-
-    async def admin_text(self, path: str) -> str:
-        async with self.http.get(f"http://127.0.0.1:{self.admin}{path}") as r:
-            return await r.text()
 
 
 def run(coro):
@@ -217,9 +99,8 @@ def test_envoy_gets_all_four_resource_types(tmp):
 def test_weighted_90_10_within_3_sigma(tmp):
     async def body():
         async with Mesh(*tmp) as m:
-            m.pilot.apply_text(RULES + "---" + SPLIT_90_10, "rules.yaml")
+            await m.apply(RULES + "---\n" + SPLIT_90_10)
             gen = m.pilot.generation
-            await m.wait_for(lambda: m.acked("routes", f"{gen}-"), 2)
             await m.wait_for(lambda: m.acked("endpoints", f"{gen}-"), 2)
             n = 2000
             got = await m.versions(n)
@@ -232,12 +113,9 @@ def test_weighted_90_10_within_3_sigma(tmp):
 def test_header_routing_is_exact_and_apply_reaches_envoy_fast(tmp):
     async def body():
         async with Mesh(*tmp) as m:
-            m.pilot.apply_text(RULES + "---" + SPLIT_90_10, "rules.yaml")
-            await m.wait_for(lambda: m.acked("routes", f"{m.pilot.generation}-"), 2)
+            await m.apply(RULES + "---\n" + SPLIT_90_10)
             t0 = time.monotonic()
-            m.pilot.apply_text(BY_USER_AGENT, "ua.yaml")
-            gen = m.pilot.generation
-            took = await m.wait_for(lambda: m.acked("routes", f"{gen}-"), 2)
+            took = await m.apply(BY_USER_AGENT, "ua.yaml")
             assert took < 0.5, f"apply -> Envoy ACK took {took * 1000:.0f} ms"
             android = await m.versions(200, **{"User-Agent": "Mozilla/5.0 (Linux; Android 14)"})
             iphone = await m.versions(200, **{"User-Agent": "Mozilla/5.0 (iPhone; iOS 17)"})
@@ -253,8 +131,7 @@ def test_header_routing_is_exact_and_apply_reaches_envoy_fast(tmp):
 def test_pilot_stopped_envoy_keeps_routing_on_last_config(tmp):
     async def body():
         async with Mesh(*tmp) as m:
-            m.pilot.apply_text(RULES + "---" + BY_USER_AGENT, "ua.yaml")
-            await m.wait_for(lambda: m.acked("routes", f"{m.pilot.generation}-"), 2)
+            await m.apply(RULES + "---\n" + BY_USER_AGENT, "ua.yaml")
             await m.pilot.stop()
             await asyncio.sleep(1.0)  # several failed polls (refresh 50 ms)
             stats = await m.admin_text("/stats?filter=rds.15001.update_failure")
@@ -267,8 +144,7 @@ def test_pilot_stopped_envoy_keeps_routing_on_last_config(tmp):
 def test_invalid_rule_rejected_and_nack_keeps_last_good_config(tmp):
     async def body():
         async with Mesh(*tmp) as m:
-            m.pilot.apply_text(RULES + "---" + SPLIT_90_10, "rules.yaml")
-            await m.wait_for(lambda: m.acked("routes", f"{m.pilot.generation}-"), 2)
+            await m.apply(RULES + "---\n" + SPLIT_90_10)
             gen, rules = m.pilot.generation, m.pilot.state.rules
             pushes = sum(e["event"] == "push" for e in m.events)
             bad = SPLIT_90_10.replace("subset: v2", "subset: v9")
@@ -297,9 +173,7 @@ def test_invalid_rule_rejected_and_nack_keeps_last_good_config(tmp):
             assert sum(e["event"] == "nack" for e in m.events) == 1
             # a good config afterwards is accepted
             m.poison = False
-            m.pilot.apply_text(BY_USER_AGENT.replace("iPhone", "iPad"), "ua.yaml")
-            gen = m.pilot.generation
-            await m.wait_for(lambda: m.acked("routes", f"{gen}-"), 2)
+            await m.apply(BY_USER_AGENT.replace("iPhone", "iPad"), "ua.yaml")
             assert await m.versions(50, **{"User-Agent": "Android"}) == {(200, "v2"): 50}
     run(body())
 

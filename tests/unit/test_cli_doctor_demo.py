@@ -130,7 +130,7 @@ def test_canary_part(tmp_path):
     out = _write(tmp_path / "canary", _canary_doc())
     (out / "split.png").write_bytes(b"png")
     p = canary_part(out, 0)
-    assert p.ok and p.key == "v2 served 5.33% of 1200 requests, 95 % CI [4.20%, 6.75%], configured 5 %"
+    assert p.ok and p.key == "v2 served 5.33% of 1200 requests, 99.9 % CI [4.20%, 6.75%], configured 5 %"
     assert p.files == (str(out / "split.png"),)
     bad = canary_part(_write(tmp_path / "c2", _canary_doc(False)), 1)
     assert not bad.ok and bad.key.endswith("failed: the 95 % interval")

@@ -18,24 +18,14 @@ from proxy.xds import (CLUSTER, ENDPOINT, LISTENER, ROUTE, Subscription, XdsErro
 from proxy.xds_client import XdsClient
 from proxy.xds_testing import FakeControlPlane, discovery_response
 from testbed.mesh import xds as pilot_xds
-from testbed.mesh.model import Endpoint, MeshState, ServiceSpec, VersionSpec
+from testbed.mesh.model import Endpoint, MeshState
 from testbed.mesh.istio import parse_rules
-from testbed.mesh.xds import NodeInfo, XdsSource, sidecar_bootstrap
+from testbed.mesh.xds import XdsSource, sidecar_bootstrap
+from tests.support.pilot import SUBSETS as DR, client_node, echo_service, subsets
 
 SRC = XdsSource(refresh_delay_ms=10, request_timeout_ms=1000)
-NODE = NodeInfo.make("127.0.0.30", "curl-0", "client", labels={"app": "curl"}, outbound_address="127.0.0.1",
-                     outbound_port=0)
-SVC = ServiceSpec("echo", 8080, (VersionSpec("v1"), VersionSpec("v2")))
-DR = """
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
-"""
+NODE = client_node()
+SVC = echo_service(8080)
 
 
 def mesh_state(rules: str = DR) -> MeshState:
@@ -175,7 +165,7 @@ def test_cds_eds_then_a_bad_cluster_among_good_ones_changes_nothing():
         assert [h.address for h in cm.get("outbound|8080|v2|echo").hosts] == ["10.0.0.2"]
         before = dict(cm.clusters)
         # a new good cluster set, but one resource has a field the proxy does not support
-        good = resources(CLUSTER, mesh_state(DR.replace("v2}}", "v2}}\n  - {name: v3, labels: {version: v3}}")))
+        good = resources(CLUSTER, mesh_state(subsets("v1", "v2", "v3")))
         bad = copy.deepcopy(good)
         bad[0]["mystery_field"] = 1
         fake.push(CLUSTER, response(CLUSTER, "2-b", bad, "2"))
@@ -192,8 +182,7 @@ def test_cds_eds_then_a_bad_cluster_among_good_ones_changes_nothing():
         assert "outbound|8080|v3|echo" in cm.clusters and "outbound|8080|v3|echo" in client.eds
         assert cm.get("outbound|8080|v1|echo") is before["outbound|8080|v1|echo"]   # unchanged: kept
         # CDS removes v3 and v2: clusters and EDS subscriptions go
-        fake.push(CLUSTER, response(CLUSTER, "4-d", resources(CLUSTER, mesh_state(DR.replace(
-            "  - {name: v2, labels: {version: v2}}\n", ""))), "4"))
+        fake.push(CLUSTER, response(CLUSTER, "4-d", resources(CLUSTER, mesh_state(subsets("v1"))), "4"))
         await settle(lambda: fake.last(CLUSTER).get("version_info") == "4-d")
         assert set(cm.clusters) == {"xds_cluster", "outbound|8080||echo", "outbound|8080|v1|echo"}
         assert set(client.eds) == {"outbound|8080||echo", "outbound|8080|v1|echo"}

@@ -9,21 +9,15 @@ import aiohttp
 import pytest
 
 from testbed.mesh import xds
-from testbed.mesh.model import ServiceSpec, VersionSpec
 from testbed.mesh.pilot import ApplyRejected, Pilot, apply_remote
 from testbed.mesh.xds import NodeInfo, XdsSource
+from tests.support.pilot import SUBSETS as DR, echo_service
 
-SVC = ServiceSpec("echo", 8080, (VersionSpec("v1"), VersionSpec("v2")))
+SVC = echo_service(8080)
 EP1 = dict(service="echo", version="v1", instance="e1", host="h1", ip="10.0.0.1", port=8080)
 EP2 = dict(service="echo", version="v2", instance="e2", host="h2", ip="10.0.0.2", port=8080)
 NODE = NodeInfo.make("10.0.0.9", "curl", "client", labels={"app": "curl"})
-DR = """apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: echo
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
-"""
+# a compact VirtualService: the tests' error lines (bad.yaml:6) are this layout's
 VS = """apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: echo}
