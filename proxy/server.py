@@ -218,6 +218,8 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
+        if getattr(self, "xds", None) is not None:
+            await self.xds.stop()      # no further config while the listeners close
         if self._sweeper is not None:
             self._sweeper.cancel()
         for name in list(self.listener_manager.listeners):
