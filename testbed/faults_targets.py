@@ -141,15 +141,25 @@ class FakeTarget:
 class TestbedTarget:
     """A running Testbed as a nemesis target. ``processes``: name -> a Popen-like object
     (``send_signal``); ``restarters``: name -> callable that stops what is left of the
-    process and starts it again, returning the new Popen-like object."""
+    process and starts it again, returning the new Popen-like object; ``citadel``:
+    ``(action, body) -> dict``, Citadel's POST /v1/<action> for the identity faults
+    (testbed.mesh.citadel_faults; ``Mesh.fault_target()`` wires all three)."""
 
     __test__ = False   # not a pytest class
 
     def __init__(self, testbed: Any, processes: Mapping[str, Any] | None = None,
-                 restarters: Mapping[str, Callable[[], Any]] | None = None):
+                 restarters: Mapping[str, Callable[[], Any]] | None = None,
+                 citadel: Callable[[str, dict], dict] | None = None):
         self.tb = testbed
         self.processes = dict(processes or {})
         self.restarters = dict(restarters or {})
+        self._citadel = citadel
+
+    def citadel(self, action: str, body: dict) -> dict:
+        if self._citadel is None:
+            raise TargetError("this target has no Citadel: pass TestbedTarget(..., citadel=fn) "
+                              "(Mesh.fault_target() does, with mesh.security on)")
+        return self._citadel(action, body)
 
     def shapes(self, a: str, b: str) -> tuple[LinkShape, LinkShape]:
         return self.tb.control.shapes(a, b)

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from yaml.nodes import Node, ScalarNode
 
+import testbed.mesh.citadel_faults  # noqa: F401  (registers the identity fault kinds for YAML)
 from testbed.faults import FAULTS, Fault, FaultError, Partition, fault_from_dict
 from testbed.faults_grudge import GRUDGE_BUILDERS, MESH_CUTS, GrudgeError, complete
 from testbed.faults_schedule import FaultGen, Schedule, at, every, flip_flop

@@ -7,8 +7,12 @@
                                                certificate expires at its not_after (then
                                                reason=expired); revert lets renewals through
   ca-root-rotate  {activate_after_s?, overlap_s?}  new root (instant)
-  stopping the CA: the generic `crash`/`pause` faults on the Citadel process (run it with
-                   --state-dir so a restart keeps the roots: citadel_store.py)
+  ca-stop         {process?: citadel, signal?: SIGKILL}  stop the CA: a `crash` of the
+                                               Citadel process (renewals and bundle refreshes
+                                               fail: citadel.failures; certificates expire);
+                                               revert restarts it (--state-dir keeps roots and
+                                               revocations: citadel_store.py). `pause` on the
+                                               same process freezes it instead (requests time out)
 
 The faults talk to the target's `citadel(action, body) -> dict` (actions: revoke, block,
 rotate_root = Citadel's POST /v1/<action>). `CitadelHTTP(url)` implements it over HTTP for a
@@ -23,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from testbed.faults import Crash
 from testbed.faults_base import Fault, FaultError, Op, _name, _perform, register
 
 
@@ -129,8 +134,23 @@ class RootRotate(Fault):
 
     def apply(self, target: Any) -> Op:
         body = {"activate_after_s": self.activate_after_s, "overlap_s": self.overlap_s}
-        return _perform(self, "apply", [("rotate root", lambda: _citadel(target)("rotate_root",
-                                                                                 body))])
+        out: dict = {}
+        op = _perform(self, "apply", [("rotate root", lambda: out.update(
+            _citadel(target)("rotate_root", body)))])
+        return Op(op.fault, op.phase, op.actions, op.ok, op.error,
+                  {"generation": out.get("generation")})
 
     def revert(self, target: Any, applied: Op | None = None) -> Op:
         return Op(self, "revert")
+
+
+@register
+@dataclass(frozen=True)
+class CAStop(Crash):
+    """``crash`` of the CA process by default name; revert restarts it (target.restart)."""
+
+    kind: ClassVar[str] = "ca-stop"
+    process: str = "citadel"
+
+    def describe(self) -> str:
+        return f"stop the CA ({self.process}, {self.signal})"

@@ -125,6 +125,45 @@ class MeshTraffic:
         sec = getattr(self, "security", None)
         return sec.keylogs() if sec is not None else {}
 
+    # --- identity faults (testbed.mesh.citadel_faults) ------------------------------------
+
+    def citadel_call(self, action: str, body: dict) -> dict:
+        """Citadel's POST /v1/<action> (revoke, block, rotate_root), run with curl on the
+        control-plane host (testbed subnets are not routed to the root namespace)."""
+        from testbed.mesh.citadel_faults import citadel_curl_argv
+        sec = getattr(self, "security", None)
+        if sec is None or not sec.enabled:
+            raise MeshError("no Citadel in this mesh: set mesh.security (docs/topology.md)")
+        cp = self.spec.control_plane  # type: ignore[attr-defined]
+        out, err, code = self.tb.host(cp).pexec(citadel_curl_argv(sec.url, action, body))
+        if code != 0:
+            raise MeshError(f"Citadel {action} on {cp}: curl exit {code}: {(out or err).strip()}")
+        return json.loads(out)
+
+    def restart_citadel(self) -> subprocess.Popen:
+        """Kill what is left of the CA process and start it again (same --state-dir: same
+        roots and revocations); returns once it answers."""
+        procs = self._procs["citadel"]  # type: ignore[attr-defined]
+        old = procs["server"]
+        if old.poll() is None:
+            old.kill()
+        old.wait(5)
+        cp = self.spec.control_plane  # type: ignore[attr-defined]
+        procs["server"] = self.security.start(  # type: ignore[attr-defined]
+            lambda a: self._spawn(cp, "citadel.server", a),  # type: ignore[attr-defined]
+            lambda a: self.tb.host(cp).pexec(a)[2])
+        return procs["server"]
+
+    def fault_target(self) -> Any:
+        """A :class:`~testbed.faults_targets.TestbedTarget` for the fault model: process
+        ``citadel`` (signal / restart: the ``ca-stop`` fault) and ``citadel(action, body)``
+        (cert-revoke, cert-expire, ca-root-rotate)."""
+        from testbed.faults_targets import TestbedTarget
+        procs = getattr(self, "_procs", {}).get("citadel", {})
+        return TestbedTarget(self.tb, processes={"citadel": procs["server"]} if procs else {},
+                             restarters={"citadel": self.restart_citadel} if procs else {},
+                             citadel=self.citadel_call)
+
     def log(self, name: str) -> Path:
         """A process's log, e.g. log('echo-v1-0.sidecar'), log('pilot')."""
         return self._dir() / "logs" / f"{name}.log"
