@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,8 @@ class Mesh(MeshTraffic):
 
     def _sidecar(self, host: str, name: str, node: NodeInfo, admin_port: int,
                  kind: str) -> subprocess.Popen:
+        # every sidecar keeps an access log (JSON, Envoy's %RESPONSE_FLAGS% etc.) in the run dir
+        node = replace(node, access_log=str(self._dir() / "logs" / f"{name}.access.log"))
         boot = sidecar_bootstrap(node, (self.cp_ip, PILOT_PORT), admin_port)
         if self.security is not None:
             boot["node"]["metadata"].update(self.security.metadata(name, node.service, kind))
