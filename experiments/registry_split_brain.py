@@ -14,6 +14,8 @@ operation is linearizable (Wing-Gong checker); no write is acknowledged on the m
 majority keeps accepting writes; serializable reads on the minority return stale values and
 no linearizable read does; the minority-registered instance, although alive, disappears from
 the registry when its lease expires and comes back after the heal; c2 writes again after it.
+Pilot runs on c2 (the minority): its registry watch fails (hasleader) instead of serving stale
+data silently, it keeps its last snapshot (inst-c2 included) and recovers after the heal.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if nee
 
 from testbed.checkers import check_linearizability, check_stale_reads
 from testbed.experiment import REPO, Context, Experiment, etcd_ops, start_etcd
+from testbed.experiment_mesh import PilotWatcher, start_pilot
 from testbed.faults import Partition
 from testbed.faults_grudge import complete
 
@@ -35,7 +38,10 @@ def run(ctx: Context) -> None:
     rest = [m for m in MEMBERS if m != leader]
     url = {m.name: m.client_url for m in runner.cluster.members}
     ctx.event("etcd", "leader", leader=leader)
-    ctx.names.update({ctx.tb.ip("c1"): "client-majority", ctx.tb.ip("c2"): "client-minority"})
+    ctx.names.update({ctx.tb.ip("c1"): "client-majority", ctx.tb.ip("c2"): "client-minority/pilot"})
+    # Pilot on the minority host, its own side's member first (as the mesh configures it)
+    start_pilot(ctx, runner, "c2", "split", [url[leader]] + [url[m] for m in rest])
+    watcher = PilotWatcher(ctx, "split").start()
     total = before + cut_s + after
     t = ctx.clock.now() + 1.0
     order = {"c1": rest + [leader], "c2": [leader] + rest}
@@ -58,6 +64,7 @@ def run(ctx: Context) -> None:
                        majority=rest + ["c1"])
     for name in ("ops-c1", "ops-c2", "reg-c1", "reg-c2"):
         ctx.wait(name, total + 15)
+    watcher.stop()
 
 
 def analyze(ctx: Context, data) -> None:
@@ -98,6 +105,7 @@ def analyze(ctx: Context, data) -> None:
               bool(expired) and expired[0] - p0 <= TTL_S + 5 and not lost_c1,
               f"inst-c2 removed {ctx.metrics['lease_expired_after_s']} s after the cut; "
               f"inst-c1 (majority) removed {len(lost_c1)} times")
+    pilot_claims(ctx, data, p0, p1, healed)
     recovered = [o["t_invoke"] - healed for o in ops if o["f"] == "write" and str(o["process"]).startswith("c2-")
                  and o["t_invoke"] >= p1 and o["outcome"] == "ok"]
     ctx.metrics["minority_writes_after_heal_s"] = round(recovered[0], 2) if recovered else None
@@ -105,6 +113,32 @@ def analyze(ctx: Context, data) -> None:
               bool(readded) and readded[0] <= 10 and bool(recovered) and recovered[0] <= 10,
               f"inst-c2 back {ctx.metrics['reregistered_after_heal_s']} s after the heal; first acknowledged "
               f"c2 write {ctx.metrics['minority_writes_after_heal_s']} s after it")
+
+
+def pilot_claims(ctx: Context, data, p0: float, p1: float, healed: float) -> None:
+    disc = [e for e in data.events if e.source == "pilot" and e.kind == "discovery"]
+    down = [e.t - p0 for e in disc if not e.details["healthy"] and p0 <= e.t <= p1]
+    up = [e.t - healed for e in disc if e.details["healthy"] and e.t > p1]
+    during = [e for e in disc if e.t <= p1]
+    served = during[-1].details["endpoints"] if during else []   # what Pilot served at the end of the cut
+    ctx.metrics.update(pilot_unhealthy_after_s=round(down[0], 2) if down else None,
+                       pilot_healthy_after_heal_s=round(up[0], 2) if up else None, pilot_served_at_heal=served,
+                       pilot_discovery=[(round(e.t, 2), e.details["healthy"], e.details["endpoints"]) for e in disc])
+    ctx.claim("Pilot on the minority flags its registry watch as failed (hasleader) within 5 s of the cut,"
+              " healthy again within 10 s of the heal", bool(down) and down[0] <= 5 and bool(up) and up[0] <= 10,
+              f"unhealthy {ctx.metrics['pilot_unhealthy_after_s']} s after the cut, healthy "
+              f"{ctx.metrics['pilot_healthy_after_heal_s']} s after the heal")
+    # the registry (majority's observer) removed inst-c2; how long did Pilot go on serving it?
+    obs = [e for e in data.events if e.source == "observer" and e.details.get("instance") == "inst-c2" and e.t >= p0]
+    gone = next((e.t for e in obs if e.kind == "endpoint_removed"), None)
+    back = next((e.t for e in obs if e.kind == "endpoint_added" and gone is not None and e.t > gone), None)
+    dropped = [e.t for e in disc if gone is not None and e.t >= gone and "inst-c2" not in e.details["endpoints"]]
+    ctx.metrics.update(pilot_dropped_inst_c2=bool(dropped), pilot_served_removed_s=round(
+        (min(dropped + [back]) if back else ctx.metrics["healed"]) - gone, 2) if gone else None)
+    ctx.claim("meanwhile Pilot keeps its last snapshot (inst-c2, expired on the majority, still served)",
+              "inst-c2" in served, f"Pilot's endpoints at the end of the cut: {served}; it served inst-c2 for "
+              f"{ctx.metrics['pilot_served_removed_s']} s after the registry removed it, "
+              f"{'then dropped it' if dropped else 'never dropped it (re-registered before Pilot relisted)'}")
 
 
 EXPERIMENT = Experiment("registry_split_brain", __doc__, REPO / "topologies" / "etcd3.yaml", run, analyze)

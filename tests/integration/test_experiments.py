@@ -77,6 +77,8 @@ def test_etcd_leader_latency_via_minimesh_run(tmp_path):
     assert r.returncode == 0 and res.get("valid") is True, _why(r, res)
     runs = res["metrics"]["runs"]
     assert runs["default"]["leaders_after_jump"] and not runs["tuned"]["leaders_after_jump"]
+    assert all(w["pilot_changes"] > 0 for r in runs.values() for w in r["windows"])   # Pilot saw changes
+    assert (out / "pilot_latency.png").exists()
     _common(out, res, elapsed, "mmet1", "delay=2400ms")
 
 
@@ -88,6 +90,8 @@ def test_registry_split_brain(tmp_path):
     lin = res["verdicts"]["linearizability (linearizable ops)"]
     assert lin["outcome"] == "linearizable" and lin["operations"] > 100
     assert res["verdicts"]["stale reads"]["stale_serializable"] > 0
+    m = res["metrics"]          # Pilot on the minority: watch flagged failed, then healthy again
+    assert m["pilot_unhealthy_after_s"] is not None and m["pilot_healthy_after_heal_s"] is not None
     _common(out, res, elapsed, "mmet1", "partition")
 
 
