@@ -358,14 +358,20 @@ def _destination_rule(r: _Reader, spec: Y, name: str, ns: str, file: str,
                            file, line)
 
 
-def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | None,
-                                           list[Message]]:
-    """One YAML document -> (rule or None, messages). None whenever any Error was found."""
+def document_identity(doc: Y) -> tuple[str, str]:
+    """(kind, metadata.name) of an Istio YAML document, "?" where missing."""
     top = doc.v if isinstance(doc.v, dict) else {}
     kind = str(top["kind"].v) if "kind" in top else "?"
     meta = top.get("metadata")
     name = str(meta.v["name"].v) if meta and isinstance(meta.v, dict) and "name" in meta.v \
         else "?"
+    return kind, name
+
+
+def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | None,
+                                           list[Message]]:
+    """One YAML document -> (rule or None, messages). None whenever any Error was found."""
+    kind, name = document_identity(doc)
     r = _Reader(file, f"{kind} {name}")
     f = r.fields(doc, "<document>", ("apiVersion", "kind", "metadata", "spec"))
     api = f["apiVersion"].v if "apiVersion" in f else None

@@ -24,7 +24,7 @@ from typing import Union
 
 import yaml
 
-from .istio import Y, _Reader, load_documents
+from .istio import Y, _Reader, document_identity, load_documents
 from .model import ERROR, Message
 from .security import (ALLOW, DENY, MTLS_MODES, UNSET, AuthorizationPolicy, Condition,
                        Operation, PeerAuthentication, Rule, Source)
@@ -234,11 +234,7 @@ def _authorization_policy(r: _SecReader, spec: Y, name: str, ns: str, file: str,
 def parse_security_resource(doc: Y, file: str) -> tuple[SecurityResource | None,
                                                         list[Message]]:
     """One YAML document -> (resource or None, messages). None whenever any Error was found."""
-    top = doc.v if isinstance(doc.v, dict) else {}
-    kind = str(top["kind"].v) if "kind" in top else "?"
-    meta = top.get("metadata")
-    name = str(meta.v["name"].v) if meta and isinstance(meta.v, dict) and "name" in meta.v \
-        else "?"
+    kind, name = document_identity(doc)
     r = _SecReader(file, f"{kind} {name}")
     if kind not in KINDS:
         return None, [Message("MM0002", ERROR, f"unsupported kind {kind!r}; expected one of "
