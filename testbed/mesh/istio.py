@@ -388,6 +388,7 @@ def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | No
     if api not in API_GROUPS:
         r.err(f.get("apiVersion", doc), "apiVersion",
               f"{api!r} is not one of {', '.join(API_GROUPS)}")
+    meta = doc.v.get("metadata") if isinstance(doc.v, dict) else None
     mf = r.fields(meta, "metadata", ("name", "namespace", "labels", "annotations")) \
         if meta else {}
     if "name" not in mf:
