@@ -7,6 +7,8 @@
     restore [h1 [h2]]                                  remove drops (all / of h1 / between)
     apply FILE...                                      Istio rules to the mesh (mesh: section)
     registry [list]                                    the mesh's services and endpoints
+    partition / heal / crash / restart / pause / resume / faults   the fault model
+                                                       (testbed/mncli_faults.py; healed at exit)
 
 ``cmd.Cmd`` reads a command name as a run of ``identchars``; '-' is added to them and
 each hyphenated command is registered under its hyphenated name (``do_link-set``), so
@@ -25,6 +27,7 @@ from mininet.cli import CLI
 from mininet.log import LEVELS, StreamHandlerNoNewline, error, lg, output
 
 from testbed.control import ControlError
+from testbed.mncli_faults import FaultCommands, session_for
 from testbed.shape import ShapeError
 
 __all__ = ["MeshCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop", "CLIUsageError"]
@@ -110,7 +113,7 @@ def route_output_to_stdout() -> None:
     lg.addHandler(out)
 
 
-class MeshCLI(CLI):
+class MeshCLI(FaultCommands, CLI):
     """``MeshCLI(testbed)`` runs the CLI (Mininet's CLI runs from its constructor)."""
 
     prompt = "minimesh> "
@@ -122,7 +125,11 @@ class MeshCLI(CLI):
         self.errors = 0
         from testbed.mesh.cli import mesh_session
         with mesh_session(testbed) as self.mesh:   # None without a mesh: section
-            super().__init__(testbed.net, stdin=stdin, **kwargs)
+            self.faults_session = session_for(testbed, self.mesh)
+            try:
+                super().__init__(testbed.net, stdin=stdin, **kwargs)
+            finally:
+                self.close_faults()                 # every session ends healed
 
     # --- minimesh commands -------------------------------------------------------------
 

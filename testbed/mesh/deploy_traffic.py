@@ -155,14 +155,41 @@ class MeshTraffic:
         return procs["server"]
 
     def fault_target(self) -> Any:
-        """A :class:`~testbed.faults_targets.TestbedTarget` for the fault model: process
-        ``citadel`` (signal / restart: the ``ca-stop`` fault) and ``citadel(action, body)``
-        (cert-revoke, cert-expire, ca-root-rotate)."""
+        """A :class:`~testbed.faults_targets.TestbedTarget` for the fault model. Processes
+        by name — each instance (its app, sidecar and agent together), ``pilot``, every etcd
+        member, and ``citadel`` when security is on — for crash/pause/resume (signals) and
+        restart; plus ``citadel(action, body)`` for the identity faults. Names are looked up
+        live, so a restarted process is the one signalled next."""
         from testbed.faults_targets import TestbedTarget
-        procs = getattr(self, "_procs", {}).get("citadel", {})
-        return TestbedTarget(self.tb, processes={"citadel": procs["server"]} if procs else {},
-                             restarters={"citadel": self.restart_citadel} if procs else {},
+        m: Any = self
+        procs: dict[str, Any] = {}
+        restarters: dict[str, Any] = {}
+        for inst in m.spec.instances:
+            name = inst.instance
+            procs[name] = _Live(lambda n=name: list(m._procs.get(n, {}).values()))
+            restarters[name] = lambda n=name: m._respawn_instance(n)
+        procs["pilot"] = _Live(lambda: [m._pilot] if m._pilot is not None else [])
+        restarters["pilot"] = lambda: (m.stop_pilot(), m.start_pilot(), procs["pilot"])[-1]
+        if m.etcd is not None:
+            for member in m.spec.registry.members:
+                procs[member] = _Live(lambda n=member: [m.etcd.handles[n]] if n in m.etcd.handles else [])
+                restarters[member] = lambda n=member: (m.etcd.crash(n), m.etcd.restart(n), procs[n])[-1]
+        if "citadel" in getattr(m, "_procs", {}):
+            procs["citadel"] = _Live(lambda: [m._procs["citadel"]["server"]])
+            restarters["citadel"] = lambda: (m.restart_citadel(), procs["citadel"])[-1]
+        return TestbedTarget(self.tb, processes=procs, restarters=restarters,
                              citadel=self.citadel_call)
+
+    def _respawn_instance(self, name: str) -> Any:
+        """Restart an instance whatever state a fault left it in (killed, stopped)."""
+        m: Any = self
+        for p in m._procs.get(name, {}).values():
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        m._procs.pop(name, None)
+        m.restart(name)
+        return _Live(lambda: list(m._procs.get(name, {}).values()))
 
     def log(self, name: str) -> Path:
         """A process's log, e.g. log('echo-v1-0.sidecar'), log('pilot')."""
@@ -176,3 +203,21 @@ class MeshTraffic:
                         yield json.loads(line)
         except FileNotFoundError:
             return
+
+
+class _Live:
+    """Popen-like: signals whatever processes ``current()`` names at that moment."""
+
+    def __init__(self, current: Any):
+        self.current = current
+
+    def send_signal(self, sig: int) -> None:
+        alive = [p for p in self.current() if p is not None and p.poll() is None]
+        if not alive:
+            raise ProcessLookupError("not running")
+        for p in alive:
+            p.send_signal(sig)
+
+    def poll(self) -> int | None:
+        ps = [p for p in self.current() if p is not None]
+        return None if any(p.poll() is None for p in ps) else 0
