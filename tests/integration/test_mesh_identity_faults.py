@@ -138,6 +138,17 @@ def wait_ok(probe: Probe, since: float, n: int, timeout_s: float) -> float:
     raise AssertionError(f"no {n} consecutive 200s within {timeout_s} s: {probe.results(since)[-30:]}")
 
 
+def wait_first_failure(probe: Probe, since: float, timeout_s: float) -> float:
+    """Wall time of the first non-200 answer after ``since``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        bad = [t for t, c in probe.results(since) if c != 200]
+        if bad:
+            return bad[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no refusal within {timeout_s} s of the fault: {probe.results(since)[-30:]}")
+
+
 def play(target, schedule, tmp_path, name: str, until_s: float):
     from testbed.faults_schedule import run_schedule
     from testbed.history import History, RunClock
@@ -167,7 +178,10 @@ def test_revoke_then_ca_stop_fail_visibly_and_heal(mesh, tmp_path):
         assert [(f["phase"], f["fault"]["kind"], f["ok"]) for f in faults] == \
             [("apply", "cert-revoke", True)], faults
         assert ops[0].state["revoked"], ops[0]          # at least the client's current serial
-        t_back = wait_ok(probe, t_revoke, 5, 2 * CERT_TTL_S)
+        # the server sidecar learns revoked serials with its trust-bundle refresh (every 2 s):
+        # wait for the first refusal, then for recovery (the client's next renewal)
+        t_fail = wait_first_failure(probe, t_revoke, 2.0 + 3.0)
+        t_back = wait_ok(probe, t_fail, 5, 2 * CERT_TTL_S)
         window = probe.results(t_revoke)
         failed = [(t, c) for t, c in window if t < t_back and c != 200]
         assert failed and all(c == 503 for _, c in failed), window
