@@ -368,6 +368,18 @@ def document_identity(doc: Y) -> tuple[str, str]:
     return kind, name
 
 
+def check_header(r: "_Reader", doc: Y, f: dict, api: Any, groups: tuple[str, ...]) -> str:
+    """Check apiVersion and metadata (errors go to ``r``); returns the namespace."""
+    if api not in groups:
+        r.err(f.get("apiVersion", doc), "apiVersion", f"{api!r} is not one of {', '.join(groups)}")
+    meta = doc.v.get("metadata") if isinstance(doc.v, dict) else None
+    mf = r.fields(meta, "metadata", ("name", "namespace", "labels", "annotations")) \
+        if meta else {}
+    if "name" not in mf:
+        r.err(doc, "metadata.name", "required field missing")
+    return r.string(mf.get("namespace"), "metadata.namespace") or "default"
+
+
 def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | None,
                                            list[Message]]:
     """One YAML document -> (rule or None, messages). None whenever any Error was found."""
@@ -385,15 +397,7 @@ def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | No
     if kind not in ("VirtualService", "DestinationRule"):
         return None, [Message("MM0002", ERROR, f"unsupported kind {kind!r}; minimesh understands "
                               "VirtualService and DestinationRule", file, doc.line, r.resource)]
-    if api not in API_GROUPS:
-        r.err(f.get("apiVersion", doc), "apiVersion",
-              f"{api!r} is not one of {', '.join(API_GROUPS)}")
-    meta = doc.v.get("metadata") if isinstance(doc.v, dict) else None
-    mf = r.fields(meta, "metadata", ("name", "namespace", "labels", "annotations")) \
-        if meta else {}
-    if "name" not in mf:
-        r.err(doc, "metadata.name", "required field missing")
-    ns = r.string(mf.get("namespace"), "metadata.namespace") or "default"
+    ns = check_header(r, doc, f, api, API_GROUPS)
     if "spec" not in f:
         r.err(doc, "spec", "required field missing")
         return None, r.messages

@@ -24,7 +24,7 @@ from typing import Union
 
 import yaml
 
-from .istio import Y, _Reader, document_identity, load_documents
+from .istio import Y, _Reader, check_header, document_identity, load_documents
 from .model import ERROR, Message
 from .security import (ALLOW, DENY, MTLS_MODES, UNSET, AuthorizationPolicy, Condition,
                        Operation, PeerAuthentication, Rule, Source)
@@ -241,15 +241,7 @@ def parse_security_resource(doc: Y, file: str) -> tuple[SecurityResource | None,
                               f"{', '.join(KINDS)}", file, doc.line, r.resource)]
     f = r.fields(doc, "<document>", ("apiVersion", "kind", "metadata", "spec"))
     api = f["apiVersion"].v if "apiVersion" in f else None
-    if api not in API_GROUPS:
-        r.err(f.get("apiVersion", doc), "apiVersion",
-              f"{api!r} is not one of {', '.join(API_GROUPS)}")
-    meta = doc.v.get("metadata") if isinstance(doc.v, dict) else None
-    mf = r.fields(meta, "metadata", ("name", "namespace", "labels", "annotations")) \
-        if meta else {}
-    if "name" not in mf:
-        r.err(doc, "metadata.name", "required field missing")
-    ns = r.string(mf.get("namespace"), "metadata.namespace") or "default"
+    ns = check_header(r, doc, f, api, API_GROUPS)
     spec = f.get("spec", Y({}, doc.line))  # Istio: `spec: {}` is allowed (allow-nothing)
     if spec.v is None:
         spec = Y({}, spec.line)
