@@ -35,8 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from testbed.history import History, HistoryData, RunClock, read_history
 
-__all__ = ["Claim", "Context", "Experiment", "REPO", "start_etcd", "start_mesh", "etcd_log_events",
-           "etcd_ops"]
+__all__ = ["Claim", "Context", "Experiment", "REPO", "start_etcd", "start_mesh", "move_leader",
+           "etcd_log_events", "etcd_ops"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,21 +172,26 @@ def start_etcd(ctx: Context, hosts: Sequence[str], tag: str, heartbeat_ms: int =
     return runner
 
 
-def start_mesh(ctx: Context, rules: str | None = None) -> Any:
-    """The topology's ``mesh:`` section deployed (testbed.mesh.deploy.Mesh), ``rules``
-    (Istio YAML) applied; stopped at the end of the run, Pilot's events copied into the
-    history (source ``pilot``, run time from their wall-clock ``t``)."""
+def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: str = "") -> Any:
+    """The topology's ``mesh:`` section (or ``spec``, e.g. with other registry timeouts)
+    deployed (testbed.mesh.deploy.Mesh), ``rules`` (Istio YAML) applied; stopped at the end
+    of the run (or by ``mesh.stop()``), logs kept under <out>/mesh-logs[-tag], Pilot's events
+    copied into the history (source ``pilot``, run time from their wall-clock ``t``; with a
+    ``tag``, ``config=tag`` added to each)."""
     from testbed.mesh.deploy import Mesh
     import shutil
-    mesh = Mesh(ctx.tb, ctx.topology.sections["mesh"])
+    logs = ctx.out / ("mesh-logs" + (f"-{tag}" if tag else ""))
+    extra = {"config": tag} if tag else {}
 
-    def stop() -> None:      # keep the logs and Pilot's events (not etcd's preallocated WALs)
-        if mesh.run_dir is not None:
-            shutil.copytree(mesh.run_dir / "logs", ctx.out / "mesh-logs", dirs_exist_ok=True)
-            if mesh.events.exists():
-                shutil.copy(mesh.events, ctx.out / "mesh-logs" / "pilot-events.jsonl")
-        mesh.stop()
-    ctx.closers.append(stop)
+    class ExperimentMesh(Mesh):
+        def stop(self) -> list[str]:   # keep the logs and Pilot's events (not etcd's preallocated WALs)
+            if self._started and self.run_dir is not None and self.run_dir.exists():
+                shutil.copytree(self.run_dir / "logs", logs, dirs_exist_ok=True)
+                if self.events.exists():
+                    shutil.copy(self.events, logs / "pilot-events.jsonl")
+            return super().stop()
+    mesh = ExperimentMesh(ctx.tb, spec if spec is not None else ctx.topology.sections["mesh"])
+    ctx.closers.append(mesh.stop)
     mesh.start()
     for inst in mesh.instances():
         ctx.names[inst.ip] = f"{inst.instance}"
@@ -196,18 +201,34 @@ def start_mesh(ctx: Context, rules: str | None = None) -> Any:
     for m in mesh.spec.registry.members:
         ctx.names.setdefault(ctx.tb.ip(m), f"etcd-{m}")
 
-    def copy_events() -> None:
-        assert ctx.history is not None and ctx.clock is not None
-        for ev in mesh.iter_events():
-            d = dict(ev)
-            kind = str(d.pop("event", d.pop("kind", "event")))
-            wall = d.pop("t", None)
-            t = wall - ctx.clock.wall0 if isinstance(wall, (int, float)) else ctx.clock.now()
-            ctx.history.event("pilot", kind, t=t, **d)
+    def copy_events() -> None:   # Pilot's own file while the mesh runs, the kept copy once stopped
+        from testbed.experiment_mesh import import_pilot_events
+        import_pilot_events(ctx, mesh.events if mesh.run_dir is not None and mesh.events.exists()
+                            else logs / "pilot-events.jsonl", **extra)
     ctx.finishers.append(copy_events)
     if rules:
         mesh.apply_text(rules, "rules.yaml")
     return mesh
+
+
+def move_leader(ctx: Context, runner: Any, name: str, timeout_s: float = 10.0) -> None:
+    """Make member ``name`` the etcd leader (``etcdctl move-leader``, run in the current
+    leader's host) so that who leads is known in advance; recorded as an ``etcd``/``leader``
+    event. Raises with etcdctl's words if the transfer does not happen within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        leader = runner.wait_leader(max(0.5, deadline - time.monotonic()))
+        if leader.name == name:
+            ctx.event("etcd", "leader", leader=name, moved=True)
+            return
+        target = runner.cluster.member(name)
+        r = ctx.tb.host(leader.run_on).pexec(["etcdctl", f"--endpoints={leader.client_url}", "move-leader",
+                                               f"{runner.cluster.member_id(target):x}"],
+                                              env={**os.environ, "ETCDCTL_API": "3"})
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"etcd leadership did not move from {leader.name} to {name} within "
+                               f"{timeout_s:g} s: {r[0].strip()} {r[1].strip()}")
+        time.sleep(0.2)
 
 
 def etcd_log_events(ctx: Context, runner: Any, tag: str) -> list[Any]:
