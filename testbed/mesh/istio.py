@@ -9,11 +9,11 @@ in galley.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
+from .istio_yaml import Reader, Y, load_documents, parse_duration_ms
 from .model import (ERROR, Destination, DestinationRule, Fault, HTTPMatch, HTTPRoute, Message,
                     OutlierDetection, Retries, RouteDestination, StringMatch, Subset,
                     TrafficPolicy, VirtualService)
@@ -24,139 +24,13 @@ NOT_YET = {"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}
 LB_SIMPLE = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 
 
-# ---------------------------------------------------------------- YAML with lines
-@dataclass
-class Y:
-    """A YAML node: `v` is a str/int/float/bool/None, a dict[str, Y] or a list[Y]."""
-
-    v: Any
-    line: int
-
-    def plain(self) -> Any:
-        if isinstance(self.v, dict):
-            return {k: c.plain() for k, c in self.v.items()}
-        if isinstance(self.v, list):
-            return [c.plain() for c in self.v]
-        return self.v
-
-
-def _to_y(node: yaml.Node, loader: yaml.SafeLoader) -> Y:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        return Y({str(k.value): _to_y(v, loader) for k, v in node.value}, line)
-    if isinstance(node, yaml.SequenceNode):
-        return Y([_to_y(c, loader) for c in node.value], line)
-    return Y(loader.construct_object(node), line)
-
-
-def load_documents(text: str) -> list[Y]:
-    """All non-empty documents of a YAML text, as line-carrying `Y` trees."""
-    loader = yaml.SafeLoader("")
-    return [_to_y(n, loader) for n in yaml.compose_all(text, Loader=yaml.SafeLoader)
-            if n is not None]
-
-
-# ---------------------------------------------------------------- schema reader
 _RE2_ONLY = re.compile(r"\(\?(?:=|!|<=|<!|>|P=|\()|\\[1-9]")
-_DUR = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-
-
-def parse_duration_ms(text: str) -> int:
-    """'1.5s', '100ms', '3m', '1h30m' -> milliseconds; ValueError otherwise."""
-    s = str(text).strip()
-    if not s or _DUR.sub("", s):
-        raise ValueError(f"bad duration {text!r}: use a number with a unit h, m, s or ms "
-                         "(e.g. 1.5s, 100ms, 3m)")
-    mult = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
-    return round(sum(float(n) * mult[u] for n, u in _DUR.findall(s)))
-
-
-class _Reader:
-    """Typed field access that records IST0106 messages with file:line."""
-
-    def __init__(self, file: str, resource: str) -> None:
-        self.file, self.resource = file, resource
-        self.messages: list[Message] = []
-
-    def err(self, y: Y, path: str, text: str) -> None:
-        self.messages.append(Message("IST0106", ERROR, f"Schema validation error: {path}: "
-                                     f"{text}", self.file, y.line, self.resource))
-
-    def fields(self, y: Y, path: str, allowed: tuple[str, ...],
-               unsupported: tuple[str, ...] = ()) -> dict[str, Y]:
-        if not isinstance(y.v, dict):
-            self.err(y, path, f"expected a mapping, got {_kind(y.v)}")
-            return {}
-        for k, c in y.v.items():
-            if k in unsupported:
-                self.messages.append(Message(
-                    "MM0002", ERROR, f"{path}.{k}: not supported by minimesh yet",
-                    self.file, c.line, self.resource))
-            elif k not in allowed:
-                self.err(c, f"{path}.{k}", f"unknown field; allowed: {', '.join(allowed)}")
-        return {k: c for k, c in y.v.items() if k in allowed}
-
-    def items(self, y: Y | None, path: str) -> Iterator[tuple[str, Y]]:
-        if y is None:
-            return
-        if not isinstance(y.v, list):
-            self.err(y, path, f"expected a list, got {_kind(y.v)}")
-            return
-        for i, c in enumerate(y.v):
-            yield f"{path}[{i}]", c
-
-    def string(self, y: Y | None, path: str) -> str:
-        if y is None or y.v is None:
-            return ""
-        if not isinstance(y.v, str) or not y.v:
-            self.err(y, path, f"expected a non-empty string, got {_kind(y.v)}")
-            return ""
-        return y.v
-
-    def integer(self, y: Y | None, path: str, lo: int = 0, hi: int = 2**32 - 1) -> int | None:
-        if y is None:
-            return None
-        if isinstance(y.v, bool) or not isinstance(y.v, int) or not lo <= y.v <= hi:
-            self.err(y, path, f"expected an integer in {lo}..{hi}, got {y.v!r}")
-            return None
-        return y.v
-
-    def duration(self, y: Y | None, path: str) -> int | None:
-        if y is None:
-            return None
-        try:
-            return parse_duration_ms(y.v)
-        except ValueError as e:
-            self.err(y, path, str(e))
-            return None
-
-    def percentage(self, y: Y | None, path: str) -> float:
-        if y is None:
-            return 100.0
-        f = self.fields(y, path, ("value",))
-        v = f.get("value")
-        if v is None or isinstance(v.v, bool) or not isinstance(v.v, (int, float)) \
-                or not 0 <= v.v <= 100:
-            self.err(v or y, f"{path}.value", f"percentage must be a number in 0..100, "
-                     f"got {None if v is None else v.v!r}")
-            return 100.0
-        return float(v.v)
-
-    def labels(self, y: Y | None, path: str) -> tuple[tuple[str, str], ...]:
-        if y is None:
-            return ()
-        if not isinstance(y.v, dict):
-            self.err(y, path, f"expected a mapping of labels, got {_kind(y.v)}")
-            return ()
-        return tuple(sorted((k, str(c.v)) for k, c in y.v.items()))
-
-
-def _kind(v: Any) -> str:
-    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(v), repr(v))
+__all__ = ["parse_rules", "parse_rule", "parse_duration_ms", "load_documents", "document_identity",
+           "check_header", "Y"]
 
 
 # ---------------------------------------------------------------- parsers
-def _string_match(r: _Reader, y: Y, path: str) -> StringMatch | None:
+def _string_match(r: Reader, y: Y, path: str) -> StringMatch | None:
     f = r.fields(y, path, ("exact", "prefix", "regex"))
     if len(f) != 1:
         r.err(y, path, "give exactly one of exact, prefix, regex")
@@ -179,7 +53,7 @@ def _string_match(r: _Reader, y: Y, path: str) -> StringMatch | None:
     return StringMatch(kind, s)
 
 
-def _destination(r: _Reader, y: Y, path: str) -> Destination:
+def _destination(r: Reader, y: Y, path: str) -> Destination:
     f = r.fields(y, path, ("host", "subset", "port"))
     port = None
     if "port" in f:
@@ -191,7 +65,7 @@ def _destination(r: _Reader, y: Y, path: str) -> Destination:
                        r.string(f.get("subset"), f"{path}.subset"), port, y.line)
 
 
-def _match(r: _Reader, y: Y, path: str) -> HTTPMatch:
+def _match(r: Reader, y: Y, path: str) -> HTTPMatch:
     f = r.fields(y, path, ("name", "uri", "headers", "sourceLabels", "method"),
                  ("authority", "queryParams", "ignoreUriCase", "port", "gateways",
                   "scheme", "withoutHeaders", "sourceNamespace", "statPrefix"))
@@ -213,7 +87,7 @@ def _match(r: _Reader, y: Y, path: str) -> HTTPMatch:
                                                    f"{path}.sourceLabels"), y.line)
 
 
-def _fault(r: _Reader, y: Y, path: str) -> Fault:
+def _fault(r: Reader, y: Y, path: str) -> Fault:
     f = r.fields(y, path, ("delay", "abort"))
     out = Fault()
     if "delay" in f:
@@ -234,7 +108,7 @@ def _fault(r: _Reader, y: Y, path: str) -> Fault:
     return out
 
 
-def _http_route(r: _Reader, y: Y, path: str) -> HTTPRoute:
+def _http_route(r: Reader, y: Y, path: str) -> HTTPRoute:
     f = r.fields(y, path, ("name", "match", "route", "timeout", "retries", "fault", "mirror",
                            "mirrorPercentage"),
                  ("redirect", "rewrite", "headers", "corsPolicy", "mirrors", "delegate",
@@ -267,7 +141,7 @@ def _http_route(r: _Reader, y: Y, path: str) -> HTTPRoute:
         line=y.line)
 
 
-def _traffic_policy(r: _Reader, y: Y | None, path: str) -> TrafficPolicy | None:
+def _traffic_policy(r: Reader, y: Y | None, path: str) -> TrafficPolicy | None:
     if y is None:
         return None
     f = r.fields(y, path, ("loadBalancer", "connectionPool", "outlierDetection"),
@@ -323,7 +197,7 @@ def _traffic_policy(r: _Reader, y: Y | None, path: str) -> TrafficPolicy | None:
     return TrafficPolicy(**kw)
 
 
-def _virtual_service(r: _Reader, spec: Y, name: str, ns: str, file: str,
+def _virtual_service(r: Reader, spec: Y, name: str, ns: str, file: str,
                      line: int) -> VirtualService:
     f = r.fields(spec, "spec", ("hosts", "http", "gateways", "exportTo"), ("tcp", "tls"))
     for p, g in r.items(f.get("gateways"), "spec.gateways"):
@@ -338,7 +212,7 @@ def _virtual_service(r: _Reader, spec: Y, name: str, ns: str, file: str,
                           hosts_line=f["hosts"].line if "hosts" in f else line)
 
 
-def _destination_rule(r: _Reader, spec: Y, name: str, ns: str, file: str,
+def _destination_rule(r: Reader, spec: Y, name: str, ns: str, file: str,
                       line: int) -> DestinationRule:
     f = r.fields(spec, "spec", ("host", "subsets", "trafficPolicy", "exportTo"),
                  ("workloadSelector",))
@@ -368,7 +242,7 @@ def document_identity(doc: Y) -> tuple[str, str]:
     return kind, name
 
 
-def check_header(r: "_Reader", doc: Y, f: dict, api: Any, groups: tuple[str, ...]) -> str:
+def check_header(r: "Reader", doc: Y, f: dict, api: Any, groups: tuple[str, ...]) -> str:
     """Check apiVersion and metadata (errors go to ``r``); returns the namespace."""
     if api not in groups:
         r.err(f.get("apiVersion", doc), "apiVersion", f"{api!r} is not one of {', '.join(groups)}")
@@ -384,7 +258,7 @@ def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | No
                                            list[Message]]:
     """One YAML document -> (rule or None, messages). None whenever any Error was found."""
     kind, name = document_identity(doc)
-    r = _Reader(file, f"{kind} {name}")
+    r = Reader(file, f"{kind} {name}")
     f = r.fields(doc, "<document>", ("apiVersion", "kind", "metadata", "spec"))
     api = f["apiVersion"].v if "apiVersion" in f else None
     if kind in ("PeerAuthentication", "AuthorizationPolicy"):    # security.istio.io (Citadel)

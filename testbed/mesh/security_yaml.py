@@ -24,7 +24,8 @@ from typing import Union
 
 import yaml
 
-from .istio import Y, _Reader, check_header, document_identity, load_documents
+from .istio import check_header, document_identity
+from .istio_yaml import Reader, Y, load_documents
 from .model import ERROR, Message
 from .security import (ALLOW, DENY, MTLS_MODES, UNSET, AuthorizationPolicy, Condition,
                        Operation, PeerAuthentication, Rule, Source)
@@ -40,7 +41,7 @@ _HEADER_KEY = re.compile(r"^request\.headers\[([A-Za-z0-9!#$%&'*+.^_`|~-]+)\]$")
 _METHOD = re.compile(r"^[A-Z]+$")
 
 
-class _SecReader(_Reader):
+class _SecReader(Reader):
     def code(self, code: str, y: Y, text: str) -> None:
         self.messages.append(Message(code, ERROR, text, self.file, y.line, self.resource))
 
