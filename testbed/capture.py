@@ -49,6 +49,16 @@ def fault_comments(faults: Iterable[Any], wall0: float) -> list[tuple[float, str
     return sorted(out)
 
 
+def event_comments(events: Iterable[Any], wall0: float) -> list[tuple[float, str]]:
+    """(wall-clock time, comment) per experiment milestone event (rules applied, workload
+    started, ...: history events of source ``experiment``), in time order."""
+    out = []
+    for e in events:
+        what = ", ".join(f"{k}={v}" for k, v in e.details.items() if not isinstance(v, (dict, list)))
+        out.append((wall0 + e.t, f"minimesh event at t={e.t:.3f}s: {e.kind}" + (f" ({what})" if what else "")))
+    return sorted(out)
+
+
 def comment_plan(frame_epochs: Sequence[float], comments: Sequence[tuple[float, str]]) -> dict[int, str]:
     """Frame number (1-based) -> comment: each comment goes on the first frame whose time is
     at or after the comment's; comments on the same frame are joined with " | "; comments
@@ -167,9 +177,10 @@ class Capture:
                        check=True, capture_output=True)
         os.replace(tmp, path)
 
-    def annotate(self, faults: Iterable[Any], wall0: float) -> dict[str, int]:
-        """Fault ops as packet comments in every capture; returns file name -> comments added."""
-        comments = fault_comments(faults, wall0)
+    def annotate(self, faults: Iterable[Any], wall0: float, events: Iterable[Any] = ()) -> dict[str, int]:
+        """Fault ops (and milestone ``events``, see :func:`event_comments`) as packet comments
+        in every capture; returns file name -> comments added."""
+        comments = sorted(fault_comments(faults, wall0) + event_comments(events, wall0))
         added: dict[str, int] = {}
         for f in self.files:
             if not comments or not f.path.exists() or f.path.stat().st_size == 0:

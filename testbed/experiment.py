@@ -24,6 +24,7 @@ import argparse
 import datetime as _dt
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -114,7 +115,10 @@ class Context:
         t0 = time.monotonic() - self.clock.now()
         start = self.clock.now() + 0.3 if start_s is None else start_s
         argv = workload_argv(self.python, kind, str(self.history.path), t0, rate, duration_s, start, **options)
-        return self.popen(host, argv, name)
+        p = self.popen(host, argv, name)
+        self.event("experiment", "workload_started", name=name, host=host, kind=kind, rate=rate,
+                   duration_s=duration_s, start_s=round(start, 3))
+        return p
 
     def wait(self, name: str, timeout_s: float) -> int:
         return self.procs[name].wait(timeout_s)
@@ -208,6 +212,9 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     ctx.finishers.append(copy_events)
     if rules:
         mesh.apply_text(rules, "rules.yaml")
+        kinds = sorted(set(re.findall(r"(?m)^kind:\s*(\w+)", rules)))
+        names = re.findall(r"(?m)^metadata:\s*\n\s+name:\s*([\w.-]+)", rules)
+        ctx.event("experiment", "rules_applied", kinds=" ".join(kinds), names=" ".join(names))
     return mesh
 
 
@@ -385,7 +392,8 @@ class Experiment:
         cap = state.get("capture")
         if cap is not None:
             try:
-                ctx.metrics["capture_comments"] = cap.annotate(data.faults, state["wall0"])
+                ctx.metrics["capture_comments"] = cap.annotate(
+                    data.faults, state["wall0"], [e for e in data.events if e.source == "experiment"])
                 if ctx.keylog is not None:
                     cap.inject_secrets(ctx.keylog)
                 cap.write_names(ctx.names)        # last: editcap drops name resolution blocks

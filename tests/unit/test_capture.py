@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from testbed.capture import (Capture, CaptureFile, comment_plan, fault_comments, hosts_text, insert_nrb,
-                             nrb_block)
-from testbed.history import FaultRecord
+from testbed.capture import (Capture, CaptureFile, comment_plan, event_comments, fault_comments, hosts_text,
+                             insert_nrb, nrb_block)
+from testbed.history import Event, FaultRecord
 
 
 def test_comment_goes_on_first_frame_at_or_after_its_time():
@@ -29,6 +29,14 @@ def test_fault_comments_use_wall_time_and_say_what_happened():
     assert [t for t, _ in out] == [1005.0, 1009.0]
     assert "fault #0 apply at t=5.000s: link a-b delay=50ms" in out[0][1]
     assert out[1][1].endswith("link FAILED: boom")
+
+
+def test_event_comments_name_the_milestone_and_its_plain_details():
+    evs = [Event(7.25, "experiment", "workload_started", {"host": "c0", "rate": 60, "opts": {"x": 1}}),
+           Event(2.0, "experiment", "rules_applied", {})]
+    out = event_comments(evs, wall0=100.0)
+    assert out == [(102.0, "minimesh event at t=2.000s: rules_applied"),
+                   (107.25, "minimesh event at t=7.250s: workload_started (host=c0, rate=60)")]
 
 
 def test_nrb_block_layout():
