@@ -116,7 +116,7 @@ class Context:
         start = self.clock.now() + 0.3 if start_s is None else start_s
         argv = workload_argv(self.python, kind, str(self.history.path), t0, rate, duration_s, start, **options)
         p = self.popen(host, argv, name)
-        self.event("experiment", "workload_started", name=name, host=host, kind=kind, rate=rate,
+        self.event("experiment", "workload_started", name=name, host=host, workload=kind, rate=rate,
                    duration_s=duration_s, start_s=round(start, 3))
         return p
 
