@@ -24,7 +24,6 @@ import argparse
 import datetime as _dt
 import os
 import random
-import re
 import socket
 import subprocess
 import sys
@@ -212,9 +211,10 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     ctx.finishers.append(copy_events)
     if rules:
         mesh.apply_text(rules, "rules.yaml")
-        kinds = sorted(set(re.findall(r"(?m)^kind:\s*(\w+)", rules)))
-        names = re.findall(r"(?m)^metadata:\s*\n\s+name:\s*([\w.-]+)", rules)
-        ctx.event("experiment", "rules_applied", kinds=" ".join(kinds), names=" ".join(names))
+        import yaml
+        docs = [d for d in yaml.safe_load_all(rules) if isinstance(d, dict)]
+        names = " ".join(f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}" for d in docs)
+        ctx.event("experiment", "rules_applied", rules=names)
     return mesh
 
 
