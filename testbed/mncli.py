@@ -10,6 +10,11 @@
     partition / heal / crash / restart / pause / resume / faults   the fault model
                                                        (testbed/mncli_faults.py; healed at exit)
 
+Every command that changes the network or a process (link-set, link-down/up, drop,
+restore and the fault commands) is a fault op of the session's Nemesis: listed by
+``faults``, reverted by ``heal`` and at exit, and appended to the session's history
+(``minimesh up --out DIR``) as it happens.
+
 ``cmd.Cmd`` reads a command name as a run of ``identchars``; '-' is added to them and
 each hyphenated command is registered under its hyphenated name (``do_link-set``), so
 ``help``, completion and dispatch all see ``link-set``. When standard input is not a
@@ -27,7 +32,9 @@ from mininet.cli import CLI
 from mininet.log import LEVELS, StreamHandlerNoNewline, error, lg, output
 
 from testbed.control import ControlError
-from testbed.mncli_faults import FaultCommands, session_for
+from testbed.faults import FaultError
+from testbed.faults_targets import TargetError
+from testbed.mncli_faults import FaultCommandError, FaultCommands, session_for
 from testbed.shape import ShapeError
 
 __all__ = ["MeshCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop", "CLIUsageError"]
@@ -114,18 +121,21 @@ def route_output_to_stdout() -> None:
 
 
 class MeshCLI(FaultCommands, CLI):
-    """``MeshCLI(testbed)`` runs the CLI (Mininet's CLI runs from its constructor)."""
+    """``MeshCLI(testbed)`` runs the CLI (Mininet's CLI runs from its constructor). With
+    ``history`` (a :class:`~testbed.history.History`) every fault op, the heal at exit
+    included, is appended to it, timed on ``clock`` (the history's RunClock)."""
 
     prompt = "minimesh> "
     identchars = CLI.identchars + "-"
     HYPHENATED = ("link-set", "link-show", "link-down", "link-up")
 
-    def __init__(self, testbed: Any, stdin: IO[str] = sys.stdin, **kwargs: Any):
+    def __init__(self, testbed: Any, stdin: IO[str] = sys.stdin, history: Any = None, clock: Any = None,
+                 **kwargs: Any):
         self.tb = testbed
         self.errors = 0
         from testbed.mesh.cli import mesh_session
         with mesh_session(testbed) as self.mesh:   # None without a mesh: section
-            self.faults_session = session_for(testbed, self.mesh)
+            self.faults_session = session_for(testbed, self.mesh, clock=clock, history=history)
             try:
                 super().__init__(testbed.net, stdin=stdin, **kwargs)
             finally:
@@ -139,8 +149,7 @@ class MeshCLI(FaultCommands, CLI):
         corrupt bw (bw=none: unlimited) queue. Without dir=, both directions change."""
         def run() -> None:
             args = parse_link_set(line)
-            ab, ba = self.tb.set_link(args.a, args.b, args.direction, **args.params)
-            output(f"{args.a}->{args.b}: {ab.describe()}\n{args.b}->{args.a}: {ba.describe()}\n")
+            output(self.faults_session.link_set(args.a, args.b, args.params, args.direction))
         self._guard(run)
 
     def do_link_show(self, line: str) -> None:
@@ -161,26 +170,20 @@ class MeshCLI(FaultCommands, CLI):
 
     def do_link_down(self, line: str) -> None:
         """Bring a link down (both ends). Usage: link-down NODE1 NODE2"""
-        self._guard(lambda: self.tb.link_down(*parse_pair(line, "link-down")))
+        self._guard(lambda: output(self.faults_session.link_down(*parse_pair(line, "link-down"))))
 
     def do_link_up(self, line: str) -> None:
-        """Bring a link back up. Usage: link-up NODE1 NODE2"""
-        self._guard(lambda: self.tb.link_up(*parse_pair(line, "link-up")))
+        """Bring a downed link back up. Usage: link-up NODE1 NODE2"""
+        self._guard(lambda: output(self.faults_session.link_up(*parse_pair(line, "link-up"))))
 
     def do_drop(self, line: str) -> None:
         """Drop traffic between two hosts. Usage: drop HOST1 HOST2 [oneway]"""
-        def run() -> None:
-            a, b, oneway = parse_drop(line)
-            self.tb.drop(a, b, oneway)
-            output(f"dropping {a} -> {b}" + ("" if oneway else f" and {b} -> {a}") + "\n")
-        self._guard(run)
+        self._guard(lambda: output(self.faults_session.drop(*parse_drop(line))))
 
     def do_restore(self, line: str) -> None:
-        """Remove drops: all, those of one host, or those between two. Usage: restore [HOST1 [HOST2]]"""
-        def run() -> None:
-            n = self.tb.restore(*parse_restore(line))
-            output(f"removed {n} drop rule{'s' if n != 1 else ''}\n")
-        self._guard(run)
+        """Remove drops (and partitions): all, those of one host, or those between two.
+        Usage: restore [HOST1 [HOST2]]"""
+        self._guard(lambda: output(self.faults_session.restore(*parse_restore(line))))
 
     def do_apply(self, line: str) -> None:
         """Apply Istio rules to the mesh (all or nothing). Usage: apply FILE..."""
@@ -195,7 +198,7 @@ class MeshCLI(FaultCommands, CLI):
     def _guard(self, fn: Any) -> None:
         try:
             fn()
-        except (CLIUsageError, ControlError, ShapeError, KeyError) as e:
+        except (CLIUsageError, ControlError, ShapeError, KeyError, FaultCommandError, FaultError, TargetError) as e:
             self.errors += 1
             error(f"*** {e.args[0] if isinstance(e, KeyError) else e}\n")
 

@@ -9,18 +9,24 @@
     pause NAME / resume NAME   SIGSTOP / SIGCONT
     faults                     outstanding faults, and the processes crash/pause can name
 
+The link commands are fault values too (parsed in :mod:`testbed.mncli`, applied here):
+``link-set`` is a ``LinkChange``, ``link-down`` a ``LinkDown`` (``link-up`` reverts it),
+``drop`` a ``Cut`` (oneway) or a two-host ``Partition`` (``restore`` reverts drops).
+
 One :class:`FaultSession` (one :class:`~testbed.faults_schedule.Nemesis`) per CLI session,
 so ``heal`` reverts everything still applied; :meth:`FaultSession.close` heals at the end
-of the session. The session is sans-IO: commands return the text to print and raise
-:class:`FaultCommandError` for a bad command; :class:`FaultCommands` is the Mininet CLI
-mixin that prints and counts errors.
+of the session. Given a :class:`~testbed.history.History`, the Nemesis appends every op
+(apply/revert, with what was done) to it as it happens. The session is sans-IO: commands
+return the text to print and raise :class:`FaultCommandError` for a bad command;
+:class:`FaultCommands` is the Mininet CLI mixin that prints and counts errors.
 """
 from __future__ import annotations
 
 import random
 from typing import Any, Callable, Iterable
 
-from testbed.faults import Crash, Fault, FaultError, Partition, Pause, Restart
+from testbed.faults import (Crash, Cut, Fault, FaultError, LinkChange, LinkDown, Partition, Pause,
+                            Restart)
 from testbed.faults_grudge import GRUDGE_BUILDERS, Grudge, GrudgeError, complete
 from testbed.faults_schedule import HealError, Nemesis
 from testbed.faults_targets import TargetError
@@ -90,8 +96,8 @@ class FaultSession:
 
     def __init__(self, target: Any, clock: Any, hosts: Callable[[], Iterable[str]],
                  processes: Callable[[], Iterable[str]], seeds: random.Random | None = None,
-                 no_processes: str = NO_PROCESSES):
-        self.nemesis = Nemesis(target, clock)
+                 no_processes: str = NO_PROCESSES, history: Any = None):
+        self.nemesis = Nemesis(target, clock, history)
         self.hosts, self.processes, self.no_processes = hosts, processes, no_processes
         self._seeds = seeds or random.Random()
 
@@ -158,6 +164,57 @@ class FaultSession:
             return ""
         return "".join(f"*** at exit: {line}" for line in self.heal().splitlines(keepends=True))
 
+
+    # --- link commands (arguments parsed by testbed.mncli) -----------------------------------
+
+    def link_set(self, a: str, b: str, params: dict[str, str], direction: str | None = None) -> str:
+        self._link(a, b)
+        head = self._apply(LinkChange(a, b, params, direction))
+        ab, ba = self.nemesis.target.shapes(a, b)
+        return f"{head}{a}->{b}: {ab.describe()}\n{b}->{a}: {ba.describe()}\n"
+
+    def link_down(self, a: str, b: str) -> str:
+        self._link(a, b)
+        if self._link_down(a, b) is not None:
+            raise FaultCommandError(f"link {a}-{b} is already down (link-up {a} {b} first)")
+        return self._apply(LinkDown(a, b), f"  (link-up {a} {b} or heal brings it up)")
+
+    def link_up(self, a: str, b: str) -> str:
+        self._link(a, b)
+        fid = self._link_down(a, b)
+        if fid is None:
+            raise FaultCommandError(f"link {a}-{b} is not down (link-down {a} {b} first)")
+        return self._revert(fid)
+
+    def drop(self, a: str, b: str, oneway: bool = False) -> str:
+        self._hosts(a, b)
+        if a == b:
+            raise FaultCommandError(f"drop needs two different hosts, got {a} twice")
+        both = "" if oneway else f" and {b} -> {a}"
+        return self._apply(Cut(a, b) if oneway else Partition(complete([[a], [b]])),
+                           f"  (dropping {a} -> {b}{both}; restore or heal lifts it)")
+
+    def restore(self, a: str | None = None, b: str | None = None) -> str:
+        """Revert the drops and partitions all of whose one-way cuts are between ``a`` and
+        ``b`` (with ``a`` only: involve ``a``; neither: every one)."""
+        self._hosts(*(h for h in (a, b) if h is not None))
+        wanted = {h for h in (a, b) if h is not None}
+
+        def mine(pair: tuple[str, str]) -> bool:
+            return set(pair) == wanted if b is not None else (a is None or a in pair)
+        blocks = [(fid, op.fault.pairs()) for fid, op in self.nemesis.outstanding.items()   # type: ignore[attr-defined]
+                  if hasattr(op.fault, "pairs")]
+        chosen = [fid for fid, pairs in blocks if all(mine(p) for p in pairs)]
+        partly = [fid for fid, pairs in blocks if fid not in chosen and any(mine(p) for p in pairs)]
+        removed, out = 0, []
+        for fid in reversed(chosen):
+            out.append(self._revert(fid))
+            removed += len(self.nemesis.ops[-1].actions)
+        out.append(f"removed {removed} drop rule{'s' if removed != 1 else ''}\n")
+        out += [f"#{fid} ({self.nemesis.outstanding[fid].fault.describe()}) also cuts other hosts: "
+                f"still in force (heal reverts it)\n" for fid in partly]
+        return "".join(out)
+
     # --- helpers ----------------------------------------------------------------------------
 
     def _apply(self, fault: Fault, note: str = "") -> str:
@@ -192,6 +249,25 @@ class FaultSession:
                     raise FaultCommandError(f"{name} is already {state}: {undo} {name} first")
         return name
 
+    def _link(self, a: str, b: str) -> None:
+        """A typo is a usage error, not a fault op: the link must exist before one is recorded."""
+        try:
+            self.nemesis.target.shapes(a, b)
+        except (ValueError, KeyError) as e:     # ControlError (a testbed), TargetError (a fake)
+            raise FaultCommandError(e.args[0] if isinstance(e, KeyError) else str(e)) from None
+
+    def _link_down(self, a: str, b: str) -> int | None:
+        for fid, op in self.nemesis.outstanding.items():
+            if isinstance(op.fault, LinkDown) and {op.fault.a, op.fault.b} == {a, b}:
+                return fid
+        return None
+
+    def _hosts(self, *names: str) -> None:
+        known = sorted(self.hosts())
+        for n in names:
+            if n not in known:
+                raise FaultCommandError(f"no host {n!r}; hosts: {', '.join(known)}")
+
     @staticmethod
     def _one(line: str, command: str) -> str:
         words = line.split()
@@ -205,14 +281,15 @@ class FaultSession:
             raise FaultCommandError(f"usage: {command}  (no arguments)")
 
 
-def session_for(testbed: Any, mesh: Any) -> FaultSession:
+def session_for(testbed: Any, mesh: Any, clock: Any = None, history: Any = None) -> FaultSession:
     """The session for ``minimesh up``: the mesh's fault target (its processes) when there is
-    a mesh, else a TestbedTarget with no processes (partitions only)."""
+    a mesh, else a TestbedTarget with no processes (partitions only). Ops are recorded in
+    ``history`` (if given) on ``clock`` (default: a RunClock started now)."""
     from testbed.faults_targets import TestbedTarget
     from testbed.history import RunClock
     target = mesh.fault_target() if mesh is not None else TestbedTarget(testbed)
-    return FaultSession(target, RunClock(), lambda: testbed.host_names, lambda: target.processes,
-                        no_processes=NO_PROCESSES if mesh is None else NO_MESH_PROCESSES)
+    return FaultSession(target, clock or RunClock(), lambda: testbed.host_names, lambda: target.processes,
+                        no_processes=NO_PROCESSES if mesh is None else NO_MESH_PROCESSES, history=history)
 
 
 class FaultCommands:

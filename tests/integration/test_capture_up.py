@@ -46,6 +46,37 @@ def test_up_capture_records_the_session(tmp_path):
 
 
 
+def test_up_capture_gets_the_cli_faults_as_comments(tmp_path):
+    """--capture without --out: the history goes next to the captures (DIR/history.jsonl),
+    and at exit every capture carries the session's fault ops — the heal at exit included —
+    as packet comments (tshark -Y frame.comment), in time order, with the name block kept."""
+    from testbed.history import read_history
+    topo = write_topology(tmp_path)
+    cap = tmp_path / "pcap"
+    before = snapshot()
+    script = "\n".join([f"{HA} ping -c 2 -i 0.2 {HB}", f"partition {HA} {HB}", f"{HA} ping -c 1 -W 1 {HB}",
+                        "heal", f"{HA} ping -c 2 -i 0.2 {HB}", f"drop {HA} {HB} oneway",
+                        f"{HA} ping -c 1 -W 1 {HB}"]) + "\n"
+    rc, out, err = run_minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace", "--capture", str(cap),
+                                input=script)
+    assert rc == 0, err
+    data = read_history(cap / "history.jsonl")
+    assert [(r.fault_id, r.phase) for r in data.faults] == [(0, "apply"), (0, "revert"), (1, "apply"), (1, "revert")]
+    assert {p.name for p in cap.glob("*.pcapng")} == {f"{h}-eth0.pcapng" for h in (HA, HB, HC)}
+    comments = tshark(cap / f"{HA}-eth0.pcapng", "-Y", "frame.comment", "-T", "fields", "-e", "frame.comment")
+    found = [c for c in comments.replace("|", "\n").replace(",", "\n").splitlines() if "minimesh fault" in c]
+    assert [c.split(" at ")[0].strip() for c in found] == [
+        "minimesh fault #0 apply", "minimesh fault #0 revert",
+        "minimesh fault #1 apply", "minimesh fault #1 revert"], comments
+    assert f"partition ({HA} drops {HB}; {HB} drops {HA})" in found[0] and f"cut {HA}->{HB}" in found[3]
+    named = tshark(cap / f"{HA}-eth0.pcapng", "-N", "n", "-Y", "icmp.type == 8", "-T", "fields", "-e", "ip.dst_host")
+    assert named.split()[:1] == [HB], "the name block is written after the comments"
+    assert "fault comments in 3 files" in err
+    rc, _, err = run_minimesh(tmp_path, "up", str(topo), "--capture", str(cap))
+    assert rc == 2 and f"--capture {cap}: " in err and "next to the captures" in err, err
+    assert_nothing_left(before)
+
+
 def test_up_capture_files_complete_after_sigterm(tmp_path):
     """SIGTERM mid-session: teardown still stops tcpdump first, so the pings already
     answered are in complete pcapng files, and nothing is left running."""

@@ -78,8 +78,8 @@ def test_mesh_crash_restart_pause_citadel(tmp_path):
     ps = f"{p}cp ps -eo pid=,stat=,args= | grep '[m]esh.citadel .*{tmp_path}' || echo NONE"
     script = "\n".join(["faults", ps, "crash citadel", ps, "faults", "restart citadel", ps,
                         "pause citadel", ps, "crash citadel"]) + "\n"
-    rc, out, err = run_minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace", input=script,
-                                timeout=120)
+    rc, out, err = run_minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace",
+                                "--out", str(tmp_path / "out"), input=script, timeout=120)
     assert rc == 1, err                                         # the last crash is refused
     assert "processes: citadel" in out
     chunks = [c.splitlines() for c in out.split("minimesh> ") if c.startswith(f"{p}cp ps")]
@@ -91,6 +91,12 @@ def test_mesh_crash_restart_pause_citadel(tmp_path):
     assert "healed #0: crash citadel (SIGKILL) (restart citadel)" in out
     assert "*** citadel is already paused: resume citadel first" in err
     assert "*** at exit: healed #1: pause citadel" in out
+    from testbed.history import read_history                    # the mesh's process faults, recorded
+    recs = read_history(tmp_path / "out" / "history.jsonl").faults
+    assert [(r.fault_id, r.phase, r.description, r.actions) for r in recs] == [
+        (0, "apply", "crash citadel (SIGKILL)", ("SIGKILL citadel",)),
+        (0, "revert", "crash citadel (SIGKILL)", ("restart citadel",)),
+        (1, "apply", "pause citadel", ("SIGSTOP citadel",)), (1, "revert", "pause citadel", ("SIGCONT citadel",))]
     assert_nothing_left(before)
 
 
@@ -114,4 +120,83 @@ def test_mesh_instance_crash_and_restart(tmp_path):
     assert codes[0] == "code=200" and codes[1] != "code=200", out
     lines = out.splitlines()
     assert "BACK" in lines and "NEVER" not in lines, out
+    assert_nothing_left(before)
+
+
+def test_out_history_records_every_fault_op_and_the_heal_at_exit(tmp_path):
+    """`up --out DIR`: link commands and fault commands are fault ops in DIR/history.jsonl
+    (apply/revert pairs with what was done), the heal at exit included; a second session
+    on the same DIR is refused (exit 2) and leaves the history alone."""
+    from testbed.history import fault_windows, read_history
+    from test_net_support import SW
+    topo = write_topology(tmp_path)
+    out_dir = tmp_path / "out"
+    before = snapshot()
+    script = "\n".join([f"partition {HA} {HB}", f"{HA} ping -c 1 -W 1 {HB}", f"link-set {HA} {SW} delay=20ms",
+                        f"drop {HB} {HC} oneway", "heal", f"{HA} ping -c 1 -W 1 {HB}",
+                        f"partition isolate {HC}", f"link-down {HB} {SW}"]) + "\n"
+    rc, out, err = run_minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace", "--out", str(out_dir),
+                                input=script)
+    assert rc == 0, err
+    blocked, healed = pings(out)
+    assert "1 packets transmitted, 0 received" in blocked and "1 packets transmitted, 1 received" in healed, out
+    data = read_history(out_dir / "history.jsonl")
+    assert not data.truncated
+    ops = [(r.fault_id, r.phase, r.fault["kind"]) for r in data.faults]
+    assert ops == [(0, "apply", "partition"), (1, "apply", "link"), (2, "apply", "cut"),
+                   (2, "revert", "cut"), (1, "revert", "link"), (0, "revert", "partition"),   # heal
+                   (3, "apply", "partition"), (4, "apply", "link-down"),
+                   (4, "revert", "link-down"), (3, "revert", "partition")], ops             # at exit
+    assert all(r.ok and r.actions for r in data.faults), data.faults
+    assert data.faults[1].description == f"link {HA}-{SW} delay=20ms"
+    assert data.faults[4].actions[0].startswith(f"link {HA}-{SW} {HA}->{SW} back to delay=5ms")
+    assert all(end is not None for _, end, _ in fault_windows(data.faults))
+    assert [(e.source, e.kind) for e in data.events] == [("minimesh-up", "session_start"),
+                                                         ("minimesh-up", "session_end")]
+    t = [r.t_start for r in data.faults]
+    assert t == sorted(t) and data.events[0].t <= t[0] and data.faults[-1].t_end <= data.events[1].t
+    assert data.events[1].details["how"] == "exit"
+    assert "*** at exit: healed #4: link-down" in out
+    size = (out_dir / "history.jsonl").stat().st_size
+    rc, _, err = run_minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace", "--out", str(out_dir))
+    assert rc == 2 and "a history is never overwritten" in err, err
+    assert (out_dir / "history.jsonl").stat().st_size == size
+    assert_nothing_left(before)
+
+
+def test_out_history_is_written_as_it_happens_and_healed_on_sigterm(tmp_path):
+    """The apply is in the file while the session runs; SIGTERM still heals, and the
+    revert and the session's end are recorded before teardown."""
+    import signal
+    import subprocess
+    import time
+
+    from testbed.history import read_history
+    from test_net_support import minimesh
+    topo = write_topology(tmp_path)
+    hist = tmp_path / "out" / "history.jsonl"
+    before = snapshot()
+    proc = minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace", "--out", str(tmp_path / "out"),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(f"partition isolate {HA}\n")
+        proc.stdin.flush()
+        seen = ""
+        while "#0: partition" not in seen:
+            line = proc.stdout.readline()
+            assert line, f"CLI ended early: {seen}"
+            seen += line
+        running = read_history(hist)
+        assert [(r.fault_id, r.phase, r.ok) for r in running.faults] == [(0, "apply", True)]
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    data = read_history(hist)
+    assert [(r.fault_id, r.phase, r.ok) for r in data.faults] == [(0, "apply", True), (0, "revert", True)]
+    assert data.events[-1].kind == "session_end" and data.events[-1].details["how"] == "Terminated"
     assert_nothing_left(before)

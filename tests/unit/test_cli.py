@@ -80,9 +80,12 @@ class RecordingTestbed:
     """Stands in for testbed.net.Testbed: records the primitives the CLI calls."""
 
     def __init__(self):
+        from testbed.shape import LinkShape
         self.net: dict = {}        # no nodes: Mininet's CLI only looks names up in it
         self.calls: list[tuple] = []
-        self.control = types.SimpleNamespace(links=lambda: [], drops=lambda: [])
+        self.host_names = ["h1", "h2", "h3"]
+        self.control = types.SimpleNamespace(links=lambda: [], drops=lambda: [],
+                                             shapes=lambda a, b: (LinkShape(), LinkShape()))
 
     def set_link(self, a, b, direction=None, **params):
         from testbed.shape import parse_params
@@ -121,24 +124,30 @@ def test_hyphenated_commands_dispatch():
                          "link-down h1 s1\nlink-up h1 s1\n"
                          "drop h1 h2 oneway\ndrop h1 h3\nrestore h1\nrestore\n"
                          "link-show\n")
+    # every command is a fault op of the session's Nemesis (testbed.mncli_faults), in one-way
+    # steps; `restore` reverts whole drops; the link change is reverted at exit (healed)
+    identity = {"delay": 0.0, "jitter": 0.0, "loss": 0.0, "loss_correlation": 0.0, "duplicate": 0.0,
+                "reorder": 0.0, "corrupt": 0.0, "bw": None, "queue": 1000}
     assert tb.calls == [
         ("set_link", "h1", "s1", "h1->s1", {"delay": "5ms", "loss": "1%"}),
         ("down", "h1", "s1"), ("up", "h1", "s1"),
-        ("drop", "h1", "h2", True), ("drop", "h1", "h3", False),
-        ("restore", "h1", None), ("restore", None, None),
+        ("drop", "h1", "h2", True), ("drop", "h1", "h3", True), ("drop", "h3", "h1", True),
+        ("restore", "h1", "h3"), ("restore", "h3", "h1"), ("restore", "h1", "h2"),
+        ("set_link", "h1", "s1", "h1->s1", identity),
     ]
     assert cli.errors == 0
 
 
 def test_cli_errors_are_counted_not_fatal():
     tb, cli, _ = run_cli("link-set h1 s1 delay=fast\nlink-set h1\ndrop h1\nlink-set h1 s1 delay=1ms\n")
-    assert cli.errors == 3                     # delay=fast is a ShapeError from parse_params
-    assert tb.calls[-1][0] == "set_link" and tb.calls[-1][4] == {"delay": "1ms"}
+    assert cli.errors == 3                     # delay=fast: the LinkChange fault refuses it
+    assert tb.calls[0] == ("set_link", "h1", "s1", None, {"delay": "1ms"})
+    assert [c[3] for c in tb.calls[1:]] == ["h1->s1", "s1->h1"]     # reverted at exit, per direction
 
 
 def test_eof_ends_the_cli_and_comments_are_ignored():
     tb, cli, _ = run_cli("# just a comment\n\nlink-down h1 s1  # trailing\n")
-    assert tb.calls == [("down", "h1", "s1")]
+    assert tb.calls == [("down", "h1", "s1"), ("up", "h1", "s1")]      # healed at exit
 
 
 def test_help_lists_hyphenated_names_only():
