@@ -248,9 +248,18 @@ def _up_session(tb: Any, args: argparse.Namespace, history_path: Path | None) ->
         if hist is not None:
             hist.event(UP_SOURCE, "session_end", how=ended)
             hist.close()
-        finished = cap is None or _finish_capture(cap, history_path, clock.wall0,
-                                                  {tb.ip(h): h for h in tb.host_names})
+        finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb))
     return status if finished else EXIT_FAIL
+
+
+def _names(tb: Any) -> dict[str, str]:
+    """Host names, and with a mesh: section its instances, Pilot, VIPs and etcd members."""
+    names = {tb.ip(h): h for h in tb.host_names}
+    spec = (getattr(getattr(tb, "topology", None), "sections", None) or {}).get("mesh")
+    if spec is not None:
+        from testbed.mesh.spec import mesh_names
+        names.update(mesh_names(spec, tb.ip))
+    return names
 
 
 def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: dict[str, str]) -> bool:

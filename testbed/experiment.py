@@ -196,18 +196,13 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     mesh = ExperimentMesh(ctx.tb, spec if spec is not None else ctx.topology.sections["mesh"])
     ctx.closers.append(mesh.stop)
     mesh.start()
-    for inst in mesh.instances():
-        ctx.names[inst.ip] = f"{inst.instance}"
-    ctx.names[ctx.tb.ip(mesh.spec.control_plane)] = "pilot"
-    for service, vip in dict(mesh.spec.vips).items():
-        ctx.names[str(vip)] = f"{service}-vip"
-    for m in mesh.spec.registry.members:
-        ctx.names.setdefault(ctx.tb.ip(m), f"etcd-{m}")
+    from testbed.mesh.spec import mesh_names
+    ctx.names.update(mesh_names(mesh.spec, ctx.tb.ip))
 
     def copy_events() -> None:   # Pilot's own file while the mesh runs, the kept copy once stopped
-        from testbed.experiment_mesh import import_pilot_events
-        import_pilot_events(ctx, mesh.events if mesh.run_dir is not None and mesh.events.exists()
-                            else logs / "pilot-events.jsonl", **extra)
+        assert ctx.history is not None and ctx.clock is not None
+        ctx.history.import_events("pilot", mesh.events if mesh.run_dir is not None and mesh.events.exists()
+                                  else logs / "pilot-events.jsonl", ctx.clock.wall0, **extra)
     ctx.finishers.append(copy_events)
     if rules:
         mesh.apply_text(rules, "rules.yaml")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import math
 import threading
 import time
@@ -184,6 +185,30 @@ class History:
              t: float | None = None, **extra: Any) -> EtcdOp:
         return self.append(EtcdOp(self.now() if t is None else t, process, op_type, f, key, value,  # type: ignore[return-value]
                                   **extra))
+
+    def import_events(self, source: str, path: "os.PathLike[str] | str", wall0: float, **extra: Any) -> int:
+        """Append the JSON-lines events of another component's log (Pilot's events file:
+        ``{"t": wall-clock, "event": kind, ...}``) as ``event`` records of ``source``, run time
+        = wall-clock - ``wall0`` (records without a wall-clock time get now), ``extra`` added
+        to each; unreadable lines are skipped. Returns how many were imported."""
+        n = 0
+        try:
+            lines = open(path, encoding="utf-8").read().splitlines()
+        except FileNotFoundError:
+            return 0
+        for line in lines:
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(d, dict):
+                continue
+            kind = str(d.pop("event", d.pop("kind", "event")))
+            wall = d.pop("t", None)
+            t = wall - wall0 if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
+            self.event(source, kind, t=t, **{**d, **extra})
+            n += 1
+        return n
 
     def event_hook(self, source: str) -> Callable[..., None]:
         """A callback recording events from ``source``, accepting both shapes in use:

@@ -140,6 +140,8 @@ class MeshCLI(FaultCommands, CLI):
                 super().__init__(testbed.net, stdin=stdin, **kwargs)
             finally:
                 self.close_faults()                 # every session ends healed
+                if history is not None and clock is not None and self.mesh is not None:
+                    history.import_events("pilot", self.mesh.events, clock.wall0)   # pushes, ACKs, ...
 
     # --- minimesh commands -------------------------------------------------------------
 

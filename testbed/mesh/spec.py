@@ -17,6 +17,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 from yaml.nodes import Node
@@ -25,7 +26,7 @@ from testbed.mesh.model import ServiceSpec, VersionSpec, service_vips
 from testbed.topology import Context, register_section
 
 __all__ = ["MeshSpec", "RegistrySpec", "SecuritySpec", "ServiceDecl", "InstanceSpec", "parse_mesh",
-           "SIDECARS", "BUILTIN_APPS", "VIP_CIDR", "app_argv", "CITADEL_PORT", "SECURITY_KINDS"]
+           "SIDECARS", "BUILTIN_APPS", "VIP_CIDR", "app_argv", "mesh_names", "CITADEL_PORT", "SECURITY_KINDS"]
 
 SIDECARS = ("minimesh", "envoy")
 VIP_CIDR = "10.96.0.0/16"
@@ -122,6 +123,17 @@ class MeshSpec:
         """Client hosts without an instance: they get a client-only sidecar."""
         busy = {i.host for i in self.instances}
         return tuple(h for h in self.clients if h not in busy)
+
+
+def mesh_names(spec: MeshSpec, ip_of: Callable[[str], str]) -> dict[str, str]:
+    """Wireshark labels for the mesh's addresses (``ip_of(host)`` -> address): each
+    instance's name, ``pilot``, ``<service>-vip``, ``etcd-<member>``."""
+    names = {i.ip: i.instance for i in spec.instances}
+    names[ip_of(spec.control_plane)] = "pilot"
+    names.update({str(vip): f"{service}-vip" for service, vip in spec.vips})
+    for m in spec.registry.members:
+        names.setdefault(ip_of(m), f"etcd-{m}")
+    return names
 
 
 def app_argv(run: str, inst: InstanceSpec, python: str = sys.executable) -> list[str]:

@@ -195,3 +195,16 @@ def test_etcd_call_records_invoke_and_completion(tmp_path):
     assert ops[3].value == "a" and ops[3].serializable and "leader changed" in ops[9].error
     v = check_linearizability(ops)
     assert v.valid and v.info_ops == 1 and v.operations == 3     # the unobserved info write is pruned
+
+
+def test_import_events_turns_wall_clock_into_run_time_and_skips_junk(tmp_path):
+    log = tmp_path / "pilot-events.jsonl"
+    log.write_text('{"t": 1005.5, "event": "push", "node": "n1", "version": "3"}\nnot json\n[1]\n'
+                   '{"kind": "ack", "node": "n1"}\n')
+    path = tmp_path / "h.jsonl"
+    with History(path, clock=FakeClock(2.0)) as h:
+        assert h.import_events("pilot", log, wall0=1000.0, config="default") == 2
+        assert h.import_events("pilot", tmp_path / "missing.jsonl", wall0=0.0) == 0
+    evs = read_history(path).events
+    assert [(e.source, e.kind, e.t) for e in evs] == [("pilot", "push", 5.5), ("pilot", "ack", 2.0)]
+    assert evs[0].details == {"node": "n1", "version": "3", "config": "default"}

@@ -202,3 +202,14 @@ def test_cli_reports_an_unreachable_pilot(tmp_path, monkeypatch, capsys):
     assert "cannot reach Pilot" in capsys.readouterr().err
     assert main(["apply", "-f", str(REPO / "topologies/mesh/echo-90-10.yaml")]) == 2
     assert "cannot reach Pilot" in capsys.readouterr().err
+
+
+def test_mesh_names_label_instances_pilot_vips_and_etcd():
+    topo = load_topology(Path(__file__).resolve().parents[2] / "topologies" / "mesh-lab.yaml")
+    spec = topo.sections["mesh"]
+    ips = {f"h{i}": f"10.0.0.{i + 1}" for i in range(1, 5)}
+    ips.update(c0="10.0.0.1", e1="10.0.0.6", e2="10.0.0.7", e3="10.0.0.8", cp="10.0.0.9")
+    names = spec_mod.mesh_names(spec, ips.__getitem__)
+    assert {names[i.ip] for i in spec.instances} == {i.instance for i in spec.instances}
+    assert names["10.0.0.9"] == "pilot" and names["10.0.0.6"] == "etcd-e1"
+    assert names[str(dict(spec.vips)["echo"])] == "echo-vip"
