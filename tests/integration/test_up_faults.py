@@ -97,6 +97,9 @@ def test_mesh_crash_restart_pause_citadel(tmp_path):
         (0, "apply", "crash citadel (SIGKILL)", ("SIGKILL citadel",)),
         (0, "revert", "crash citadel (SIGKILL)", ("restart citadel",)),
         (1, "apply", "pause citadel", ("SIGSTOP citadel",)), (1, "revert", "pause citadel", ("SIGCONT citadel",))]
+    pilot = [e for e in read_history(tmp_path / "out" / "history.jsonl").events if e.source == "pilot"]
+    assert {"start", "config", "push", "ack"} <= {e.kind for e in pilot}     # Pilot's events, on the same clock
+    assert all(0 <= e.t <= recs[-1].t_end + 30 for e in pilot)
     assert_nothing_left(before)
 
 
