@@ -12,7 +12,8 @@
   journaled files ``<state dir>/<run id>.<host>.hosts|resolv`` that the runner rewrites
   in place (same inode) when names or the resolver change.
 - :class:`JournaledBridge` is ``mininet.nodelib.LinuxBridge`` recording the bridge
-  before ``brctl addbr``.
+  before ``brctl addbr``; where bridged frames traverse iptables (br_netfilter) it also
+  accepts its own frames in the root FORWARD chain (journaled rule, removed at stop).
 
 Mininet instantiates node classes as ``cls(name, **params)``; bind the journal with
 ``functools.partial(MeshHost, journal=j)``.
@@ -157,9 +158,44 @@ class JournaledBridge(JournaledNode, LinuxBridge):
         refuse_taken_name(name, "bridge")
         self._init_journal(journal)
         self._br_eid: int | None = None
+        self._fw_eid: int | None = None
         super().__init__(name, **params)
+
+    @classmethod
+    def setup(cls) -> None:
+        """Mininet's check, without its warning about bridge firewalling: when the kernel
+        passes bridged IPv4 frames through iptables (br_netfilter), :meth:`start` lets this
+        bridge's own traffic through the FORWARD chain instead (a journaled rule), so a host
+        whose FORWARD policy is DROP (Docker's) does not silently cut the testbed."""
+        from mininet.moduledeps import pathCheck
+        pathCheck("brctl", moduleName="bridge-utils")
 
     def start(self, controllers: Any) -> None:
         if self._br_eid is None:
             self._br_eid = self.journal.record("bridge", name=self.name)
         super().start(controllers)
+        if self._fw_eid is None and bridge_calls_iptables():
+            args = forward_rule(self.name)
+            self._fw_eid = self.journal.record("iptables", pid=None, args=args)
+            subprocess.run(["iptables", "-w", "-I", *args], capture_output=True, check=True)
+
+    def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803 (Mininet's name)
+        if self._fw_eid is not None:
+            subprocess.run(["iptables", "-w", "-D", *forward_rule(self.name)], capture_output=True, check=False)
+            self.journal.forget(self._fw_eid)
+            self._fw_eid = None
+        super().stop(deleteIntfs)
+
+
+def bridge_calls_iptables(path: str = "/proc/sys/net/bridge/bridge-nf-call-iptables") -> bool:
+    """True when bridged IPv4 frames traverse the root namespace's iptables (br_netfilter)."""
+    try:
+        return Path(path).read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def forward_rule(bridge: str) -> list[str]:
+    """The FORWARD rule (iptables arguments after -I/-D) accepting frames bridged on ``bridge``."""
+    return ["FORWARD", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", "minimesh testbed bridge",
+            "-j", "ACCEPT"]

@@ -78,10 +78,30 @@ def test_drop_one_way(tb):
 
 def test_drop_rule_is_journaled_and_left_to_clean_if_not_restored(tb):
     tb.drop(HB, HC, oneway=True)
-    entries = [e for e in tb.journal.outstanding() if e["kind"] == "iptables"]
+    entries = [e for e in tb.journal.outstanding() if e["kind"] == "iptables" and e["pid"] is not None]
     assert len(entries) == 1 and entries[0]["pid"] == tb.host(HC).pid
     assert "DROP" in entries[0]["args"]
     # not restored: the fixture's stop() must still leave nothing behind
+
+
+def test_bridge_frames_pass_a_dropping_forward_chain(tb):
+    """br_netfilter sends bridged frames through the root FORWARD chain: the bridge's own
+    journaled ACCEPT rule keeps the testbed working under a DROP policy (Docker hosts)."""
+    from testbed.hosts import bridge_calls_iptables, forward_rule
+    if not bridge_calls_iptables():
+        pytest.skip("bridged frames do not traverse iptables here (no br_netfilter)")
+    rules = [e["args"] for e in tb.journal.outstanding() if e["kind"] == "iptables" and e["pid"] is None]
+    assert rules == [forward_rule(SW)]
+    subprocess.run(["iptables", "-w", "-A", "FORWARD", "-i", SW, "-j", "DROP"], check=True)   # after ours
+    try:
+        assert ping_ok(tb, HA, HB)
+        subprocess.run(["iptables", "-w", "-D", *forward_rule(SW)], check=True)
+        try:
+            assert not ping_ok(tb, HA, HB), "without the bridge's rule the DROP must bite"
+        finally:
+            subprocess.run(["iptables", "-w", "-I", *forward_rule(SW)], check=True)
+    finally:
+        subprocess.run(["iptables", "-w", "-D", "FORWARD", "-i", SW, "-j", "DROP"], check=True)
 
 
 def test_link_down_up(tb):
