@@ -21,11 +21,9 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 from aiohttp import web
 
@@ -377,25 +375,3 @@ class Pilot:
 
 def _endpoint(e: Endpoint | Mapping[str, Any]) -> Endpoint:
     return e if isinstance(e, Endpoint) else Endpoint.from_dict(e)
-
-
-def apply_remote(url: str, paths: Sequence[str], timeout_s: float = 10.0) -> tuple[list[str], int]:
-    """`minimesh apply -f FILE...` against a running Pilot at `url` (http://ip:port):
-    all files in one all-or-nothing apply. Returns (message lines, exit code)."""
-    files = [{"name": str(p), "text": Path(p).read_text()} for p in paths]
-    req = urllib.request.Request(f"{url.rstrip('/')}/apply", method="POST",
-                                 data=json.dumps({"files": files}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
-            body = json.load(r)
-    except urllib.error.HTTPError as e:
-        if e.code != 400:
-            raise
-        body = json.load(e)
-    except urllib.error.URLError as e:
-        return [f"Error: cannot reach Pilot at {url}: {e.reason}"], 2
-    if not body["applied"]:
-        return body["errors"], 1
-    return body["warnings"] + [f"applied {len(paths)} file(s): config version "
-                               f"{body['generation']}"], 0

@@ -4,12 +4,15 @@ import asyncio
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from testbed.mesh import xds
-from testbed.mesh.pilot import ApplyRejected, Pilot, apply_remote
+from testbed.mesh.pilot import ApplyRejected, Pilot
 from testbed.mesh.xds import NodeInfo, XdsSource
 from tests.support.pilot import SUBSETS as DR, echo_service
 
@@ -190,6 +193,28 @@ def test_http_apply_and_registry_snapshot_shape():
         async with c.s.get(f"{c.url}/debug/syncz") as r:
             assert (await r.json())["generation"] == gen + 1
     with_pilot(t)
+
+
+def apply_remote(url: str, paths: list[str], timeout_s: float = 10.0) -> tuple[list[str], int]:
+    """POST /apply over HTTP, the way a remote client would: all files in one all-or-nothing
+    apply. Returns (message lines, exit code: 1 rejected, 2 Pilot unreachable)."""
+    files = [{"name": str(p), "text": Path(p).read_text()} for p in paths]
+    req = urllib.request.Request(f"{url.rstrip('/')}/apply", method="POST",
+                                 data=json.dumps({"files": files}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            body = json.load(r)
+    except urllib.error.HTTPError as e:
+        if e.code != 400:
+            raise
+        body = json.load(e)
+    except urllib.error.URLError as e:
+        return [f"Error: cannot reach Pilot at {url}: {e.reason}"], 2
+    if not body["applied"]:
+        return body["errors"], 1
+    return body["warnings"] + [f"applied {len(paths)} file(s): config version "
+                               f"{body['generation']}"], 0
 
 
 def test_apply_remote_is_all_or_nothing(tmp_path):
