@@ -21,11 +21,12 @@ import asyncio
 import json
 import os
 import socket
-import signal
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from aiohttp import web
+
+from testbed.aio import stop_event
 
 __all__ = ["Identity", "Behaviour", "make_app", "serve", "main"]
 
@@ -93,10 +94,7 @@ def serve(app: web.Application, host: str, port: int) -> None:
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True).start()
         print(f"listening on {host}:{port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_event()
         try:
             await stop.wait()
         finally:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import time
+
+from testbed.aio import stop_event
 
 __all__ = ["main"]
 
@@ -40,10 +41,7 @@ async def _run(a: argparse.Namespace) -> int:
     from testbed.mesh.model import Endpoint
     from testbed.mesh.registry import EtcdClient, EtcdError, Registrar
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await _wait_tcp("127.0.0.1", a.app_port, stop)
     await _wait_tcp(a.ip, a.port, stop)
     ep = Endpoint(a.service, a.version, a.instance, a.host, a.ip, a.port)

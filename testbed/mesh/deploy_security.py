@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from testbed.aio import stop_event
 from testbed.mesh.pilot_security import citadel_metadata
 from testbed.mesh.spec import CITADEL_PORT, SecuritySpec
 
@@ -139,10 +139,7 @@ async def _agent(args: argparse.Namespace) -> None:
                                  bundle_refresh_s=args.bundle_refresh_s)
     await rotator.start()
     print(f"sds agent: {args.service} secrets in {args.dir}", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_event().wait()
     await rotator.stop()
 
 

@@ -25,11 +25,11 @@ import asyncio
 import http.client
 import json
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
 from typing import Any
+from testbed.aio import stop_event
 
 __all__ = ["AdminClient", "AdminUnavailable", "main"]
 
@@ -246,10 +246,7 @@ async def _run(cfg: dict) -> None:
     await web.UnixSite(runner, str(sock_path)).start()
     print(f"pilot: xDS on http://{ip}:{port}, admin on {sock_path}", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     try:
         await stop.wait()
     finally:
