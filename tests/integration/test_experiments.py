@@ -77,9 +77,13 @@ def test_etcd_leader_latency_via_minimesh_run(tmp_path):
     assert r.returncode == 0 and res.get("valid") is True, _why(r, res)
     runs = res["metrics"]["runs"]
     assert runs["default"]["leaders_after_jump"] and not runs["tuned"]["leaders_after_jump"]
-    assert all(w["pilot_changes"] > 0 for r in runs.values() for w in r["windows"])   # Pilot saw changes
-    assert (out / "pilot_latency.png").exists()
-    _common(out, res, elapsed, "mmet1", "delay=2400ms")
+    assert all(len(r["nodes"]) == 3 for r in runs.values())          # c1's, h1's and h2's sidecars
+    # every step had registry changes, and each one Pilot committed reached every sidecar
+    assert all(w["changes"] > 0 and w["unacked"] == 0 for r in runs.values() for w in r["windows"])
+    acks = [e for e in read_history(out / "history.jsonl").events if e.source == "pilot" and e.kind == "ack"]
+    assert {e.details["config"] for e in acks} == {"default", "tuned"}
+    assert (out / "pilot_latency.png").stat().st_size > 10_000
+    _common(out, res, elapsed, "mmem1", "delay=2400ms")
 
 
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd not installed")
@@ -92,7 +96,15 @@ def test_registry_split_brain(tmp_path):
     assert res["verdicts"]["stale reads"]["stale_serializable"] > 0
     m = res["metrics"]          # Pilot on the minority: watch flagged failed, then healthy again
     assert m["pilot_unhealthy_after_s"] is not None and m["pilot_healthy_after_heal_s"] is not None
-    _common(out, res, elapsed, "mmet1", "partition")
+    assert "echo-v1-1" in m["pilot_served_at_heal"] and 0 < m["lease_expired_after_s"] <= 3 + 5
+    # the mesh's data plane: c2's sidecar routed to the instance the registry had removed,
+    # and during the cut each client was answered by its own side's instance only
+    assert m["removed_endpoint_requests_in_cut"] > 0
+    assert m["removed_endpoint_routing"]["by_instance"][0][0] == "echo-v1-1"
+    assert set(m["cut"]["c1"]["by_instance"]) == {"echo-v1-0"} and set(m["cut"]["c2"]["by_instance"]) == {"echo-v1-1"}
+    assert m["cut"]["c1"]["success"] >= 0.95 and m["cut"]["c2"]["success"] >= 0.95
+    assert (out / "timeline.png").exists()
+    _common(out, res, elapsed, "mmsplit1", "partition")
 
 
 def test_a_failing_check_exits_non_zero(tmp_path):
