@@ -74,6 +74,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def _short(text: str, width: int = 60) -> str:
+    """A legend label: long fault descriptions (a complete grudge names every host) cut."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequence[FaultRecord] = (),
                   window_s: float = 1.0, title: str = "") -> Path:
     """Two panels over time: latency p50/p99 of successful requests per window, and the
@@ -96,7 +101,7 @@ def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequenc
             stop = stop if stop is not None else max(end, start)
             for ax in (ax_lat, ax_ok):
                 ax.axvspan(start, max(stop, start + 1e-3), color=_SHADES[i % len(_SHADES)], alpha=0.15,
-                           label=desc if ax is ax_ok and i < 5 else None)
+                           label=_short(desc) if ax is ax_ok and i < 5 else None)
         ax_lat.legend(loc="upper left", fontsize="small")
         ax_ok.legend(loc="lower left", fontsize="small")
         if title:

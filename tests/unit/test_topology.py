@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import testbed.mesh.spec  # noqa: F401  (registers the mesh: section the shipped meshes use)
 from testbed.shape import LinkShape
 from testbed.topology import (Context, TopologyError, _SECTIONS, load_topology, parse_topology,
                               register_section, resolve_topology)
