@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import yaml
-
-from .istio_yaml import Reader, Y, load_documents, parse_duration_ms
+from .istio_yaml import Reader, Y, load_documents, parse_duration_ms, read_documents
 from .model import (ERROR, Destination, DestinationRule, Fault, HTTPMatch, HTTPRoute, Message,
                     OutlierDetection, Retries, RouteDestination, StringMatch, Subset,
                     TrafficPolicy, VirtualService)
@@ -283,13 +281,9 @@ def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | No
 def parse_rules(text: str, file: str = "<string>") -> tuple[list, list[Message]]:
     """All rules of a multi-document YAML text, plus schema messages."""
     rules: list = []
-    messages: list[Message] = []
-    try:
-        docs = load_documents(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        return [], [Message("IST0106", ERROR, f"Schema validation error: not valid YAML: {e}",
-                            file, mark.line + 1 if mark else 0)]
+    docs, messages = read_documents(text, file)
+    if messages:
+        return [], messages
     for d in docs:
         rule, msgs = parse_rule(d, file)
         messages += msgs

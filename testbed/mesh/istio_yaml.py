@@ -17,7 +17,7 @@ import yaml
 
 from .model import ERROR, Message
 
-__all__ = ["Y", "load_documents", "parse_duration_ms", "Reader", "kind_of"]
+__all__ = ["Y", "load_documents", "read_documents", "parse_duration_ms", "Reader", "kind_of"]
 
 
 @dataclass
@@ -49,6 +49,17 @@ def load_documents(text: str) -> list[Y]:
     loader = yaml.SafeLoader("")
     return [_to_y(n, loader) for n in yaml.compose_all(text, Loader=yaml.SafeLoader)
             if n is not None]
+
+
+def read_documents(text: str, file: str) -> tuple[list[Y], list[Message]]:
+    """:func:`load_documents`, with YAML that does not parse turned into one IST0106 message
+    (file:line of the problem) instead of an exception."""
+    try:
+        return load_documents(text), []
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        return [], [Message("IST0106", ERROR, f"Schema validation error: not valid YAML: {e}",
+                            file, mark.line + 1 if mark else 0)]
 
 
 _DUR = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")

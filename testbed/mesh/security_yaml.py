@@ -22,10 +22,9 @@ from __future__ import annotations
 import re
 from typing import Union
 
-import yaml
 
 from .istio import check_header, document_identity
-from .istio_yaml import Reader, Y, load_documents
+from .istio_yaml import Reader, Y, read_documents
 from .model import ERROR, Message
 from .security import (ALLOW, DENY, MTLS_MODES, UNSET, AuthorizationPolicy, Condition,
                        Operation, PeerAuthentication, Rule, Source)
@@ -255,12 +254,9 @@ def parse_security_resource(doc: Y, file: str) -> tuple[SecurityResource | None,
 def parse_security(text: str, file: str = "<string>") -> tuple[list[SecurityResource],
                                                                list[Message]]:
     """All security resources of a multi-document YAML text, plus messages."""
-    try:
-        docs = load_documents(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        return [], [Message("IST0106", ERROR, f"Schema validation error: not valid YAML: {e}",
-                            file, mark.line + 1 if mark else 0)]
+    docs, bad = read_documents(text, file)
+    if bad:
+        return [], bad
     out: list[SecurityResource] = []
     messages: list[Message] = []
     for d in docs:
