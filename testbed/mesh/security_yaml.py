@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from typing import Union
 
-
 from .istio import check_header, document_identity
 from .istio_yaml import Reader, Y, read_documents
 from .model import ERROR, Message
