@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from testbed.history import History, HistoryData, RunClock, read_history
 
-__all__ = ["Claim", "Context", "Experiment", "REPO", "start_etcd", "start_mesh", "move_leader",
+__all__ = ["Claim", "Context", "Experiment", "REPO", "start_mesh", "move_leader",
            "etcd_log_events", "etcd_ops"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,23 +156,6 @@ class Context:
         c = Claim(bool(valid), detail, numbers)
         self.verdicts[name] = c
         return c
-
-
-def start_etcd(ctx: Context, hosts: Sequence[str], tag: str, heartbeat_ms: int = 100,
-               election_ms: int = 1000, timeout_s: float = 20.0) -> Any:
-    """A started etcd cluster, one member per host (named after it), data and logs under
-    <out>/etcd-<tag>; stopped at the end of the run. Returns the EtcdRunner."""
-    from testbed.mesh.etcd import EtcdCluster, EtcdMember, EtcdRunner, popen_probe
-    cluster = EtcdCluster(tuple(EtcdMember(h, ctx.tb.ip(h), host=h) for h in hosts), str(ctx.out / f"etcd-{tag}"),
-                          heartbeat_ms=heartbeat_ms, election_ms=election_ms, token=f"minimesh-{tag}")
-    runner = EtcdRunner(cluster, spawn=lambda m, argv: ctx.tb.popen(
-        m.run_on, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), probe=popen_probe(ctx.tb.popen))
-    runner.start()
-    ctx.closers.append(runner.stop)
-    for h in hosts:
-        ctx.names[ctx.tb.ip(h)] = f"etcd-{h}"
-    runner.wait_healthy(timeout_s)
-    return runner
 
 
 def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: str = "") -> Any:

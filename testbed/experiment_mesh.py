@@ -1,5 +1,4 @@
-"""Experiment helpers for Pilot next to an etcd cluster: alone (:func:`start_pilot`, on a
-cluster started by :func:`testbed.experiment.start_etcd`, no sidecars) or in a deployed mesh
+"""Experiment helpers for Pilot and its sidecars next to the registry, in a deployed mesh
 (:func:`testbed.experiment.start_mesh` with :func:`registry_mesh_spec`):
 
     spec = registry_mesh_spec(topo_spec, heartbeat_ms=500, election_ms=5000)  # + a `probe` service
@@ -32,7 +31,7 @@ from testbed.checkers.stats import percentile
 from testbed.mesh.registry import DEFAULT_PREFIX, endpoint_json
 from testbed.mesh.model import Endpoint, VersionSpec
 
-__all__ = ["start_pilot", "pilot_socket", "import_pilot_events", "RegistryChanger", "pilot_seen_latency",
+__all__ = ["RegistryChanger", "pilot_seen_latency",
            "PilotWatcher", "plot_pilot_latency", "registry_mesh_spec", "xds_latency", "window_summary",
            "PROBE_SERVICE", "parse_listing", "write_summary", "leaders_elected", "wait_synced",
            "keep_etcd_logs"]
@@ -42,60 +41,16 @@ PROBE_SERVICE = "probe"     # the RegistryChanger's instances
 PILOT_PORT = 15010
 
 
-def import_pilot_events(ctx: Any, path: os.PathLike, **extra: Any) -> int:
-    """Pilot's events JSONL appended to the history (source ``pilot``, run time from the
-    wall-clock ``t``, ``extra`` added to each); returns how many."""
-    n = 0
-    if not os.path.exists(path):
-        return 0
-    for line in open(path, encoding="utf-8"):
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        kind = str(d.pop("event", d.pop("kind", "event")))
-        wall = d.pop("t", None)
-        t = wall - ctx.clock.wall0 if isinstance(wall, (int, float)) else ctx.clock.now()
-        ctx.history.event("pilot", kind, t=t, **d, **extra)
-        n += 1
-    return n
-
-
-def start_pilot(ctx: Any, runner: Any, host: str, tag: str, endpoints: Sequence[str] | None = None) -> str:
-    """``python -m testbed.mesh.pilot_proc`` in ``host`` watching ``runner``'s cluster through
-    ``endpoints`` (first one first; default: every member in order); no services, no rules.
-    Its events are imported into the history (``config=tag``) at the end of the run.
-    Returns the process name (``ctx.stop`` it before stopping etcd)."""
-    d = ctx.out / f"pilot-{tag}"
-    d.mkdir(parents=True, exist_ok=True)
-    sock = pilot_socket(tag)
-    cfg = {"services": [], "rules": [], "etcd": list(endpoints or [m.client_url for m in runner.cluster.members]),
-           "listen": [ctx.tb.ip(host), PILOT_PORT], "events": str(d / "pilot-events.jsonl"),
-           "socket": sock, "applied": str(d / "applied.jsonl"), "hold_s": 15, "citadel": None}
-    (d / "pilot.json").write_text(json.dumps(cfg, indent=1))
-    name = f"pilot-{tag}"
-    ctx.popen(host, [ctx.python, "-m", "testbed.mesh.pilot_proc", str(d / "pilot.json")], name)
-    ctx.closers.append(lambda: os.path.exists(sock) and os.unlink(sock))
-    ctx.finishers.append(lambda: import_pilot_events(ctx, d / "pilot-events.jsonl", config=tag))
-    ctx.wait_tcp(host, ctx.tb.ip(host), PILOT_PORT, 15, proc=name)
-    return name
-
-
-def pilot_socket(tag: str) -> str:
-    """Where :func:`start_pilot` puts Pilot's admin socket (short: AF_UNIX paths <= 107 bytes)."""
-    return f"/tmp/mmpilot-{os.getpid()}-{tag}.sock"
-
-
 class PilotWatcher:
-    """Polls Pilot's admin ``/status`` (from the root namespace, through its unix socket)
-    every ``every_s``; records ``pilot``/``discovery`` events (healthy, endpoints: instance
-    names Pilot serves) whenever either changes, and ``pilot``/``status_error`` when the
-    socket does not answer."""
+    """Polls Pilot's admin ``/status`` (from the root namespace, through its unix socket
+    ``socket``: a deployed mesh's ``mesh.socket``) every ``every_s``; records
+    ``pilot``/``discovery`` events (healthy, endpoints: instance names Pilot serves) whenever
+    either changes, and ``pilot``/``status_error`` when the socket does not answer."""
 
-    def __init__(self, ctx: Any, tag: str, every_s: float = 0.25):
+    def __init__(self, ctx: Any, socket: "str | os.PathLike[str]", every_s: float = 0.25):
         from testbed.mesh.pilot_proc import AdminClient
         self.ctx, self.every_s = ctx, every_s
-        self.client = AdminClient(pilot_socket(tag), timeout_s=1.0)
+        self.client = AdminClient(str(socket), timeout_s=1.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 

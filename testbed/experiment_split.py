@@ -43,17 +43,12 @@ class Sides:
     majority_instance: str        # e.g. "echo-v1-0"
 
 
-def pilot_watcher(ctx: Any, socket: Any, tag: str = "split") -> Any:
+def pilot_watcher(ctx: Any, socket: Any) -> Any:
     """A started :class:`~testbed.experiment_mesh.PilotWatcher` polling the Pilot at ``socket``
     (a deployed mesh's ``mesh.socket``); stopped at the end of the run (history still open)
     whatever happens, or earlier by ``.stop()``."""
     from testbed.experiment_mesh import PilotWatcher
-    from testbed.mesh.pilot_proc import AdminClient
-    try:
-        w = PilotWatcher(ctx, tag, socket=str(socket))       # type: ignore[call-arg]
-    except TypeError:                                        # older PilotWatcher: its own socket only
-        w = PilotWatcher(ctx, tag)
-        w.client = AdminClient(str(socket), timeout_s=1.0)
+    w = PilotWatcher(ctx, socket)
     ctx.finishers.insert(0, lambda: w._thread.is_alive() and w.stop())
     return w.start()
 
