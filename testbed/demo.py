@@ -7,7 +7,8 @@ Three parts, one results directory (``--out``, default ./results/demo-<timestamp
    RTT with the configured one (twice the sum of one-way delays along the path); then,
    while a ping flows, changes the first link's delay with ``link-set`` and compares the
    RTTs sent after the change with the new configuration (``--tolerance-ms``, 2 ms);
-2. **front_proxy**: ``experiments/front_proxy.py --quick`` (the tutorial's Envoy sample);
+2. **front_proxy**: ``experiments/front_proxy.py --quick`` (the tutorial's Envoy sample, then
+   an open-loop workload through it while the web server's link is delayed);
 3. **canary**: ``experiments/canary.py --quick`` (5 % to v2, measured split with its
    99.9 % interval);
 
@@ -173,21 +174,25 @@ def _missing(name: str, out: Path, status: int | None) -> Part:
 
 
 def front_proxy_part(out: Path, status: int | None = 0) -> Part:
-    """From experiments/front_proxy.py's results.json ({passed, checks: [{name, ok, detail}]})."""
-    path = out / "results.json"
-    if not path.exists():
+    """From experiments/front_proxy.py's results.json (testbed.results.write_results:
+    ``verdicts`` named after the tutorial's steps, ``valid``, ``failed``)."""
+    from testbed.results import read_results
+    if not (out / "results.json").exists():
         return _missing("front_proxy", out, status)
-    doc = json.loads(path.read_text())
-    checks = doc.get("checks", [])
-    host = next((c for c in checks if c["name"].startswith("upstream saw Host:")), None)
-    failed = [c["name"] for c in checks if not c["ok"]]
-    key = ("curl via the proxy got 200; " if any(c["ok"] and c["name"].startswith("curl succeeds") for c in checks)
-           else "curl via the proxy FAILED; ")
-    key += f"upstream saw Host: {host['detail']}" if host else "upstream Host not checked"
-    if failed:
-        key += "; failed: " + ", ".join(failed)
-    return Part("front_proxy", bool(doc.get("passed")) and status == 0 and not failed, key,
-                tuple(str(p) for p in sorted((out / "pcap").glob("*.pcapng"))))
+    doc = read_results(out)
+    verdicts = doc.get("verdicts", {})
+    host = next((v for name, v in verdicts.items() if name.startswith("upstream saw Host:")), None)
+    curl_ok = any(v.get("valid") and name.startswith("curl succeeds") for name, v in verdicts.items())
+    key = "curl via the proxy got 200; " if curl_ok else "curl via the proxy FAILED; "
+    key += f"upstream saw Host: {host.get('detail')}" if host else "upstream Host not checked"
+    rise = next((v.get("numbers", {}).get("rise_ms") for name, v in verdicts.items()
+                 if name.startswith("latency rose")), None)
+    if rise is not None:
+        key += f"; web's link +{doc.get('params', {}).get('delay_ms', 0):g} ms one-way: p50 +{rise:g} ms"
+    if doc.get("failed"):
+        key += "; failed: " + ", ".join(map(str, doc["failed"]))
+    files = sorted(out.glob("*.png")) + sorted((out / "pcap").glob("*.pcapng"))
+    return Part("front_proxy", bool(doc.get("valid")) and status == 0, key, tuple(str(p) for p in files))
 
 
 def canary_part(out: Path, status: int | None = 0) -> Part:

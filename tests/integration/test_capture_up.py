@@ -130,4 +130,4 @@ def test_front_proxy_capture_shows_dns_and_rewritten_request(tmp_path):
     assert f"10.0.0.1\t{web}\t80\tgwadvnet20.github.io" in hosts, hosts                        # proxy -> web
     named = tshark(h1, "-N", "n", "-Y", "http.request && tcp.dstport == 80", "-T", "fields", "-e", "ip.dst_host")
     assert named.split()[0] == "gwadvnet20.github.io", "the name block names the stand-in"
-    assert json.loads((out / "results.json").read_text())["passed"] is True
+    assert json.loads((out / "results.json").read_text())["valid"] is True

@@ -3,8 +3,6 @@ with --quick, as root, on the deployed mesh (testbed.mesh.deploy), and front_pro
 `minimesh run`. Exit status 0 only when the experiment's checks hold."""
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 import pytest
@@ -21,7 +19,9 @@ def test_canary_split_matches_five_percent(tmp_path):
     lo, hi = res["metrics"]["v2_ci"]
     assert lo <= 0.05 <= hi and res["metrics"]["requests"] >= 1000
     assert (out / "split.png").exists() and (out / "timeline.png").exists()
-    assert not _comments(out / "pcap")           # no fault in this experiment: no comment
+    comments = _comments(out / "pcap")           # no fault here: the milestones are the comments
+    assert any("rules_applied" in c for c in comments) and any("workload_started" in c for c in comments)
+    assert not any("minimesh fault" in c for c in comments), comments[:5]
     _nothing_left("mmlab1")
 
 
@@ -54,7 +54,8 @@ def test_control_plane_partition(tmp_path):
 
 def test_front_proxy_via_minimesh_run(tmp_path, minimesh_proxy):
     out = tmp_path / "fp"
-    r = subprocess.run([sys.executable, "-m", "testbed", "run", "experiments/front_proxy.py", "--quick",
-                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=180)
-    res = json.loads((out / "results.json").read_text())
-    assert r.returncode == 0 and res["passed"] is True, r.stdout[-2000:] + r.stderr[-2000:]
+    r, res, elapsed = _run([sys.executable, "-m", "testbed", "run", "experiments/front_proxy.py"], out,
+                           timeout_s=180)
+    assert r.returncode == 0 and res.get("valid") is True, _why(r, res)
+    assert res["experiment"] == "front_proxy" and res["verdicts"]["curl succeeds with 200"]["valid"]
+    _common(out, res, elapsed, "mmtfp1", "link web-mmtfp1 delay=50ms")

@@ -87,10 +87,14 @@ def _write(path: Path, doc: dict) -> Path:
 
 
 def _front_proxy_doc(ok: bool = True) -> dict:
-    return {"experiment": "front_proxy", "passed": ok, "checks": [
-        {"name": "curl succeeds with 200", "ok": ok, "detail": "curl exit 0"},
-        {"name": "upstream saw Host: gwadvnet20.github.io (host_rewrite)", "ok": True,
-         "detail": "gwadvnet20.github.io"}]}
+    """The shape testbed.results.write_results gives experiments/front_proxy.py's verdicts."""
+    verdicts = {"curl succeeds with 200": {"valid": ok, "detail": "curl exit 0, status 200", "numbers": {}},
+                "latency rose by >= 2 x 50 ms while web's link was delayed":
+                    {"valid": True, "detail": "p50 2.4 -> 202.8 ms", "numbers": {"rise_ms": 200.4}},
+                "upstream saw Host: gwadvnet20.github.io (host_rewrite)":
+                    {"valid": True, "detail": "gwadvnet20.github.io", "numbers": {}}}
+    return {"experiment": "front_proxy", "seed": 1, "params": {"proxy": "minimesh", "delay_ms": 50.0},
+            "metrics": {}, "verdicts": verdicts, "valid": ok, "failed": [] if ok else ["curl succeeds with 200"]}
 
 
 def _canary_doc(valid: bool = True) -> dict:
@@ -113,12 +117,18 @@ def test_front_proxy_part(tmp_path):
     out = _write(tmp_path / "front_proxy", _front_proxy_doc())
     (out / "pcap").mkdir()
     (out / "pcap" / "h1-eth0.pcapng").write_bytes(b"x")
+    (out / "timeline.png").write_bytes(b"png")
     p = front_proxy_part(out, 0)
-    assert p.ok and p.key == "curl via the proxy got 200; upstream saw Host: gwadvnet20.github.io"
-    assert p.files == (str(out / "pcap" / "h1-eth0.pcapng"),)
+    assert p.ok and p.key == ("curl via the proxy got 200; upstream saw Host: gwadvnet20.github.io; "
+                              "web's link +50 ms one-way: p50 +200.4 ms")
+    assert p.files == (str(out / "timeline.png"), str(out / "pcap" / "h1-eth0.pcapng"))
     bad = front_proxy_part(_write(tmp_path / "bad", _front_proxy_doc(False)), 1)
-    assert not bad.ok and "FAILED" in bad.key and "failed: curl succeeds with 200" in bad.key
+    assert not bad.ok and "FAILED" in bad.key and bad.key.endswith("failed: curl succeeds with 200")
     assert not front_proxy_part(_write(tmp_path / "rc", _front_proxy_doc()), 1).ok, "exit status counts"
+    old = _write(tmp_path / "old", {"experiment": "front_proxy", "passed": True, "checks": []})
+    assert not front_proxy_part(old, 0).ok, "a results.json without verdicts is not a pass"
+    missing = front_proxy_part(tmp_path / "none", 1)
+    assert not missing.ok and str(tmp_path / "none" / "run.log") in missing.key
 
 
 def test_missing_results_is_a_failure_naming_the_log(tmp_path):
