@@ -4,6 +4,9 @@ Builds h1 - s1 - h2 on Mininet (LinuxBridge) per backend and prints one table:
 TCP Gbit/s (iperf3) and small-packet UDP pps at delay 0 and 10 ms, one-way delay error
 percentiles at 1/10/100 ms (ping; error = RTT - configured - RTT of plain veths), and CPU
 per Gbit/s. The userspace backend always; kernel netem side by side where it exists.
+For UDP it also says where datagrams were lost (link interfaces, i.e. a full TAP ring,
+vs h2's socket) and the emulators' CPU per forwarded frame. ``--udp-only``: just the UDP
+rows (a short run to repeat); ``--model``: the link model's Python cost per frame.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from testbed.shape import LinkShape  # noqa: E402
 SWITCH = f"mmb{os.getpid() % 10000}"
 TICKS = os.sysconf("SC_CLK_TCK")
 UDP_OFFERED_PPS = (60_000, 100_000, 150_000)
+UDP_SOCKET_BUFFER = "4M"  # iperf3 -w; the kernel caps it at net.core.[rw]mem_max
 
 
 class Line(Topo):
@@ -79,16 +83,49 @@ def _system_busy() -> tuple[int, int]:
     return sum(f) - idle, sum(f)
 
 
+def _cpu_ns(pids: list[int]) -> int:
+    """CPU time (ns, from the scheduler: finer than ticks) of the emulator processes."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def _drops(net: Mininet) -> dict[str, int]:
+    """Frames the link interfaces dropped on transmit (for a TAP: its ring was full, the
+    emulator did not read in time) and UDP datagrams h2's sockets had no buffer for."""
+    h1, h2 = net.get("h1", "h2")
+    ring = 0
+    for text in (h1.cmd("cat /proc/net/dev"), h2.cmd("cat /proc/net/dev"),
+                 Path("/proc/net/dev").read_text()):
+        for row in text.splitlines()[2:]:
+            name, _, counters = row.partition(":")
+            if name.strip().startswith(("h1-", "h2-", SWITCH + "-")):
+                ring += int(counters.split()[11])  # tx drop
+    udp = [row.split() for row in h2.cmd("cat /proc/net/snmp").splitlines() if row.startswith("Udp:")]
+    return {"ring": ring, "rcvbuf": int(dict(zip(udp[0], udp[1]))["RcvbufErrors"])}
+
+
+def _frames(net: Mininet) -> int:
+    return sum(sum(d["sent"] for d in l.stats()["stats"]) for l in net.links if hasattr(l, "stats"))
+
+
 def iperf(net: Mininet, udp: bool, seconds: float, udp_rate: str = "0") -> dict[str, Any]:
     h1, h2 = net.get("h1", "h2")
     pids = [l.emulator_pid for l in net.links if getattr(l, "emulator_pid", None)]
     server = h2.popen(["iperf3", "-s", "-1", "-p", "5202"])
     try:
         time.sleep(0.3)
-        args = f"-u -l 64 -b {udp_rate}" if udp else ""
+        # -w: socket buffers big enough that h2's receiver, not only the link, keeps up
+        args = f"-u -l 64 -b {udp_rate} -w {UDP_SOCKET_BUFFER}" if udp else ""
+        d0, f0, n0 = _drops(net), _frames(net), _cpu_ns(pids)
         c0, (b0, t0), w0 = _cpu_ticks(pids), _system_busy(), time.monotonic()
         out = h1.cmd(f"iperf3 -c {h2.IP()} -p 5202 -t {seconds} -J {args}")
         c1, (b1, t1), w1 = _cpu_ticks(pids), _system_busy(), time.monotonic()
+        d1, f1, n1 = _drops(net), _frames(net), _cpu_ns(pids)
     finally:
         server.kill()
         server.wait()
@@ -96,10 +133,14 @@ def iperf(net: Mininet, udp: bool, seconds: float, udp_rate: str = "0") -> dict[
     end = res["end"]
     ncpu = os.cpu_count() or 1
     r = {"emu_cores": (c1 - c0) / TICKS / (w1 - w0) if pids else None,
-         "sys_cores": (b1 - b0) / max(t1 - t0, 1) * ncpu}
+         "sys_cores": (b1 - b0) / max(t1 - t0, 1) * ncpu,
+         "emu_us_per_frame": (n1 - n0) / 1e3 / (f1 - f0) if pids and f1 > f0 else None}
     if udp:
         s = end["sum"]
         r["pps"] = (s["packets"] - s["lost_packets"]) / s["seconds"]
+        r["sent_pps"] = s["packets"] / s["seconds"]
+        r["lost"] = tuple(x / s["seconds"] for x in (s["lost_packets"], d1["ring"] - d0["ring"],
+                                                     d1["rcvbuf"] - d0["rcvbuf"]))
     else:
         r["gbit"] = end["sum_received"]["bits_per_second"] / 1e9
     return r
@@ -120,23 +161,30 @@ def rtts(net: Mininet, count: int, interval: float) -> list[float]:
     return json.loads(out[out.index("{"):])["rtt_ms"]
 
 
-def bench(backend: str | None, journal: Journal, seconds: float, base_rtt: float) -> dict[str, Any]:
+def bench(backend: str | None, journal: Journal, seconds: float, base_rtt: float,
+          udp_only: bool = False) -> dict[str, Any]:
     """One column. backend None: Mininet's plain veth Link (no shaping possible), as the
     reference for what this machine's kernel path alone achieves."""
     row: dict[str, Any] = {}
     for d in ((0,) if backend is None else (0, 10)):
         shape = LinkShape(delay_ms=d, queue_pkts=10_000)
         with line(backend, (shape, shape), journal) as net:
-            tcp = iperf(net, False, seconds)
+            tcp = None if udp_only else iperf(net, False, seconds)
             # an unlimited sender mostly feeds drops at the first queue and starves the
             # emulator of CPU: offer fixed loads and keep the best delivered rate
             udp = max((iperf(net, True, min(seconds, 3.0), f"{pps * 64 * 8}")
                        for pps in UDP_OFFERED_PPS), key=lambda r: r["pps"])
-        row[f"tcp_{d}"] = tcp["gbit"]
         row[f"pps_{d}"] = udp["pps"]
-        if d == 0:
+        row[f"ppssent_{d}"] = udp["sent_pps"]
+        row[f"lost_{d}"] = udp["lost"]
+        row[f"usframe_{d}"] = udp["emu_us_per_frame"]
+        if tcp is not None:
+            row[f"tcp_{d}"] = tcp["gbit"]
+        if tcp is not None and d == 0:
             row["emu_cpu_per_gbit"] = (tcp["emu_cores"] / tcp["gbit"]) if tcp["emu_cores"] else None
             row["sys_cpu_per_gbit"] = tcp["sys_cores"] / tcp["gbit"]
+    if udp_only:
+        return row
     if backend is None:
         row["rtt_0"] = base_rtt
         return row
@@ -162,15 +210,45 @@ def fmt(row: dict[str, Any] | None, key: str) -> str:
         return "/".join(f"{x:+.3f}" for x in v)
     if key.startswith("pps"):
         return f"{v / 1000:.0f} k"
+    if key.startswith("lost"):  # datagrams lost: all / at a TAP or veth / at h2's socket
+        return "/".join(f"{x / 1000:.0f}k" for x in v)
     if key.startswith("rtt"):
         return f"{v:.3f} ms"
     return f"{v:.2f}"
 
 
+def model_cost(frames: int = 200_000) -> None:
+    """Python CPU per frame of the sans-IO model alone (no root, no I/O): enqueue at 100 k
+    frames/s, release every 64 frames, as the emulator drives it. Best of three."""
+    import random
+
+    from testbed.links.model import DirectionModel
+    for kw in ({}, {"delay_ms": 10}, {"delay_ms": 10, "loss_pct": 1}, {"delay_ms": 10, "jitter_ms": 1},
+               {"delay_ms": 10, "bw_mbit": 100}):
+        best = float("inf")
+        for _ in range(3):
+            m = DirectionModel(LinkShape(queue_pkts=100_000, **kw), random.Random(1))
+            frame, now, t = bytes(94), 0.0, time.perf_counter()
+            for _ in range(frames // 64):
+                now += 64e-5
+                for _ in range(64):
+                    m.enqueue(frame, now)
+                m.pop_due(now)
+            best = min(best, (time.perf_counter() - t) / frames * 1e9)
+        print(f"{LinkShape(**kw).describe() or 'no shaping':28} {best:6.0f} ns per frame")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per run")
+    ap.add_argument("--udp-only", action="store_true",
+                    help="only the small-packet UDP rows (a short run to repeat)")
+    ap.add_argument("--model", action="store_true",
+                    help="only the link model's Python cost per frame (no root, no network)")
     args = ap.parse_args()
+    if args.model:
+        model_cost()
+        return 0
     if os.geteuid() != 0:
         print("benchmarks/links.py needs root (Mininet namespaces)", file=sys.stderr)
         return 2
@@ -180,15 +258,20 @@ def main() -> int:
     try:
         with line(None, None, journal) as net:
             base = statistics.median(rtts(net, 200, 0.01))
-        rows = {"userspace": bench("userspace", journal, args.seconds, base)}
+        rows = {"userspace": bench("userspace", journal, args.seconds, base, args.udp_only)}
         ok, why = probe_netem(journal)
-        rows["netem"] = bench("netem", journal, args.seconds, base) if ok else None
-        rows["veth"] = bench(None, journal, args.seconds, base)
+        rows["netem"] = bench("netem", journal, args.seconds, base, args.udp_only) if ok else None
+        rows["veth"] = bench(None, journal, args.seconds, base, args.udp_only)
     finally:
         journal.cleanup()
     labels = [("tcp_0", "TCP Gbit/s, delay 0"), ("tcp_10", "TCP Gbit/s, delay 10 ms"),
               ("pps_0", "UDP 64 B delivered pps, delay 0"),
               ("pps_10", "UDP 64 B delivered pps, delay 10ms"),
+              ("ppssent_0", "  sent pps (same run), delay 0"), ("ppssent_10", "  sent pps, delay 10ms"),
+              ("lost_0", "  lost/s all/interfaces/socket, d 0"),
+              ("lost_10", "  lost/s all/interfaces/socket, d 10"),
+              ("usframe_0", "  emulator CPU us per frame, delay 0"),
+              ("usframe_10", "  emulator CPU us per frame, d 10ms"),
               ("rtt_0", "RTT h1-h2, no shaping"),
               ("err_1", "delay error 1 ms p50/p90/p99"), ("err_10", "delay error 10 ms p50/p90/p99"),
               ("err_100", "delay error 100 ms p50/p90/p99"),
@@ -200,10 +283,16 @@ def main() -> int:
     print(f"| {'metric':36} | " + " | ".join(f"{title:>24}" for _, title in cols) + " |")
     print(f"|{'-' * 38}|" + "|".join("-" * 26 for _ in cols) + "|")
     for key, label in labels:
+        if all(fmt(rows[c], key) in ("-", "absent") for c, _ in cols):
+            continue  # not measured in this run (--udp-only)
         print(f"| {label:36} | " + " | ".join(f"{fmt(rows[c], key):>24}" for c, _ in cols) + " |")
     print(f"load average before/after: {before} / {os.getloadavg()[0]:.2f} (other work on the machine skews all numbers)")
     print("delay error = RTT - configured one-way delay - baseline, in ms (delay on h1->s1 only);"
           " queue 10000 packets for the throughput rows")
+    print("UDP rows: the best of offered loads " + "/".join(f"{p // 1000}k" for p in UDP_OFFERED_PPS)
+          + " pps; lost = iperf3's count, then drops on the link interfaces (a full TAP ring:"
+          " the emulator read too late) and h2's UDP receive-buffer overflows, per second;"
+          " emulator CPU per frame forwarded, both links")
     return 0
 
 

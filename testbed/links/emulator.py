@@ -131,12 +131,13 @@ class Emulator:
             else:
                 st.down_drops += n
         else:
+            enqueue = model.enqueue
             for _ in range(BATCH):
                 try:
                     buf = read(src, READ_SIZE)
                 except BlockingIOError:
                     break
-                for f in model.enqueue(buf, now):
+                for f in enqueue(buf, now):
                     try:
                         write(dst, f)
                     except OSError:
@@ -144,14 +145,17 @@ class Emulator:
         self.write_errors[i] += errors
 
     def _release(self, now: float) -> None:
+        write = os.write
         for i, model in enumerate(self.models):
             if len(model):
                 dst = self.taps[1 - i].fd
+                errors = 0
                 for f in model.pop_due(now):
                     try:
-                        os.write(dst, f)
+                        write(dst, f)
                     except OSError:
-                        self.write_errors[i] += 1
+                        errors += 1
+                self.write_errors[i] += errors
 
     def run(self) -> None:
         fds = [self.taps[0].fd, self.taps[1].fd, self.ctl.fileno()]

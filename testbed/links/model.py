@@ -13,7 +13,10 @@ clock and a seed. It follows ``net/sched/sch_netem.c`` (``netem_enqueue``):
 4. queue limit: if ``queue_pkts`` packets are already held, tail drop;
 5. reorder: with probability reorder% the packet skips the delay line (sent at once);
 6. delay: ``delay +- jitter`` uniformly; packets are released in order of their send
-   time (netem's tfifo), so jittered packets may overtake each other;
+   time (netem's tfifo), so jittered packets may overtake each other. The delay line is
+   a FIFO for packets that arrive in send-time order (constant delay, rate: the common
+   case, O(1) per packet) plus a heap for jittered ones and those that would overtake (a
+   shorter delay set live); both hold ``(send_time, seq, frame)``, merged on release;
 7. rate: with ``bw_mbit``, a packet's send time is
    ``max(now + delay, send time of the last queued packet) + wire_len * 8 / rate``.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -70,7 +74,8 @@ class DirectionModel:
         self._corrupt = corrupt
         self._wire_len = wire_len
         self.stats = DirectionStats()
-        self._heap: list[tuple[float, int, bytes]] = []
+        self._fifo: deque[tuple[float, int, bytes]] = deque()  # send-time order
+        self._heap: list[tuple[float, int, bytes]] = []  # frames that overtook the FIFO's tail
         self._seq = 0
         self._last_tts = 0.0
         self.set_shape(shape or LinkShape())
@@ -98,18 +103,37 @@ class DirectionModel:
             self._loss_rand = _CorrelatedRandom(self.rng, shape.loss_corr_pct)
         # True when enqueue can hand the frame straight back (no decision to make)
         self.passthrough = shape.is_identity
+        # constant delay, at most loss: the fate of a frame is "lost, or sent at now + delay"
+        self._simple = shape == LinkShape(delay_ms=shape.delay_ms, loss_pct=shape.loss_pct,
+                                          loss_corr_pct=shape.loss_corr_pct,
+                                          queue_pkts=shape.queue_pkts)
 
     # --- data path -----------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._fifo) + len(self._heap)
 
     def enqueue(self, frame: bytes, now: float) -> list[bytes]:
         """Offer a frame at time ``now``; returns the frames to send immediately."""
         self.stats.received += 1
-        if self.passthrough and not self._heap:
+        fifo = self._fifo
+        if self.passthrough and not fifo and not self._heap:
             self.stats.sent += 1
             return [frame]
+        if self._simple:  # the common case, kept short: same outcome (and draws) as _enqueue
+            tts = now + self._delay
+            if not self._heap and (not fifo or tts >= fifo[-1][0]) and len(fifo) < self._limit:
+                if self._loss and self._loss_rand() < self._loss:
+                    self.stats.lost += 1
+                    return []
+                if tts <= now and not fifo:
+                    self.stats.sent += 1
+                    return [frame]
+                if not fifo or tts > self._last_tts:
+                    self._last_tts = tts
+                self._seq += 1
+                fifo.append((tts, self._seq, frame))
+                return []
         out: list[bytes] = []
         self._enqueue(frame, now, True, out)
         self.stats.sent += len(out)
@@ -134,7 +158,8 @@ class DirectionModel:
             if corrupted is None:
                 return
             frame = corrupted
-        if len(self._heap) >= self._limit:
+        queued = len(self._fifo) + len(self._heap)
+        if queued >= self._limit:
             self.stats.queue_drops += 1
             return
         if self._reorder and rng.random() < self._reorder:
@@ -145,33 +170,50 @@ class DirectionModel:
         if self._jitter:
             tts += rng.uniform(-self._jitter, self._jitter)
         if self._byte_time:
-            if self._heap and self._last_tts > tts:
+            if queued and self._last_tts > tts:
                 tts = self._last_tts
             tts += self._wire_len(frame) * self._byte_time
-        if tts <= now and not self._heap:
+        if tts <= now and not queued:
             out.append(frame)
             return
-        if not self._heap or tts > self._last_tts:
+        if not queued or tts > self._last_tts:
             self._last_tts = tts
         self._seq += 1
-        heapq.heappush(self._heap, (tts, self._seq, frame))
+        fifo = self._fifo
+        if not self._jitter and (not fifo or tts >= fifo[-1][0]):
+            fifo.append((tts, self._seq, frame))
+        else:
+            heapq.heappush(self._heap, (tts, self._seq, frame))
 
     def next_deadline(self) -> float | None:
         """When the next queued frame is due, or None if nothing is queued."""
-        return self._heap[0][0] if self._heap else None
+        fifo, heap = self._fifo, self._heap
+        if fifo:
+            return heap[0][0] if heap and heap[0] < fifo[0] else fifo[0][0]
+        return heap[0][0] if heap else None
 
     def pop_due(self, now: float) -> list[bytes]:
-        """Frames whose send time has come, in send-time order."""
-        heap = self._heap
+        """Frames whose send time has come, in send-time order (ties: arrival order)."""
+        fifo, heap = self._fifo, self._heap
         out: list[bytes] = []
-        while heap and heap[0][0] <= now:
-            out.append(heapq.heappop(heap)[2])
+        if not heap:
+            while fifo and fifo[0][0] <= now:
+                out.append(fifo.popleft()[2])
+        else:
+            while True:
+                if fifo and fifo[0][0] <= now and not (heap and heap[0] < fifo[0]):
+                    out.append(fifo.popleft()[2])
+                elif heap and heap[0][0] <= now:
+                    out.append(heapq.heappop(heap)[2])
+                else:
+                    break
         self.stats.sent += len(out)
         return out
 
     def flush(self) -> int:
         """Drop everything queued (the link went down). Returns how many."""
-        n = len(self._heap)
+        n = len(self)
+        self._fifo.clear()
         self._heap.clear()
         self.stats.down_drops += n
         return n

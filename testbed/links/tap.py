@@ -27,6 +27,11 @@ IFF_VNET_HDR = 0x4000
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 OFFLOADS_ON = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+SIOCSIFTXQLEN = 0x8943
+# Frames the kernel holds for the emulator to read (the TAP's ring; tun's default is 500).
+# A wire's buffer, like Linux's default txqueuelen: it only fills while the emulator is
+# starved of CPU, and a deeper ring turns those short stalls into delay instead of drops.
+TAP_QUEUE_FRAMES = 1000
 IFF_UP = 0x1
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -58,7 +63,8 @@ class Tap:
         self.ctl.close()
 
 
-def open_tap(name: str, netns_path: str | None, offload: bool = True) -> Tap:
+def open_tap(name: str, netns_path: str | None, offload: bool = True,
+             queue_frames: int = TAP_QUEUE_FRAMES) -> Tap:
     """Create TAP ``name`` in the namespace at ``netns_path`` (None: the current one)."""
     if len(name.encode()) > 15:
         raise ValueError(f"interface name {name!r} is longer than 15 bytes")
@@ -83,6 +89,11 @@ def open_tap(name: str, netns_path: str | None, offload: bool = True) -> Tap:
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", 10))
             set_offload(fd, offload)
             ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                set_queue_len(ctl, name.encode(), queue_frames)
+            except BaseException:
+                ctl.close()
+                raise
         except BaseException:
             os.close(fd)
             raise
@@ -96,6 +107,11 @@ def open_tap(name: str, netns_path: str | None, offload: bool = True) -> Tap:
 def set_offload(fd: int, on: bool) -> None:
     """Let the kernel hand over (and accept) GSO super-frames with partial checksums."""
     fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS_ON if on else 0)
+
+
+def set_queue_len(ctl: socket.socket, name: bytes, frames: int) -> None:
+    """The TAP's txqueuelen, which is also the length of the ring the emulator reads."""
+    fcntl.ioctl(ctl, SIOCSIFTXQLEN, struct.pack("16si20x", name, frames))
 
 
 def current_name(tap: Tap) -> bytes:

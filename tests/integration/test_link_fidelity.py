@@ -147,6 +147,28 @@ def test_link_down_stops_traffic_and_up_restores_it(backend_name, tmp_path):
         assert rx == tx == 5
 
 
+def test_a_stalled_emulator_loses_nothing_that_fits_its_tap_ring(tmp_path):
+    # the emulator stopped (as if starved of CPU) while h1 sends 900 datagrams: the TAP's
+    # ring (TAP_QUEUE_FRAMES, 1000; tun's default 500 would drop ~400) holds them all
+    import signal
+    import sys
+
+    from testbed.links.tap import TAP_QUEUE_FRAMES
+    assert TAP_QUEUE_FRAMES >= 1000
+    with line_net("userspace", tmp_path) as (net, _):
+        h1, h2 = net.get("h1", "h2")
+        link = net.linksBetween(h1, net.get(SWITCH))[0]
+        before = link.stats()["stats"][0]["received"]
+        os.kill(link.emulator_pid, signal.SIGSTOP)
+        try:
+            h1.cmd(f"{sys.executable} -c 'import socket; s = socket.socket(socket.AF_INET, "
+                   f"socket.SOCK_DGRAM); [s.sendto(bytes(64), (\"{h2.IP()}\", 9)) for _ in range(900)]'")
+        finally:
+            os.kill(link.emulator_pid, signal.SIGCONT)
+        time.sleep(0.3)
+        assert link.stats()["stats"][0]["received"] - before >= 900
+
+
 def test_stop_leaves_no_interface_or_process(backend_name, tmp_path):
     with line_net(backend_name, tmp_path) as (net, journal):
         pids = [l.emulator_pid for l in net.links if hasattr(l, "emulator_pid")]
