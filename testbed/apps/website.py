@@ -36,6 +36,11 @@ def make_server(bind: str, port: int, site: str, log: IO[str] | None) -> Threadi
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "minimesh-website"
+        # headers and body leave in one segment (flushed after each request), without Nagle:
+        # http.server's default (unbuffered, two writes) holds the body until the headers are
+        # ACKed — up to the client's 40 ms delayed ACK, an artifact no real web server has
+        wbufsize = -1
+        disable_nagle_algorithm = True
 
         def _answer(self, with_body: bool) -> None:
             host = self.headers.get("Host", "")
