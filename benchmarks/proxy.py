@@ -1,6 +1,7 @@
 """Proxy benchmark, side by side in one run on loopback (issue 3 item 8).
 
-    /tmp/tv/bin/python benchmarks/proxy.py [--duration 5] [--only envoy,minimesh] [--no-pin]
+    /tmp/tv/bin/python benchmarks/proxy.py [--duration 5] [--only envoy,minimesh] [--loads 1000rps] [--no-pin]
+    /tmp/tv/bin/python benchmarks/proxy.py --python-cost 20000
 
 Targets, all in front of the same upstream (nginx answering a fixed 3-byte body):
 direct (no proxy), real Envoy (tests/configs/bench.yaml, ``--concurrency 1``), nginx as a
@@ -12,6 +13,12 @@ Per run: rps, p50/p99 latency (from h2load's per-request log), proxy CPU-seconds
 requests (utime+stime of the proxy's process tree from /proc) and proxy RSS after the run.
 With 2+ cores the proxy is pinned to the last core and load generator + upstream to the
 others (``taskset``), so proxy CPU is not shared with the load it serves.
+
+``--python-cost N`` measures instead the minimesh-proxy's own Python work per request,
+without sockets or a load generator: N keep-alive requests through the real connection
+manager, router, upstream connection and access log (bench.yaml) on fake transports, CPU
+time per request (best and median of 5 rounds).  It is far less noisy than the loopback
+runs on a shared machine, which include the kernel's TCP work and the loop's wake-ups.
 """
 from __future__ import annotations
 
@@ -180,6 +187,83 @@ def h2load(url: str, load: Load, duration_s: float, pin: list[str], log: Path) -
 LOADS = (Load("c16", 16), Load("c64", 64), Load("1000rps", 10, 100))
 
 
+# -- Python cost per request, no sockets ---------------------------------------------------
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default=None):
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+
+_REQUEST = b"GET / HTTP/1.1\r\nhost: 127.0.0.1:8080\r\nuser-agent: h2load nghttp2/1.52.0\r\naccept: */*\r\n\r\n"
+_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 10:30:00 GMT\r\n"
+             b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
+
+
+async def _python_cost(n: int) -> list[float]:
+    import yaml
+    from types import SimpleNamespace
+    from proxy.bootstrap import parse_bootstrap
+    from proxy.hcm import DownstreamConnection, HcmConfig
+    from proxy.server import Server
+    from proxy.upstream import UpstreamConnection
+    cfg = yaml.safe_load(render("bench.yaml", {"LISTEN_PORT": 1, "ADMIN_PORT": 2, "UPSTREAM_PORT": 3}))
+    server = Server(parse_bootstrap(cfg))
+    ctx = server.ctx
+    for c in server.bootstrap.clusters:
+        ctx.cluster_manager.add_or_update_cluster(c)
+    await ctx.cluster_manager.initialize()
+    spec = server.bootstrap.listeners[0]
+    down = DownstreamConnection(HcmConfig(spec.filter, ctx, spec.name), SimpleNamespace(connections=set()),
+                                ctx.stats.listener(spec.name), 1 << 20)
+    down_t = _FakeTransport()
+    down.connection_made(down_t)
+    cluster = ctx.cluster_manager.get("upstream")
+    pool = cluster.hosts[0].pool
+    up = UpstreamConnection(pool)
+    up.connection_made(_FakeTransport())
+    pool.conns.add(up)           # as if connected: the pooled keep-alive connection
+    cluster.cx_count += 1
+    pool.idle.append(up)
+    rounds = []
+    for r in range(6):           # round 0 warms up
+        t0 = time.process_time()
+        for _ in range(n):
+            down.data_received(_REQUEST)
+            up.data_received(_RESPONSE)
+        rounds.append((time.process_time() - t0) / n * 1e6)
+        if not (down_t.out and down_t.out[-1].startswith(b"HTTP/1.1 200 ") and down_t.out[-1].endswith(b"ok\n")):
+            raise RuntimeError(f"unexpected answer: {down_t.out[-1:]!r}")
+        down_t.out.clear()
+        up.transport.out.clear()
+        for lg in ctx.access_logs.loggers.values():
+            lg.buf.clear()
+    await server.stop()
+    return rounds[1:]
+
+
+def python_cost(n: int) -> int:
+    import asyncio
+    us = sorted(asyncio.run(_python_cost(n)))
+    print(f"minimesh-proxy Python work per keep-alive request (bench.yaml, no sockets, {n} requests x 5): "
+          f"best {us[0]:.1f} us, median {us[2]:.1f} us")
+    return 0
+
+
 # -- main -------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,11 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(TARGETS), help="comma list of " + ", ".join(TARGETS))
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the one with median rps is shown")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    ap.add_argument("--python-cost", type=int, metavar="N", help="only measure the Python work per request "
+                    "(N requests on fake transports, no sockets)")
+    ap.add_argument("--loads", default=",".join(x.name for x in LOADS),
+                    help="comma list of " + ", ".join(x.name for x in LOADS) + " (1000rps: the paced CPU run)")
     a = ap.parse_args(argv)
+    if a.python_cost:
+        return python_cost(a.python_cost)
     targets = [t for t in a.only.split(",") if t]
     unknown = set(targets) - set(TARGETS)
     if unknown:
         ap.error(f"--only: unknown target(s) {', '.join(sorted(unknown))}; allowed: {', '.join(TARGETS)}")
+    loads = [x for x in LOADS if x.name in a.loads.split(",")]
+    unknown = set(a.loads.split(",")) - {x.name for x in LOADS}
+    if unknown or not loads:
+        ap.error(f"--loads: unknown load(s) {', '.join(sorted(unknown))}; allowed: {', '.join(x.name for x in LOADS)}")
     for tool in ("h2load", "nginx", "taskset"):
         if not shutil.which(tool):
             print(f"missing {tool}: apt-get install nghttp2-client nginx-light util-linux", file=sys.stderr)
@@ -218,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                         pids, port = start_target(st, target, origin_port, pin_proxy)
                         url = f"http://127.0.0.1:{port}/"
                         h2load(url, Load("warm", 16), 1.0, pin_load, work / "warm.tsv")
-                        for load in LOADS:
+                        for load in loads:
                             runs = []
                             for _ in range(a.repeat):
                                 c0 = cpu_s(pids)
@@ -228,8 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                             results[(target, load.name)] = r
                             cpu_k = f"{used / (r.done / 1000):9.3f}" if pids and r.done else f"{'-':>9}"
                             rss = f"{rss_mb(pids):8.1f}" if pids else f"{'-':>8}"
+                            spread = ""
+                            if pids and len(runs) > 1 and all(x.done for x, _ in runs):
+                                k = sorted(u / (x.done / 1000) for x, u in runs)
+                                spread = f"  (cpu-s/1k {k[0]:.3f}-{k[-1]:.3f} over {len(runs)} runs)"
                             print(f"{target:<14}{load.name:<9}{r.rps:9.0f}{r.p50_ms:8.2f}{r.p99_ms:8.2f}"
-                                  f"{cpu_k}{rss}{r.errors:7d}", flush=True)
+                                  f"{cpu_k}{rss}{r.errors:7d}{spread}", flush=True)
                 except Exception as e:  # a target that cannot run is reported, the others go on
                     failures += 1
                     print(f"{target:<14}FAILED: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}", flush=True)

@@ -29,21 +29,26 @@ _WANTED = (b"x-forwarded-for", b"user-agent", b"x-request-id")
 
 def format_entry(stream, wall_start: float, duration_ms: int) -> str:
     """One line of Envoy's default access log format for a finished stream."""
-    found = {}
-    for k, v in stream.headers:
-        if k in _WANTED and k not in found:
-            found[k] = v.decode("latin-1")
-    _req = lambda _h, name: found.get(name, "-")  # noqa: E731
-    h = None
-    path = stream.path.decode("latin-1")
+    xff = agent = rid = None
+    for k, v in stream.headers:           # first value of each, as Envoy's %REQ(...)%
+        if k in _WANTED:
+            if k == b"x-forwarded-for":
+                xff = v if xff is None else xff
+            elif k == b"user-agent":
+                agent = v if agent is None else agent
+            elif rid is None:
+                rid = v
     proto = "HTTP/1.1" if stream.head.http_version == "1.1" else "HTTP/1.0"
     host = stream.upstream_host
     upstream = f"{host.address}:{host.port}" if host is not None else "-"
     ust = str(stream.upstream_ms) if stream.upstream_ms >= 0 else "-"
-    return (f'[{_start_time(wall_start)}] "{stream.method.decode()} {path} {proto}" {stream.status or 0} '
-            f'{stream.flag_string()} {stream.bytes_in} {stream.bytes_out} {duration_ms} {ust} '
-            f'"{_req(h, b"x-forwarded-for")}" "{_req(h, b"user-agent")}" "{_req(h, b"x-request-id")}" '
-            f'"{stream.host.decode("latin-1") or "-"}" "{upstream}"\n')
+    return (f'[{_start_time(wall_start)}] "{stream.method.decode()} {stream.path.decode("latin-1")} {proto}" '
+            f'{stream.status or 0} {stream.flag_string()} {stream.bytes_in} {stream.bytes_out} {duration_ms} {ust} '
+            f'"{_req(xff)}" "{_req(agent)}" "{_req(rid)}" "{stream.host.decode("latin-1") or "-"}" "{upstream}"\n')
+
+
+def _req(value: bytes | None) -> str:
+    return "-" if value is None else value.decode("latin-1")
 
 
 def write_entries(loggers: list, stream, wall_start: float, duration_ms: int) -> None:

@@ -12,6 +12,7 @@ import logging
 import time
 
 from proxy.codec import REASONS, Data, ProtocolError, RequestHead, encode_response_head
+from proxy.lazy_timer import LazyTimer
 from proxy.routing import RouteTable
 from proxy.stream import Stream, http_date
 
@@ -48,7 +49,7 @@ class DownstreamConnection(asyncio.Protocol):
     """asyncio protocol for one downstream connection."""
 
     __slots__ = ("cfg", "codec", "transport", "stream", "queue", "closing", "buffer_limit", "paused_by",
-                 "deadline", "lstats", "server", "peer", "write_paused", "__weakref__")
+                 "deadline", "lstats", "server", "peer", "write_paused", "_route_timer", "__weakref__")
 
     def __init__(self, cfg: HcmConfig, server, lstats, buffer_limit: int):
         from proxy.codec import ServerCodec
@@ -65,6 +66,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self.deadline = 0.0
         self.peer = ("", 0)
+        self._route_timer: LazyTimer | None = None
 
     # --- asyncio protocol --------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -161,6 +163,8 @@ class DownstreamConnection(asyncio.Protocol):
         if s is not None:
             self.stream = None
             s.downstream_reset()
+        if self._route_timer is not None:
+            self._route_timer.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -173,6 +177,13 @@ class DownstreamConnection(asyncio.Protocol):
             self.stream.on_downstream_resume()
 
     # --- helpers ----------------------------------------------------------------------------
+    def route_timer(self) -> LazyTimer:
+        """The re-armable timer for the route timeout of this connection's stream (one stream
+        at a time): cheaper than a loop timer handle per request."""
+        if self._route_timer is None:
+            self._route_timer = LazyTimer(asyncio.get_event_loop())
+        return self._route_timer
+
     def _pause(self, bit: int) -> None:
         if not self.paused_by and self.transport is not None:
             self.transport.pause_reading()

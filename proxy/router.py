@@ -167,7 +167,8 @@ class Router(RetryMixin, HttpFilter):
     def _start_global_timer(self) -> None:
         t = self.stream.route.timeout_s
         if t and self.global_timer is None:
-            self.global_timer = self.loop.call_later(t, self._on_global_timeout)
+            self.global_timer = self.stream.conn.route_timer()
+            self.global_timer.arm(t, self._on_global_timeout)
 
     # --- attempts -----------------------------------------------------------------------------
     def _attempt(self) -> None:

@@ -205,8 +205,8 @@ class Stream:
         if end_stream:
             if self.chunked_out and not self.head_only:
                 out.append(LAST_CHUNK)
+            self.resp_done = True       # before flush: the last write needs no idle push
             self.flush()
-            self.resp_done = True
             if self.req_done:
                 self._finish()
             elif not self.end_at_headers:
@@ -248,8 +248,8 @@ class Stream:
             out.append((b"connection", b"keep-alive"))
         self.out.append(encode_response_head(status, out))
         if end_stream:
-            self.flush()
             self.resp_done = True
+            self.flush()
             if self.req_done:
                 self._finish()
             elif not self.end_at_headers:
@@ -296,8 +296,7 @@ class Stream:
         st.downstream_rq_completed += 1
         codes = st.codes
         codes[self.status] = codes.get(self.status, 0) + 1
-        for f in self.filters:
-            f.on_destroy()
+        self._destroy_filters()
         cfg.ctx.record(self)
         self.conn.stream_finished(self, self.keep_alive)
 
@@ -311,9 +310,16 @@ class Stream:
         st.downstream_rq_rx_reset += 1
         if not self.resp_started:
             self.flags.append("DC")
+        self._destroy_filters()
+        self.cfg.ctx.record(self)
+
+    def _destroy_filters(self) -> None:
+        """on_destroy for each filter, then drop them: filters point back at the stream, and
+        breaking that cycle lets reference counting free a finished stream at once instead of
+        leaving ~20 objects per request to the cyclic garbage collector."""
         for f in self.filters:
             f.on_destroy()
-        self.cfg.ctx.record(self)
+        self.filters = ()
 
     def flag_string(self) -> str:
         if not self.flags:
@@ -357,8 +363,8 @@ def _external(ip: str) -> bool:
 
 def _request_id() -> bytes:
     """A random (version 4) UUID as bytes; x-request-id needs uniqueness, not secrecy."""
-    h = "%032x" % ((_getrandbits(128) & ~(0xF000 << 64) & ~(0xC << 60)) | (0x4000 << 64) | (0x8 << 60))
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+    h = b"%032x" % ((_getrandbits(128) & ~(0xF000 << 64) & ~(0xC << 60)) | (0x4000 << 64) | (0x8 << 60))
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 _date_cache = [0, b""]
