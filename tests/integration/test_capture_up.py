@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from test_net_support import HA, HB, HC, assert_nothing_left, minimesh, run_minimesh, snapshot, write_topology
+from test_net_support import (HA, HB, HC, assert_nothing_left, interactive_up, run_minimesh, snapshot, type_until,
+                              write_topology)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -83,16 +84,9 @@ def test_up_capture_files_complete_after_sigterm(tmp_path):
     topo = write_topology(tmp_path)
     cap = tmp_path / "pcap"
     before = snapshot()
-    proc = minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace", "--capture", str(cap),
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = interactive_up(tmp_path, str(topo), "--link-backend", "userspace", "--capture", str(cap))
     try:
-        proc.stdin.write(f"{HA} ping -c 4 -i 0.2 {HB}\nlink-show\n")
-        proc.stdin.flush()
-        seen = ""
-        while "4 received" not in seen:
-            line = proc.stdout.readline()
-            assert line, f"CLI ended early: {seen}"
-            seen += line
+        type_until(proc, f"{HA} ping -c 4 -i 0.2 {HB}\nlink-show\n", "4 received")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + signal.SIGTERM, err

@@ -54,6 +54,23 @@ def run_minimesh(state_dir: Path, *args: str, input: str | None = None, timeout:
     return p.returncode, out, err
 
 
+def interactive_up(state_dir: Path, *args: str) -> subprocess.Popen:
+    """``minimesh up ARGS`` with pipes, for tests that type commands and signal it."""
+    return minimesh(state_dir, "up", *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def type_until(proc: subprocess.Popen, commands: str, marker: str) -> str:
+    """Send ``commands`` to the CLI and read its output until a line holds ``marker``."""
+    proc.stdin.write(commands)
+    proc.stdin.flush()
+    seen = ""
+    while marker not in seen:
+        line = proc.stdout.readline()
+        assert line, f"CLI ended early: {seen}"
+        seen += line
+    return seen
+
+
 @dataclass(frozen=True)
 class Snapshot:
     netns: frozenset[str]        # net:[inode] of every process

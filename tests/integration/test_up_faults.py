@@ -171,24 +171,16 @@ def test_out_history_is_written_as_it_happens_and_healed_on_sigterm(tmp_path):
     """The apply is in the file while the session runs; SIGTERM still heals, and the
     revert and the session's end are recorded before teardown."""
     import signal
-    import subprocess
     import time
 
     from testbed.history import read_history
-    from test_net_support import minimesh
+    from test_net_support import interactive_up, type_until
     topo = write_topology(tmp_path)
     hist = tmp_path / "out" / "history.jsonl"
     before = snapshot()
-    proc = minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace", "--out", str(tmp_path / "out"),
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = interactive_up(tmp_path, str(topo), "--link-backend", "userspace", "--out", str(tmp_path / "out"))
     try:
-        proc.stdin.write(f"partition isolate {HA}\n")
-        proc.stdin.flush()
-        seen = ""
-        while "#0: partition" not in seen:
-            line = proc.stdout.readline()
-            assert line, f"CLI ended early: {seen}"
-            seen += line
+        type_until(proc, f"partition isolate {HA}\n", "#0: partition")
         running = read_history(hist)
         assert [(r.fault_id, r.phase, r.ok) for r in running.faults] == [(0, "apply", True)]
         time.sleep(0.2)
