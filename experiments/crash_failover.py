@@ -21,7 +21,8 @@ The rules of each phase are files in topologies/mesh-lab/ (PHASES).
 
 Claims: plain — some requests fail, and the errors stop within ttl + 4 s of the crash;
 istio-default and resilient — at most 1 % of the requests after the crash fail, fewer than
-in the plain phase.
+in the plain phase. Reported per phase: when a sidecar first ejected the crashed replica
+(``ejected_after_s``, from the sidecars' outlier event logs imported into history.jsonl).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if nee
 
 from testbed.checkers import check_failover
 from testbed.experiment import REPO, Context, Experiment, start_mesh
+from testbed.outlier_events import first_ejection
 
 VICTIM, TTL_S = "echo-v1-0", 3
 RULES = REPO / "topologies" / "mesh-lab"
@@ -87,11 +89,15 @@ def analyze(ctx: Context, data) -> None:
         v = check_failover(mine, p["crash_t"], until=p["end_t"], max_recovery_s=TTL_S + 4)
         after = [r for r in mine if r.t_start >= p["crash_t"]]
         res[phase] = v
+        ej = first_ejection(data.events, VICTIM, p["crash_t"], p["end_t"])    # sidecars' outlier logs
         p.update(requests=len(mine), after_crash=len(after), errors=v.errors,
                  error_share=v.errors / len(after) if after else None, recovered_s=v.recovered_s,
-                 flags=sorted({r.flags or str(r.status) for r in after if not r.ok}))
+                 flags=sorted({r.flags or str(r.status) for r in after if not r.ok}),
+                 ejected_after_s=round(ej.t - p["crash_t"], 3) if ej else None,
+                 ejected_by=ej.source if ej else None, ejection_type=ej.details["type"] if ej else None)
         print(f"{phase}: {v.errors}/{len(after)} failed after the crash; first error "
-              f"{v.first_error_s}, error-free from {v.recovered_s} s after it; flags {p['flags']}")
+              f"{v.first_error_s}, error-free from {v.recovered_s} s after it; flags {p['flags']}; "
+              f"{VICTIM} ejected after {p['ejected_after_s']} s ({p['ejected_by']})")
     phases = ctx.metrics["phases"]
     plain = phases.get("plain")
     if plain is not None:
@@ -107,7 +113,8 @@ def analyze(ctx: Context, data) -> None:
                       and (plain is None or p["errors"] < max(plain["errors"], 1)),
                       f"{p['errors']} of {p['after_crash']} failed"
                       + (f" (plain: {plain['errors']})" if plain else "")
-                      + f"; c0's sidecar retried {p['sidecar_retries']} times")
+                      + f"; c0's sidecar retried {p['sidecar_retries']} times"
+                      + (f"; {VICTIM} ejected after {p['ejected_after_s']} s" if name == "resilient" else ""))
 
 
 EXPERIMENT = Experiment("crash_failover", __doc__, REPO / "topologies" / "mesh-lab.yaml", run, analyze, configure)

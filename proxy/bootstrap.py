@@ -35,6 +35,7 @@ class Bootstrap:
     listeners: tuple[ListenerSpec, ...]
     clusters: tuple[ClusterSpec, ...]
     dynamic_resources: dict | None = None       # raw; the xDS client parses it
+    outlier_event_log_path: str = ""            # cluster_manager.outlier_detection.event_log_path
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -83,6 +84,20 @@ def _dynamic(o: Obj | None) -> dict | None:
     return dict(o.data)
 
 
+def _cluster_manager(o: Obj | None) -> str:
+    """``cluster_manager``: only ``outlier_detection.event_log_path`` (the outlier event log,
+    proxy/outlier_log.py); every other field is rejected by name."""
+    if o is None:
+        return ""
+    od = o.obj("outlier_detection")
+    path = ""
+    if od is not None:
+        path = od.take("event_log_path", "", str)
+        od.done()      # event_service (gRPC sink) is not supported
+    o.done()
+    return path
+
+
 def parse_bootstrap(data: Any, service_node: str = "", service_cluster: str = "") -> Bootstrap:
     o = Obj(data, "")
     node = _node(o.obj("node"))
@@ -97,10 +112,11 @@ def parse_bootstrap(data: Any, service_node: str = "", service_cluster: str = ""
         clusters = [parse_cluster(c) for c in sr.objs("clusters")]
         sr.done()
     dyn = _dynamic(o.obj("dynamic_resources"))
+    od_log = _cluster_manager(o.obj("cluster_manager"))
     o.ignore("layered_runtime")
     o.done()
     _check_names(listeners, clusters, dyn is not None)
-    return Bootstrap(node, admin, tuple(listeners), tuple(clusters), dyn, data)
+    return Bootstrap(node, admin, tuple(listeners), tuple(clusters), dyn, raw=data, outlier_event_log_path=od_log)
 
 
 def _check_names(listeners: list[ListenerSpec], clusters: list[ClusterSpec], dynamic: bool) -> None:

@@ -166,6 +166,9 @@ def _outlier(o: Obj) -> OutlierSpec:
     o.take("enforcing_success_rate", 0, int, (0,))
     o.take("enforcing_failure_percentage", 0, int, (0,))
     o.take("split_external_local_origin_errors", False, bool, (False,))
+    if o.has("event_log_path"):      # not a Cluster field: Envoy rejects it as well
+        raise ConfigError(o.sub("event_log_path"), "no such field in a cluster's outlier_detection; the outlier "
+                          "event log is the bootstrap's cluster_manager.outlier_detection.event_log_path")
     o.done()
     return spec
 
@@ -194,7 +197,13 @@ def _health_check(o: Obj) -> HealthCheckSpec:
         t = o.obj("tcp_health_check")
         assert t is not None
         t.done()
-    o.ignore("no_traffic_interval", "event_log_path", "always_log_health_check_failures")
+    if o.has("event_log_path"):
+        # Envoy 1.40 accepts this (deprecated) field and writes HealthCheckEvent lines to it;
+        # minimesh does not write health-check events, so say so instead of ignoring it
+        raise ConfigError(o.sub("event_log_path"), "health-check event logging is not supported by "
+                          "minimesh-proxy; remove the field (outlier events: bootstrap "
+                          "cluster_manager.outlier_detection.event_log_path)")
+    o.ignore("no_traffic_interval", "always_log_health_check_failures")   # the latter only acts on an event log
     o.done()
     return HealthCheckSpec(timeout, interval, unhealthy, healthy, path, host, statuses, jitter)
 

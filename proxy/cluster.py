@@ -27,7 +27,7 @@ class Host:
     __slots__ = ("address", "port", "hostname", "weight", "priority", "rq_active", "cx_active", "pool",
                  "hc_failed", "ejected", "eds_healthy", "consecutive_5xx", "consecutive_gw", "ejections",
                  "ejected_until", "rq_total", "rq_error", "rq_success", "cx_connect_fail", "hc_port",
-                 "hc_successes", "hc_failures", "hc_initial")
+                 "hc_successes", "hc_failures", "hc_initial", "last_ejected_at", "last_unejected_at")
 
     def __init__(self, address: str, port: int, hostname: str = "", weight: int = 1, priority: int = 0,
                  hc_port: int = 0, eds_healthy: bool = True):
@@ -40,6 +40,8 @@ class Host:
         self.eds_healthy = eds_healthy
         self.consecutive_5xx = self.consecutive_gw = self.ejections = 0
         self.ejected_until = 0.0
+        self.last_ejected_at: float | None = None      # loop time of the last ejection / unejection
+        self.last_unejected_at: float | None = None
         self.rq_total = self.rq_error = self.rq_success = self.cx_connect_fail = 0
         self.hc_successes = self.hc_failures = 0
         self.hc_initial = True
@@ -57,7 +59,7 @@ class Host:
 
 
 class Cluster:
-    def __init__(self, spec: ClusterSpec, stats: Stats):
+    def __init__(self, spec: ClusterSpec, stats: Stats, outlier_log=None):
         self.spec = spec
         self.name = spec.name
         self.stats = stats.cluster(spec.name)
@@ -67,7 +69,7 @@ class Cluster:
         self.pending_count = 0      # for max_pending_requests
         self.cx_count = 0           # for max_connections
         self.retries_active = 0     # for max_retries
-        self.outlier = OutlierDetector(self, spec.outlier) if spec.outlier else None
+        self.outlier = OutlierDetector(self, spec.outlier, outlier_log) if spec.outlier else None
         self.health = HealthChecker(self, spec.health_checks[0]) if spec.health_checks else None
         self._dns_task: asyncio.Task | None = None
         self.initialized = asyncio.Event()
@@ -199,6 +201,7 @@ class ClusterManager:
         self.stats = stats
         self.clusters: dict[str, Cluster] = {}
         self.security = None        # proxy.sds.SidecarSecurity: mTLS for clusters with a transport_socket
+        self.outlier_log = None     # proxy.outlier_log.OutlierEventLog (bootstrap cluster_manager.outlier_detection)
         self.version_info = "static"
 
     def get(self, name: str) -> Cluster | None:
@@ -208,7 +211,7 @@ class ClusterManager:
         old = self.clusters.get(spec.name)
         if old is not None and old.spec == spec:
             return old
-        c = Cluster(spec, self.stats)
+        c = Cluster(spec, self.stats, self.outlier_log)
         c.security = self.security
         if old is not None and spec.type == "EDS" and old.spec.type == "EDS":
             c.set_hosts((h.address, h.port, EndpointSpec(h.address, h.port, h.weight, h.hostname, h.priority,

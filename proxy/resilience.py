@@ -16,11 +16,15 @@ class OutlierDetector:
     """Ejects a host after N consecutive 5xx (or gateway failures); the interval timer
     brings it back after ``base_ejection_time * times ejected`` (capped at max_ejection_time).
     Local failures (connect failure, reset, timeout) count as 503/504, as in Envoy without
-    split_external_local_origin_errors."""
+    split_external_local_origin_errors. As in Envoy, a detection resets the counter that
+    fired (enforced or not), an unejection resets both, and with an ``event_log``
+    (proxy.outlier_log.OutlierEventLog) every detection (EJECT, ``enforced`` true or false)
+    and every return (UNEJECT) is logged."""
 
-    def __init__(self, cluster, spec: OutlierSpec):
+    def __init__(self, cluster, spec: OutlierSpec, event_log=None):
         self.cluster = cluster
         self.spec = spec
+        self.event_log = event_log
         self._timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_event_loop()
 
@@ -44,49 +48,66 @@ class OutlierDetector:
             host.consecutive_gw = 0
         if host.ejected:
             return
-        if s.consecutive_5xx and host.consecutive_5xx >= s.consecutive_5xx:
-            if self._enforce(s.enforcing_consecutive_5xx):
-                self._eject(host, "consecutive_5xx")
-        elif s.consecutive_gateway_failure and host.consecutive_gw >= s.consecutive_gateway_failure:
-            if self._enforce(s.enforcing_consecutive_gateway_failure):
-                self._eject(host, "consecutive_gateway_failure")
+        # Envoy's order: the gateway-failure counter first, then (host still in) the 5xx one
+        if s.consecutive_gateway_failure and host.consecutive_gw >= s.consecutive_gateway_failure:
+            host.consecutive_gw = 0
+            self._detected(host, "CONSECUTIVE_GATEWAY_FAILURE", s.enforcing_consecutive_gateway_failure)
+        if not host.ejected and s.consecutive_5xx and host.consecutive_5xx >= s.consecutive_5xx:
+            host.consecutive_5xx = 0
+            self._detected(host, "CONSECUTIVE_5XX", s.enforcing_consecutive_5xx)
 
     @staticmethod
     def _enforce(percent: float) -> bool:
         return percent >= 100 or random.random() * 100 < percent
 
-    def _eject(self, host, reason: str) -> None:
+    def _detected(self, host, type_: str, enforcing: float) -> None:
         c = self.cluster
         st = c.stats
         ejected = sum(1 for h in c.hosts if h.ejected)
-        # Envoy ejects at least one host whatever max_ejection_percent says
-        if ejected and (ejected + 1) * 100 > self.spec.max_ejection_percent * len(c.hosts):
+        # Envoy 1.40: eject only while (ejected + 1) / hosts <= max_ejection_percent, the first
+        # one included (always_eject_one_host, which lifts that for the first, is not supported)
+        if (ejected + 1) * 100 > self.spec.max_ejection_percent * len(c.hosts):
             st.outlier_detection__ejections_overflow += 1
+            return
+        now = self.loop.time()
+        since = None if host.last_unejected_at is None else now - host.last_unejected_at
+        if not self._enforce(enforcing):
+            if self.event_log is not None:
+                self.event_log.log("EJECT", c.name, host.address, host.port, host.ejections, type_=type_,
+                                   enforced=False, since_s=since)
             return
         host.ejections += 1
         host.ejected = True
-        host.consecutive_5xx = host.consecutive_gw = 0
+        host.last_ejected_at = now
         duration = min(self.spec.base_ejection_time_s * host.ejections,
                        max(self.spec.base_ejection_time_s, self.spec.max_ejection_time_s))
-        host.ejected_until = self.loop.time() + duration
+        host.ejected_until = now + duration
         st.outlier_detection__ejections_active += 1
         st.outlier_detection__ejections_enforced_total += 1
-        if reason == "consecutive_5xx":
+        if type_ == "CONSECUTIVE_5XX":
             st.outlier_detection__ejections_enforced_consecutive_5xx += 1
         else:
             st.outlier_detection__ejections_enforced_consecutive_gateway_failure += 1
         c.refresh()
+        if self.event_log is not None:
+            self.event_log.log("EJECT", c.name, host.address, host.port, host.ejections, type_=type_,
+                               enforced=True, since_s=since)
 
     def _tick(self) -> None:
         now = self.loop.time()
-        changed = False
+        back = []
         for h in self.cluster.hosts:
             if h.ejected and now >= h.ejected_until:
                 h.ejected = False
+                h.consecutive_5xx = h.consecutive_gw = 0
                 self.cluster.stats.outlier_detection__ejections_active -= 1
-                changed = True
-        if changed:
+                back.append((h, now - (h.last_ejected_at or now)))
+                h.last_unejected_at = now
+        if back:
             self.cluster.refresh()
+            for h, since in back:
+                if self.event_log is not None:
+                    self.event_log.log("UNEJECT", self.cluster.name, h.address, h.port, h.ejections, since_s=since)
         self._timer = self.loop.call_later(self.spec.interval_s, self._tick)
 
 

@@ -173,6 +173,14 @@ class Server:
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
+        path = self.bootstrap.outlier_event_log_path
+        if path:                         # before any cluster: every detector gets the log
+            from proxy.outlier_log import OutlierEventLog
+            try:
+                self.cluster_manager.outlier_log = OutlierEventLog(path)
+            except OSError as e:
+                raise StartupError(f"cluster_manager.outlier_detection.event_log_path: cannot open {path!r}: "
+                                   f"{e.strerror or e}") from None
         md = self.bootstrap.node.metadata or {}
         if md.get("CITADEL") or md.get("KEYLOG") or any(
                 c.tls is not None for c in self.bootstrap.clusters) or any(
@@ -230,5 +238,7 @@ class Server:
             self.admin.close()
         self.cluster_manager.stop()
         self.ctx.access_logs.close()
+        if self.cluster_manager.outlier_log is not None:
+            self.cluster_manager.outlier_log.close()
         if getattr(self.ctx, "security", None) is not None:
             await self.ctx.security.stop()

@@ -162,8 +162,8 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     """The topology's ``mesh:`` section (or ``spec``, e.g. with other registry timeouts)
     deployed (testbed.mesh.deploy.Mesh), ``rules`` (Istio YAML) applied; stopped at the end
     of the run (or by ``mesh.stop()``), logs kept under <out>/mesh-logs[-tag], Pilot's events
-    copied into the history (source ``pilot``, run time from their wall-clock ``t``; with a
-    ``tag``, ``config=tag`` added to each)."""
+    and the sidecars' outlier ejections (testbed.outlier_events) copied into the history
+    (sources ``pilot``, ``sidecar:<name>``; with a ``tag``, ``config=tag`` added to each)."""
     from testbed.mesh.deploy import Mesh
     import shutil
     logs = ctx.out / ("mesh-logs" + (f"-{tag}" if tag else ""))
@@ -182,10 +182,13 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     from testbed.mesh.spec import mesh_names
     ctx.names.update(mesh_names(mesh.spec, ctx.tb.ip))
 
-    def copy_events() -> None:   # Pilot's own file while the mesh runs, the kept copy once stopped
+    def copy_events() -> None:   # Pilot's events, sidecars' outlier logs: from the run dir, else the kept copy
         assert ctx.history is not None and ctx.clock is not None
-        ctx.history.import_events("pilot", mesh.events if mesh.run_dir is not None and mesh.events.exists()
+        from testbed.outlier_events import import_outlier_logs
+        live = mesh.run_dir is not None and mesh.run_dir.exists()
+        ctx.history.import_events("pilot", mesh.events if live and mesh.events.exists()
                                   else logs / "pilot-events.jsonl", ctx.clock.wall0, **extra)
+        import_outlier_logs(ctx.history, mesh.run_dir / "logs" if live else logs, ctx.clock.wall0, mesh.spec, **extra)
     ctx.finishers.append(copy_events)
     if rules:
         mesh.apply_text(rules, "rules.yaml")

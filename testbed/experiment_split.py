@@ -207,6 +207,7 @@ def routing_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float, end: 
     in_cut = check_removed_endpoint_routing([r for r in reqs if r.client.startswith(mino) and r.t_start < p1],
                                             observed).count
     m["removed_endpoint_requests_in_cut"] = in_cut
+    m["ejected_in_cut"] = ejections_in_cut(data.events, side, p0, p1)
     ctx.claim(f"the minority sidecar keeps routing to {side.minority_instance} after the registry removed it",
               in_cut > 0 and bool(win),
               f"{removed.count} requests from {mino} ({in_cut} during the cut) answered by "
@@ -227,6 +228,18 @@ def routing_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float, end: 
               f"{mino} {fails[0]} failed {cut[mino + NO_RETRIES]['failures']}, {majo} {fails[1]} failed "
               f"{cut[majo + NO_RETRIES]['failures']}")
     heal_claims(ctx, streams, side, p1, end)
+
+
+def ejections_in_cut(events: Any, side: Sides, p0: float, p1: float) -> dict[str, Any]:
+    """Per client sidecar: when (s after the cut) it first ejected the instance across the
+    cut (from the sidecars' outlier event logs in the history; None: not ejected)."""
+    from testbed.outlier_events import first_ejection
+    out = {}
+    for client, other in ((side.majority_client, side.minority_instance), (side.minority_client, side.majority_instance)):
+        ej = first_ejection(events, other, p0, p1, sidecar=f"client@{client}")
+        out[client] = {"instance": other, "after_s": round(ej.t - p0, 3) if ej else None,
+                       "type": ej.details["type"] if ej else None}
+    return out
 
 
 def heal_claims(ctx: Any, streams: dict[str, list[Any]], side: Sides, p1: float, end: float) -> None:

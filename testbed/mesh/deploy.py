@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from testbed.journal import state_dir
 from testbed.mesh.deploy_net import Plumbing
 from testbed.mesh.deploy_security import MeshSecurity
 from testbed.mesh.deploy_traffic import (REPO, ApplyError, MeshError, MeshTraffic, child_env,
-                                        mesh_publish_dir, running_meshes)
+                                        mesh_publish_dir, running_meshes, terminate as _terminate)
 from testbed.mesh.etcd import EtcdCluster, EtcdMember, EtcdRunner, popen_probe
 from testbed.mesh.pilot_proc import AdminClient, AdminUnavailable
 from testbed.mesh.spec import PILOT_PORT, InstanceSpec, MeshSpec, SIDECARS, app_argv
@@ -267,9 +266,12 @@ class Mesh(MeshTraffic):
 
     def _sidecar(self, host: str, name: str, node: NodeInfo, admin_port: int,
                  kind: str) -> subprocess.Popen:
-        # every sidecar keeps an access log (JSON, Envoy's %RESPONSE_FLAGS% etc.) in the run dir
-        node = replace(node, access_log=str(self._dir() / "logs" / f"{name}.access.log"))
-        boot = sidecar_bootstrap(node, (self.cp_ip, PILOT_PORT), admin_port)
+        # every sidecar keeps in the run dir an access log (JSON, Envoy's %RESPONSE_FLAGS% etc.)
+        # and an outlier event log (EJECT/UNEJECT, Envoy's OutlierDetectionEvent JSON lines)
+        logs = self._dir() / "logs"
+        node = replace(node, access_log=str(logs / f"{name}.access.log"))
+        boot = sidecar_bootstrap(node, (self.cp_ip, PILOT_PORT), admin_port,
+                                 outlier_log=str(logs / f"{name}.outlier.log"))
         if self.security is not None:
             boot["node"]["metadata"].update(self.security.metadata(name, node.service, kind))
         path = self._dir() / f"{name}.bootstrap.json"
@@ -384,18 +386,3 @@ class Mesh(MeshTraffic):
             "etcd": self.etcd_endpoints, "events": str(self.events)}))
         self._published = path
 
-
-def _terminate(procs: list[subprocess.Popen], timeout_s: float) -> None:
-    live = [p for p in procs if p.poll() is None]
-    for p in live:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout_s
-    for p in live:
-        try:
-            p.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()

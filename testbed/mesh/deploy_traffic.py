@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from testbed.journal import proc_alive, state_dir
 
 __all__ = ["ApplyError", "MeshError", "MeshTraffic", "REPO", "child_env", "running_meshes",
-           "mesh_publish_dir"]
+           "mesh_publish_dir", "terminate"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -221,3 +223,20 @@ class _Live:
     def poll(self) -> int | None:
         ps = [p for p in self.current() if p is not None]
         return None if any(p.poll() is None for p in ps) else 0
+
+
+def terminate(procs: list[subprocess.Popen], timeout_s: float) -> None:
+    """SIGTERM every live process, SIGKILL those still alive after ``timeout_s`` (in all)."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    for p in live:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -381,10 +381,10 @@ def build(state: MeshState, node: NodeInfo, type_url: str, names: list[str],
     raise ValueError(f"unknown type_url {type_url!r}; known: {', '.join(TYPE_BY_PATH.values())}")
 
 
-def sidecar_bootstrap(node: NodeInfo, pilot_addr: tuple[str, int], admin_port: int,
-                      admin_address: str = "127.0.0.1",
-                      source: XdsSource = XdsSource()) -> dict:
-    """Bootstrap for real Envoy and minimesh-proxy: LDS+CDS over REST from Pilot."""
+def sidecar_bootstrap(node: NodeInfo, pilot_addr: tuple[str, int], admin_port: int, admin_address: str = "127.0.0.1",
+                      source: XdsSource = XdsSource(), outlier_log: str = "") -> dict:
+    """Bootstrap for real Envoy and minimesh-proxy: LDS+CDS over REST from Pilot; with
+    ``outlier_log``, the outlier event log (cluster_manager.outlier_detection.event_log_path)."""
     host, port = pilot_addr
     return {
         "node": {"id": node.id, "cluster": node.service, "metadata": node.metadata()},
@@ -394,6 +394,6 @@ def sidecar_bootstrap(node: NodeInfo, pilot_addr: tuple[str, int], admin_port: i
             "name": source.cluster, "type": "STATIC", "connect_timeout": "1s",
             "load_assignment": {"cluster_name": source.cluster, "endpoints": [{"lb_endpoints": [
                 {"endpoint": _socket(host, port)}]}]}}]},
-        "admin": {"address": {"socket_address": {"address": admin_address,
-                                                 "port_value": admin_port}}},
+        "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
+        **({"cluster_manager": {"outlier_detection": {"event_log_path": outlier_log}}} if outlier_log else {}),
     }

@@ -103,6 +103,11 @@ def test_registry_split_brain(tmp_path):
     assert m["removed_endpoint_routing"]["by_instance"][0][0] == "echo-v1-1"
     assert set(m["cut"]["c1"]["by_instance"]) == {"echo-v1-0"} and set(m["cut"]["c2"]["by_instance"]) == {"echo-v1-1"}
     assert m["cut"]["c1"]["success"] >= 0.95 and m["cut"]["c2"]["success"] >= 0.95
+    # each client's sidecar ejected the instance across the cut (its outlier log, in the history)
+    ej = m["ejected_in_cut"]
+    assert ej["c1"]["instance"] == "echo-v1-1" and ej["c2"]["instance"] == "echo-v1-0"
+    assert all(v["after_s"] is not None and 0 <= v["after_s"] <= 5 and v["type"] == "CONSECUTIVE_GATEWAY_FAILURE"
+               for v in ej.values()), ej
     assert (out / "timeline.png").exists()
     _common(out, res, elapsed, "mmsplit1", "partition")
 

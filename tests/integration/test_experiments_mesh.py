@@ -41,6 +41,14 @@ def test_crash_failover_with_and_without_resilience(tmp_path):
     assert r.returncode == 0 and res.get("valid") is True, _why(r, res)
     ph = res["metrics"]["phases"]
     assert ph["plain"]["errors"] > 0 and ph["resilient"]["errors"] <= 0.01 * ph["resilient"]["after_crash"]
+    # the sidecars' outlier event logs, imported into the history: c0's sidecar ejected the dead
+    # replica within 3 s of the crash (after 1 gateway error: a refused connect counts as a 503)
+    # in the resilient phase, never in plain
+    from testbed.history import read_history
+    ejections = [e for e in read_history(out / "history.jsonl").events if e.kind == "ejection"]
+    assert any(e.source == "sidecar:client@c0" and e.details["instance"] == "echo-v1-0" and e.details["enforced"]
+               and e.details["type"] == "CONSECUTIVE_GATEWAY_FAILURE" for e in ejections), ejections
+    assert ph["plain"]["ejected_after_s"] is None and 0 <= ph["resilient"]["ejected_after_s"] <= 3, ph
     _common(out, res, elapsed, "mmlab1", "crash echo-v1-0")
 
 
