@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.experiment import REPO, Context, Experiment, etcd_log_events, etcd_ops, move_leader, start_mesh
+from testbed.experiment import REPO, Context, Experiment, start_mesh
+from testbed.experiment_etcd import etcd_log_events, etcd_ops, move_leader
 from testbed.experiment_mesh import (RegistryChanger, keep_etcd_logs, leaders_elected, plot_pilot_latency,
                                      registry_mesh_spec, wait_synced, window_summary, write_summary, xds_latency)
 from testbed.faults import LinkChange

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.experiment import REPO, Context, Experiment, move_leader, start_mesh
+from testbed.experiment import REPO, Context, Experiment, start_mesh
+from testbed.experiment_etcd import move_leader
 from testbed.experiment_split import NO_RETRIES, Sides, etcd_claims, pilot_claims, pilot_watcher, plot_sides, \
     registry_claims, routing_claims
 from testbed.faults import Partition

@@ -265,7 +265,7 @@ def window_summary(changes: Sequence[dict[str, Any]], t0: float, t1: float, last
 
 def write_summary(ops: Sequence[dict[str, Any]], t0: float, t1: float, last_s: float = 3.0,
                   slow_s: float = 1.0) -> dict[str, Any]:
-    """Of the etcd operations (:func:`testbed.experiment.etcd_ops`) invoked in [t0, t1): writes,
+    """Of the etcd operations (:func:`testbed.experiment_etcd.etcd_ops`) invoked in [t0, t1): writes,
     ok (acknowledged), p50_ms/p99_ms of the acknowledged ones, last3s_p50_ms (those invoked in
     the last ``last_s``), not_ok, slow_share (not acknowledged or slower than ``slow_s``)."""
     ws = [o for o in ops if t0 <= o["t_invoke"] < t1]
@@ -279,7 +279,7 @@ def write_summary(ops: Sequence[dict[str, Any]], t0: float, t1: float, last_s: f
 
 def leaders_elected(events: Sequence[Any], tag: str, t0: float, t1: float) -> list[str]:
     """Members that some member's log saw elected leader (``etcd:<member>``/``leader``
-    events of config ``tag``, :func:`testbed.experiment.etcd_log_events`) in [t0, t1]."""
+    events of config ``tag``, :func:`testbed.experiment_etcd.etcd_log_events`) in [t0, t1]."""
     return sorted({str(e.details.get("leader")) for e in events if e.source.startswith("etcd:") and e.kind == "leader"
                    and e.details.get("config") == tag and t0 <= e.t <= t1})
 

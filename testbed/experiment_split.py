@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 from testbed.checkers import check_linearizability, check_removed_endpoint_routing, \
     check_stale_reads
 from testbed.checkers.requests import check_failover
-from testbed.experiment import etcd_ops
+from testbed.experiment_etcd import etcd_ops
 
 __all__ = ["Sides", "NO_RETRIES", "pilot_watcher", "outcome_counts", "removal_windows", "stream_summary",
            "first_answer_after", "etcd_claims", "registry_claims", "pilot_claims", "routing_claims", "plot_sides"]
@@ -56,7 +56,7 @@ def pilot_watcher(ctx: Any, socket: Any) -> Any:
 # --- pure helpers ------------------------------------------------------------------------------
 
 def outcome_counts(ops: Iterable[dict]) -> dict[str, int]:
-    """How many of ``ops`` (:func:`testbed.experiment.etcd_ops` dicts) ended ok / fail / info
+    """How many of ``ops`` (:func:`testbed.experiment_etcd.etcd_ops` dicts) ended ok / fail / info
     (unknown outcome) / None (never completed)."""
     out = {"ok": 0, "fail": 0, "info": 0, "none": 0}
     for o in ops:
