@@ -9,7 +9,9 @@
 A mesh (topologies/etcd-mesh.yaml: etcd e1..e3, Pilot on cp, echo on h1/h2, client sidecar on
 c1) runs twice: etcd's default timeouts (heartbeat 100 ms, election 1000 ms) and tuned ones
 (500, 5000). e3 is made the leader; c1 writes a key 10 times a second (open loop, leader
-first) and registers a fake `probe` instance every 0.5 s via e2; Pilot watches via e1. The
+first) and registers a fake `probe` instance every 0.5 s via e2; Pilot knows only e1 and e2
+(it watches via e1; given e3 too, its etcd client can fail over onto the slow member and
+stay there, stale, for the whole jump — see the lab's question 7). The
 delay on e3's link grows step by step, then jumps. Per registry change: time to Pilot's
 config, its EDS push and every sidecar's ACK (testbed/experiment_mesh.py). Claims: at the
 first step writes, Pilot's config and every ACK come 4 (up to 6) x the one-way delay later
@@ -48,7 +50,7 @@ def run(ctx: Context) -> None:
     for tag in ctx.args.configs.split(","):
         hb, el = CONFIGS[tag]
         spec = registry_mesh_spec(ctx.topology.sections["mesh"], hb, el)
-        mesh = start_mesh(ctx, spec=spec, tag=tag)
+        mesh = start_mesh(ctx, spec=spec, tag=tag, pilot_etcd=("e1", "e2"))
         move_leader(ctx, mesh.etcd, LEADER)
         ctx.event("etcd", "leader", config=tag, leader=LEADER)
         url = {m.name: m.client_url for m in mesh.etcd.cluster.members}

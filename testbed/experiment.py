@@ -157,10 +157,12 @@ class Context:
         return c
 
 
-def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: str = "") -> Any:
+def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: str = "",
+               pilot_etcd: tuple[str, ...] = ()) -> Any:
     """The topology's ``mesh:`` section (or ``spec``, e.g. with other registry timeouts)
     deployed (testbed.mesh.deploy.Mesh), ``rules`` (Istio YAML) applied; stopped at the end
-    of the run (or by ``mesh.stop()``), logs kept under <out>/mesh-logs[-tag], Pilot's events
+    of the run (or by ``mesh.stop()``), ``pilot_etcd``: the members Pilot may use (default all),
+    logs kept under <out>/mesh-logs[-tag], Pilot's events
     and the sidecars' outlier ejections (testbed.outlier_events) copied into the history
     (sources ``pilot``, ``sidecar:<name>``; with a ``tag``, ``config=tag`` added to each)."""
     from testbed.mesh.deploy import Mesh
@@ -175,7 +177,7 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
                 if self.events.exists():
                     shutil.copy(self.events, logs / "pilot-events.jsonl")
             return super().stop()
-    mesh = ExperimentMesh(ctx.tb, spec if spec is not None else ctx.topology.sections["mesh"])
+    mesh = ExperimentMesh(ctx.tb, spec if spec is not None else ctx.topology.sections["mesh"], pilot_etcd=pilot_etcd)
     ctx.closers.append(mesh.stop)
     mesh.start()
     from testbed.mesh.spec import mesh_names

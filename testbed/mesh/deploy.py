@@ -63,7 +63,7 @@ class Mesh(MeshTraffic):
     def __init__(self, tb: Any, spec: MeshSpec | None = None, sidecar_default: str = "minimesh",
                  run_dir: str | Path | None = None, ready_timeout_s: float = 40.0,
                  hold_s: float = 15.0, python: str = sys.executable, envoy: str | None = None,
-                 keep_run_dir: bool = False, publish: bool = True):
+                 keep_run_dir: bool = False, publish: bool = True, pilot_etcd: tuple[str, ...] = ()):
         if sidecar_default not in SIDECARS:
             raise ValueError(f"sidecar_default {sidecar_default!r}; allowed: {', '.join(SIDECARS)}")
         self.tb = tb
@@ -73,6 +73,7 @@ class Mesh(MeshTraffic):
         self.python = python
         self.envoy = envoy or str(Path(python).parent / "envoy")
         self.keep_run_dir, self.publish = keep_run_dir, publish
+        self.pilot_etcd = pilot_etcd      # members Pilot may use (default: all, in spec order)
         self._run_dir_arg = run_dir
         self.run_dir: Path | None = None
         self.etcd: EtcdRunner | None = None
@@ -221,7 +222,8 @@ class Mesh(MeshTraffic):
         cfg = {"services": [{"name": s.name, "port": s.port, "run": s.run, "versions": [
             {"name": v.name, "replicas": v.replicas, "hosts": list(v.hosts)} for v in s.versions]}
             for s in self.spec.services],
-            "rules": list(self.spec.rules), "etcd": self.etcd_endpoints,
+            "rules": list(self.spec.rules), "etcd": [f"http://{self.tb.ip(m)}:2379" for m in self.pilot_etcd]
+            or self.etcd_endpoints,
             "listen": [self.cp_ip, PILOT_PORT], "events": str(self.events),
             "socket": str(self.socket), "applied": str(self._dir() / "applied.jsonl"),
             "hold_s": self.hold_s, "citadel": self.spec.security.citadel, "sds_root": str(self._dir() / "sds")}
