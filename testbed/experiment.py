@@ -185,11 +185,10 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
 
     def copy_events() -> None:   # Pilot's events, sidecars' outlier logs: from the run dir, else the kept copy
         assert ctx.history is not None and ctx.clock is not None
-        from testbed.outlier_events import import_outlier_logs
+        from testbed.outlier_events import import_mesh_logs
         live = mesh.run_dir is not None and mesh.run_dir.exists()
-        ctx.history.import_events("pilot", mesh.events if live and mesh.events.exists()
-                                  else logs / "pilot-events.jsonl", ctx.clock.wall0, **extra)
-        import_outlier_logs(ctx.history, mesh.run_dir / "logs" if live else logs, ctx.clock.wall0, mesh.spec, **extra)
+        import_mesh_logs(ctx.history, ctx.clock.wall0, mesh.run_dir / "logs" if live else logs,
+                         mesh.events if live else logs / "pilot-events.jsonl", mesh.spec, **extra)
     ctx.finishers.append(copy_events)
     if rules:
         mesh.apply_text(rules, "rules.yaml")

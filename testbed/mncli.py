@@ -141,7 +141,9 @@ class MeshCLI(FaultCommands, CLI):
             finally:
                 self.close_faults()                 # every session ends healed
                 if history is not None and clock is not None and self.mesh is not None:
-                    history.import_events("pilot", self.mesh.events, clock.wall0)   # pushes, ACKs, ...
+                    from testbed.outlier_events import import_mesh_logs   # pushes, ACKs, ejections
+                    import_mesh_logs(history, clock.wall0, self.mesh.run_dir / "logs", self.mesh.events,
+                                     self.mesh.spec)
 
     # --- minimesh commands -------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 __all__ = ["SUFFIX", "parse_outlier_line", "instance_names", "outlier_records", "import_outlier_logs",
-           "first_ejection"]
+           "import_mesh_logs", "first_ejection"]
 
 SUFFIX = ".outlier.log"
 _KINDS = {"EJECT": "ejection", "UNEJECT": "unejection"}
@@ -82,6 +82,15 @@ def import_outlier_logs(history: Any, logs_dir: "Path | str", wall0: float, spec
             history.event(f"sidecar:{sidecar}", kind, t=t, **details, **extra)
             n += 1
     return n
+
+
+def import_mesh_logs(history: Any, wall0: float, logs_dir: "Path | str", pilot_events: "Path | str",
+                     spec: Any = None, **extra: Any) -> int:
+    """A mesh's control- and data-plane events into ``history``: Pilot's events file (source
+    ``pilot``) and the sidecars' outlier logs under ``logs_dir`` (:func:`import_outlier_logs`),
+    on the history's clock (``wall0``). Used by experiments and by ``minimesh up --out``."""
+    return history.import_events("pilot", pilot_events, wall0, **extra) + \
+        import_outlier_logs(history, logs_dir, wall0, spec, **extra)
 
 
 def first_ejection(events: Iterable[Any], instance: str, after: float, until: float | None = None,

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from test_net_support import (HA, HB, HC, assert_nothing_left, interactive_up, run_minimesh, snapshot, type_until,
-                              write_topology)
+from test_net_support import (HA, HB, HC, assert_nothing_left, interactive_up, run_minimesh, snapshot, terminate,
+                              type_until, write_topology)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -87,13 +87,9 @@ def test_up_capture_files_complete_after_sigterm(tmp_path):
     proc = interactive_up(tmp_path, str(topo), "--link-backend", "userspace", "--capture", str(cap))
     try:
         type_until(proc, f"{HA} ping -c 4 -i 0.2 {HB}\nlink-show\n", "4 received")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 128 + signal.SIGTERM, err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _, err = terminate(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, err
     echo = tshark(cap / f"{HB}-eth0.pcapng", "-Y", "icmp.type == 8", "-T", "fields", "-e", "ip.src").split()
     assert echo.count("10.0.0.1") == 4, echo
     assert (cap / "hosts").exists()

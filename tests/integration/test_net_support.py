@@ -71,6 +71,18 @@ def type_until(proc: subprocess.Popen, commands: str, marker: str) -> str:
     return seen
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 30) -> tuple[str, str]:
+    """SIGTERM the CLI, wait for it (killed if it hangs); returns its (stdout, stderr)."""
+    import signal
+    try:
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass(frozen=True)
 class Snapshot:
     netns: frozenset[str]        # net:[inode] of every process

@@ -174,7 +174,7 @@ def test_out_history_is_written_as_it_happens_and_healed_on_sigterm(tmp_path):
     import time
 
     from testbed.history import read_history
-    from test_net_support import interactive_up, type_until
+    from test_net_support import interactive_up, terminate, type_until
     topo = write_topology(tmp_path)
     hist = tmp_path / "out" / "history.jsonl"
     before = snapshot()
@@ -184,13 +184,9 @@ def test_out_history_is_written_as_it_happens_and_healed_on_sigterm(tmp_path):
         running = read_history(hist)
         assert [(r.fault_id, r.phase, r.ok) for r in running.faults] == [(0, "apply", True)]
         time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 128 + signal.SIGTERM, err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _, err = terminate(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, err
     data = read_history(hist)
     assert [(r.fault_id, r.phase, r.ok) for r in data.faults] == [(0, "apply", True), (0, "revert", True)]
     assert data.events[-1].kind == "session_end" and data.events[-1].details["how"] == "Terminated"
