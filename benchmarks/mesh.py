@@ -37,10 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from testbed.mesh.etcd import free_ports  # noqa: E402
+from testbed.mesh.etcd.cluster import free_ports  # noqa: E402
 from testbed.mesh.model import Endpoint, ServiceSpec, VersionSpec  # noqa: E402
-from testbed.mesh.pilot import Pilot  # noqa: E402
-from testbed.mesh.xds import NodeInfo, sidecar_bootstrap  # noqa: E402
+from testbed.mesh.pilot.server import Pilot  # noqa: E402
+from testbed.mesh.pilot.resources import NodeInfo, sidecar_bootstrap  # noqa: E402
 from tests.support.pilot import SUBSETS, weighted  # noqa: E402  (topologies/mesh-lab rule files)
 
 
@@ -181,9 +181,9 @@ def bench_apply(n: int, applies: int, kind: str) -> dict:
 
 def bench_bookinfo_boot(kind: str) -> dict:
     import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
-    from testbed.mesh.deploy import Mesh
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.mesh.deploy.mesh import Mesh
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
 
     p = "mz" + "".join(random.choice(string.ascii_lowercase) for _ in range(3))
     nodes = ("u1", "pp", "det", "rv1", "rv2", "rv3", "rat", "e1", "e2", "e3", "cp", "s1")

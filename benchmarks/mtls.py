@@ -41,8 +41,8 @@ from benchmarks.proxy import Load, Result, cpu_s, h2load, nginx, NGINX_ORIGIN  #
 from tests.support.configs import render  # noqa: E402
 from tests.support.ports import free_ports  # noqa: E402
 from tests.support.procs import start_proxy  # noqa: E402
-from testbed.mesh.citadel_ca import CertificateAuthority  # noqa: E402
-from testbed.mesh.security import SpiffeId  # noqa: E402
+from testbed.mesh.citadel.ca import CertificateAuthority  # noqa: E402
+from testbed.mesh.rules.policy import SpiffeId  # noqa: E402
 
 TARGETS = ("2hop", "2hop-mtls", "envoy-2hop", "envoy-2hop-mtls")
 LOADS = (Load("1000rps", 10, 100), Load("c16", 16))

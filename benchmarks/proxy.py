@@ -217,10 +217,10 @@ _RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026
 async def _python_cost(n: int) -> list[float]:
     import yaml
     from types import SimpleNamespace
-    from proxy.bootstrap import parse_bootstrap
-    from proxy.hcm import DownstreamConnection, HcmConfig
+    from proxy.config.bootstrap import parse_bootstrap
+    from proxy.http.hcm import DownstreamConnection, HcmConfig
     from proxy.server import Server
-    from proxy.upstream import UpstreamConnection
+    from proxy.upstream.pool import UpstreamConnection
     cfg = yaml.safe_load(render("bench.yaml", {"LISTEN_PORT": 1, "ADMIN_PORT": 2, "UPSTREAM_PORT": 3}))
     server = Server(parse_bootstrap(cfg))
     ctx = server.ctx

@@ -20,8 +20,9 @@ import re
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.checkers import check_availability, check_split
-from testbed.experiment import REPO, Context, Experiment, start_mesh
+from testbed.run.checkers import check_availability, check_split
+from testbed.paths import REPO
+from testbed.run.experiment import Context, Experiment, start_mesh
 
 RULES = REPO / "topologies" / "mesh-lab"      # echo-subsets.yaml, echo-weights.yaml (90/10)
 
@@ -54,7 +55,7 @@ def run(ctx: Context) -> None:
 
 
 def analyze(ctx: Context, data) -> None:
-    from testbed.results import plot_split
+    from testbed.run.results import plot_split
     split = check_split(data.requests, ctx.params["weights"], confidence=0.999, alpha=0.001)
     ctx.verdicts["split"] = split
     ctx.verdicts["availability"] = check_availability(data.requests, 1.0, 0.99)

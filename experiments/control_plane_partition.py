@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.checkers import check_availability
-from testbed.experiment import REPO, Context, Experiment, start_mesh
-from testbed.faults import Partition
-from testbed.faults_grudge import control_plane_cut
+from testbed.run.checkers import check_availability
+from testbed.paths import REPO
+from testbed.run.experiment import Context, Experiment, start_mesh
+from testbed.faults.kinds import Partition
+from testbed.faults.grudge import control_plane_cut
 
 RULES = REPO / "topologies" / "mesh-lab"
 SUBSETS = (RULES / "echo-subsets.yaml").read_text()

@@ -30,9 +30,10 @@ import time
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.checkers import check_failover
-from testbed.experiment import REPO, Context, Experiment, start_mesh
-from testbed.outlier_events import first_ejection
+from testbed.run.checkers import check_failover
+from testbed.paths import REPO
+from testbed.run.experiment import Context, Experiment, start_mesh
+from testbed.run.outlier_events import first_ejection
 
 VICTIM, TTL_S = "echo-v1-0", 3
 RULES = REPO / "topologies" / "mesh-lab"

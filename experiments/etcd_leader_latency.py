@@ -13,7 +13,7 @@ first) and registers a fake `probe` instance every 0.5 s via e2; Pilot knows onl
 (it watches via e1; given e3 too, its etcd client can fail over onto the slow member and
 stay there, stale, for the whole jump — see the lab's question 7). The
 delay on e3's link grows step by step, then jumps. Per registry change: time to Pilot's
-config, its EDS push and every sidecar's ACK (testbed/experiment_mesh.py). Claims: at the
+config, its EDS push and every sidecar's ACK (experiments/lablib/mesh.py). Claims: at the
 first step writes, Pilot's config and every ACK come 4 (up to 6) x the one-way delay later
 (request, append, its ack, response); config -> every ACK stays small: the registry is the
 bottleneck, not xDS. Default: the jump elects a new leader, writes and ACKs are fast again.
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.experiment import REPO, Context, Experiment, start_mesh
-from testbed.experiment_etcd import etcd_log_events, etcd_ops, move_leader
-from testbed.experiment_mesh import (RegistryChanger, keep_etcd_logs, leaders_elected, plot_pilot_latency,
+from testbed.paths import REPO
+from testbed.run.experiment import Context, Experiment, start_mesh
+from lablib.etcd import etcd_log_events, etcd_ops, move_leader
+from lablib.mesh import (RegistryChanger, keep_etcd_logs, leaders_elected, plot_pilot_latency,
                                      registry_mesh_spec, wait_synced, window_summary, write_summary, xds_latency)
-from testbed.faults import LinkChange
+from testbed.faults.kinds import LinkChange
 
 CONFIGS = {"default": (100, 1000), "tuned": (500, 5000)}
 LEADER, CHANGER, SWITCH = "e3", "e2", "mmem1"   # Pilot's watch uses its first endpoint, e1: a follower

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.checkers import check_availability
-from testbed.checkers.stats import percentile
-from testbed.experiment import REPO, Context, Experiment
-from testbed.faults import LinkChange
-from testbed.front_proxy_lab import (LISTEN, PAGE_MARKER, PROXIES, SITE, curl, dns_queries, proxy_argv,
+from testbed.run.checkers import check_availability
+from testbed.run.checkers.stats import percentile
+from testbed.paths import REPO
+from testbed.run.experiment import Context, Experiment
+from testbed.faults.kinds import LinkChange
+from lablib.front_proxy import (LISTEN, PAGE_MARKER, PROXIES, SITE, curl, dns_queries, proxy_argv,
                                      read_web_log, start_dns, start_website, step, tshark_count)
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.checkers import check_availability, check_split
-from testbed.experiment import REPO, Context, Experiment, start_mesh
+from testbed.run.checkers import check_availability, check_split
+from testbed.paths import REPO
+from testbed.run.experiment import Context, Experiment, start_mesh
 
 AGENTS = {"android": "Mozilla/5.0 (Linux; Android 14; Pixel 8)",
           "iphone": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X)"}
@@ -43,7 +44,7 @@ def run(ctx: Context) -> None:
 
 
 def analyze(ctx: Context, data) -> None:
-    from testbed.results import plot_split
+    from testbed.run.results import plot_split
     ctx.verdicts["availability"] = check_availability(data.requests, 1.0, 0.99)
     for name, version in EXPECTED.items():
         mine = [r for r in data.requests if r.client == name]

@@ -16,9 +16,10 @@ import re
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.checkers.stats import percentile
-from testbed.experiment import REPO, Context, Experiment
-from testbed.faults import LinkChange
+from testbed.run.checkers.stats import percentile
+from testbed.paths import REPO
+from testbed.run.experiment import Context, Experiment
+from testbed.faults.kinds import LinkChange
 
 PER_TRY_MS, TRIES, MARGIN_MS, ROUTE_TIMEOUT_MS = 150.0, 3, 20.0, 1000.0
 PROXY_YAML = REPO / "topologies" / "link-delay" / "proxy.yaml"
@@ -110,7 +111,7 @@ def analyze(ctx: Context, data) -> None:
 
 
 def plot(ctx: Context, rows) -> None:
-    from testbed.results import _pyplot
+    from testbed.run.results import _pyplot
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     d = [r["delay_ms"] for r in rows]

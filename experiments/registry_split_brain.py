@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.experiment import REPO, Context, Experiment, start_mesh
-from testbed.experiment_etcd import move_leader
-from testbed.experiment_split import NO_RETRIES, Sides, etcd_claims, pilot_claims, pilot_watcher, plot_sides, \
+from testbed.paths import REPO
+from testbed.run.experiment import Context, Experiment, start_mesh
+from lablib.etcd import move_leader
+from lablib.split import NO_RETRIES, Sides, etcd_claims, pilot_claims, pilot_watcher, plot_sides, \
     registry_claims, routing_claims
-from testbed.faults import Partition
-from testbed.faults_grudge import complete
+from testbed.faults.kinds import Partition
+from testbed.faults.grudge import complete
 
 MINORITY = ["e1", "cp", "h2", "c2"]           # e1 is made the leader before the cut
 MAJORITY = ["e2", "e3", "h1", "c1"]

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=LEVELS[args.log_level], stream=sys.stderr,
                         format="[%(asctime)s][%(levelname)s][%(name)s] %(message)s")
     log = logging.getLogger("proxy")
-    from proxy.bootstrap import ConfigError, load_bootstrap
+    from proxy.config.bootstrap import ConfigError, load_bootstrap
     try:
         bootstrap = load_bootstrap(args.config, args.service_node, args.service_cluster)
     except ConfigError as e:

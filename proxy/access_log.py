@@ -1,4 +1,4 @@
-"""Access logs in Envoy's default format or a configured ``log_format`` (proxy.log_format),
+"""Access logs in Envoy's default format or a configured ``log_format`` (proxy.access_log_format),
 written in batches (flushed every second or 64 KiB)."""
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class AccessLogs:
 
     def get_formatted(self, spec) -> tuple:
         """(shared writer, formatter or None for Envoy's default format)."""
-        from proxy.log_format import compile_format
+        from proxy.access_log_format import compile_format
         return self.get(spec), (compile_format(spec.log_format) if spec.log_format is not None else None)
 
     def start(self) -> None:

@@ -12,7 +12,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from proxy import __version__
-from proxy.codec import END, ProtocolError, RequestHead, ServerCodec, encode_response_head
+from proxy.http.codec import END, ProtocolError, RequestHead, ServerCodec, encode_response_head
 
 __all__ = ["AdminServer"]
 

@@ -11,10 +11,10 @@ import logging
 import time
 
 from proxy.access_log import AccessLogs, write_entries
-from proxy.bootstrap import Bootstrap
-from proxy.cfg_listener import HcmSpec, ListenerSpec
-from proxy.cluster import ClusterManager
-from proxy.hcm import DownstreamConnection, HcmConfig
+from proxy.config.bootstrap import Bootstrap
+from proxy.config.listener import HcmSpec, ListenerSpec
+from proxy.upstream.cluster import ClusterManager
+from proxy.http.hcm import DownstreamConnection, HcmConfig
 from proxy.stats import Stats
 from proxy.tcp_proxy import TcpDownstream, TcpProxyConfig
 
@@ -114,8 +114,8 @@ class ListenerManager:
             factory = lambda: TcpDownstream(config, owner, lstats, limit)  # noqa: E731
         loop = asyncio.get_event_loop()
         try:
-            if spec.tls is not None:     # transport_socket tls: STRICT/PERMISSIVE (proxy/sds.py)
-                from proxy.sds import security_of
+            if spec.tls is not None:     # transport_socket tls: STRICT/PERMISSIVE (proxy/tls/sds.py)
+                from proxy.tls.sds import security_of
                 srv = await security_of(ctx).start_listener(spec, lname, factory)
             else:
                 srv = await loop.create_server(factory, spec.address, spec.port, reuse_address=True,
@@ -175,7 +175,7 @@ class Server:
     async def start(self) -> None:
         path = self.bootstrap.outlier_event_log_path
         if path:                         # before any cluster: every detector gets the log
-            from proxy.outlier_log import OutlierEventLog
+            from proxy.upstream.outlier_log import OutlierEventLog
             try:
                 self.cluster_manager.outlier_log = OutlierEventLog(path)
             except OSError as e:
@@ -187,7 +187,7 @@ class Server:
                 l.tls is not None for l in self.bootstrap.listeners):
             # Citadel certificates before sockets; imported only when used (cryptography
             # costs ~18 MB of RSS that a plaintext sidecar does not need)
-            from proxy.sds import attach_security
+            from proxy.tls.sds import attach_security
             await attach_security(self)
         for c in self.bootstrap.clusters:
             self.cluster_manager.add_or_update_cluster(c)
@@ -201,7 +201,7 @@ class Server:
         self.ctx.access_logs.start()
         self._sweeper = asyncio.get_event_loop().call_later(1.0, self._sweep)
         if self.bootstrap.dynamic_resources:        # xDS: CDS, EDS, LDS, RDS before ready
-            from proxy.xds_client import XdsClient
+            from proxy.xds.client import XdsClient
             self.xds = XdsClient(self)
             await self.xds.start()
         self.ready = True

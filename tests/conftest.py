@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `tests.support` and the packages under test
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, REPO / "experiments"):  # `tests.support`, the packages under test, `lablib`
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,7 +24,7 @@ from testbed.shape import LinkShape
 
 READY_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 2.0
-_REPO = str(Path(__file__).resolve().parents[2])
+from testbed.paths import child_env
 
 
 class EmulatorError(RuntimeError):
@@ -41,8 +41,7 @@ class EmulatorProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cfg = {"ends": ends, "shapes": [s.to_dict() for s in shapes], "seed": seed,
                "ctl_fd": theirs.fileno(), "ppid": os.getpid()}
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH")) if p)
+        env = child_env()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "testbed.links.emulator", json.dumps(cfg)],

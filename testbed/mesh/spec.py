@@ -5,7 +5,7 @@
     for inst in mesh.instances: ...                       # service, version, host, ports
 
 Schema: docs/topology.md ("mesh section"). Errors are ``TopologyError``s at the
-offending node's ``file:line`` (via :class:`testbed.topology.Context`). Placement is
+offending node's ``file:line`` (via :class:`testbed.topology.load.Context`). Placement is
 decided here, not at deploy time, so ``minimesh analyze`` and the deployer agree:
 replicas without ``hosts:`` go round-robin over the hosts that are neither registry
 members nor the control-plane host, skipping hosts whose service port is taken.
@@ -23,7 +23,7 @@ import yaml
 from yaml.nodes import Node
 
 from testbed.mesh.model import ServiceSpec, VersionSpec, service_vips
-from testbed.topology import Context, register_section
+from testbed.topology.load import Context, register_section
 
 __all__ = ["MeshSpec", "RegistrySpec", "SecuritySpec", "ServiceDecl", "InstanceSpec", "parse_mesh",
            "SIDECARS", "BUILTIN_APPS", "VIP_CIDR", "app_argv", "mesh_names", "CITADEL_PORT", "SECURITY_KINDS"]

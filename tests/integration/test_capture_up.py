@@ -51,7 +51,7 @@ def test_up_capture_gets_the_cli_faults_as_comments(tmp_path):
     """--capture without --out: the history goes next to the captures (DIR/history.jsonl),
     and at exit every capture carries the session's fault ops — the heal at exit included —
     as packet comments (tshark -Y frame.comment), in time order, with the name block kept."""
-    from testbed.history import read_history
+    from testbed.run.history import read_history
     topo = write_topology(tmp_path)
     cap = tmp_path / "pcap"
     before = snapshot()

@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow,
 from mininet.topo import Topo  # noqa: E402
 
 from testbed.journal import Journal  # noqa: E402
-from testbed.mesh.etcd import EtcdCluster, EtcdMember, EtcdRunner, popen_probe  # noqa: E402
-from testbed import net as tbnet  # noqa: E402  (not `Testbed`: pytest would collect it)
+from testbed.mesh.etcd.cluster import EtcdCluster, EtcdMember, EtcdRunner, popen_probe  # noqa: E402
+from testbed.net import network as tbnet  # noqa: E402  (not `Testbed`: pytest would collect it)
 
 REPO = str(Path(__file__).resolve().parents[2])
 TAG = f"mmt{os.getpid() % 1000}"          # distinctive names: veths are born in the root namespace
@@ -40,7 +40,7 @@ class Three(Topo):
 
 CLIENT = r"""
 import asyncio, json, sys, time
-from testbed.mesh.registry import EtcdClient, EtcdError, WatchError
+from testbed.mesh.etcd.registry import EtcdClient, EtcdError, WatchError
 mode, eps, value = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
 async def main():
     out = {}

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from testbed.mesh.etcd import EtcdCluster, EtcdRunner, scan_log
+from testbed.mesh.etcd.cluster import EtcdCluster, EtcdRunner, scan_log
 from testbed.mesh.model import Endpoint
-from testbed.mesh.registry import (Discovery, EtcdClient, EtcdError, Registrar, WatchError,
+from testbed.mesh.etcd.registry import (Discovery, EtcdClient, EtcdError, Registrar, WatchError,
                                    endpoint_json, endpoint_key, list_registry)
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd binary not installed")

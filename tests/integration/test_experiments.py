@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.history import read_history
+from testbed.run.history import read_history
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def _nothing_left(tag: str) -> None:
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     assert tag not in links, links
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "testbed.workload" not in ps or "--t0" not in ps
+    assert "testbed.run.workload" not in ps or "--t0" not in ps
 
 
 def _common(out: Path, res: dict, elapsed: float, tag: str, fault_word: str) -> None:

@@ -1,5 +1,5 @@
 """The mesh experiments (canary, header_routing, crash_failover, control_plane_partition)
-with --quick, as root, on the deployed mesh (testbed.mesh.deploy), and front_proxy through
+with --quick, as root, on the deployed mesh (testbed.mesh.deploy.mesh), and front_proxy through
 `minimesh run`. Exit status 0 only when the experiment's checks hold."""
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_crash_failover_with_and_without_resilience(tmp_path):
     # the sidecars' outlier event logs, imported into the history: c0's sidecar ejected the dead
     # replica within 3 s of the crash (after 1 gateway error: a refused connect counts as a 503)
     # in the resilient phase, never in plain
-    from testbed.history import read_history
+    from testbed.run.history import read_history
     ejections = [e for e in read_history(out / "history.jsonl").events if e.kind == "ejection"]
     assert any(e.source == "sidecar:client@c0" and e.details["instance"] == "echo-v1-0" and e.details["enforced"]
                and e.details["type"] == "CONSECUTIVE_GATEWAY_FAILURE" for e in ejections), ejections

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from testbed.history import read_history
+from testbed.run.history import read_history
 from tests.integration.test_experiments import _comments, _nothing_left, _run, _why
 from tests.support.procs import REPO
 

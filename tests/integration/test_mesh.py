@@ -1,6 +1,6 @@
 """The mesh on Mininet (root): echo v1 x2 + v2 x1 with minimesh-proxy sidecars, a client
 sidecar, a real 3-member etcd registry and Pilot on the control-plane host, all from a
-topology's mesh: section (testbed.mesh.deploy.Mesh). Names carry a per-run prefix so
+topology's mesh: section (testbed.mesh.deploy.mesh.Mesh). Names carry a per-run prefix so
 concurrent Mininet tests cannot clash; everything is removed on every exit path.
 
 The service `other` always runs real Envoy as its sidecar (a mixed mesh). Set
@@ -59,9 +59,9 @@ mesh:
 @pytest.fixture(scope="module")
 def mesh():
     import testbed.mesh.spec  # noqa: F401
-    from testbed.mesh.deploy import Mesh
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.mesh.deploy.mesh import Mesh
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
 
     p = "mm" + "".join(random.choice(string.ascii_lowercase) for _ in range(3))
     topo = parse_topology(topology_text(p), "<test_mesh>")
@@ -139,7 +139,7 @@ def test_header_routing_is_100_percent_correct(mesh):
 
 
 def test_invalid_rule_is_rejected_and_nothing_changes(mesh, tmp_path):
-    from testbed.mesh.deploy import ApplyError
+    from testbed.mesh.deploy.mesh import ApplyError
     mesh.apply_text(RULES_BY_AGENT, "agent.yaml")
     before = mesh.status()
     with pytest.raises(ApplyError) as e:

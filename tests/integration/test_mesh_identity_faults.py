@@ -65,9 +65,9 @@ mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     import testbed.mesh.spec  # noqa: F401
-    from testbed.mesh.deploy import Mesh
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.mesh.deploy.mesh import Mesh
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
 
     p = "mi" + "".join(random.choice(string.ascii_lowercase) for _ in range(3))
     rules = tmp_path_factory.mktemp("rules") / "strict.yaml"
@@ -150,8 +150,8 @@ def wait_first_failure(probe: Probe, since: float, timeout_s: float) -> float:
 
 
 def play(target, schedule, tmp_path, name: str, until_s: float):
-    from testbed.faults_schedule import run_schedule
-    from testbed.history import History, RunClock
+    from testbed.faults.schedule import run_schedule
+    from testbed.run.history import History, RunClock
     clock = RunClock()
     path = tmp_path / f"{name}.jsonl"
     with History(path, clock) as hist:
@@ -161,8 +161,8 @@ def play(target, schedule, tmp_path, name: str, until_s: float):
 
 
 def test_revoke_then_ca_stop_fail_visibly_and_heal(mesh, tmp_path):
-    from testbed.faults_schedule import at
-    from testbed.mesh.citadel_faults import CAStop, CertRevoke
+    from testbed.faults.schedule import at
+    from testbed.mesh.citadel.faults import CAStop, CertRevoke
 
     client, server = f"client@{mesh.prefix}c", "echo-v1-0"
     target = mesh.fault_target()
@@ -233,8 +233,8 @@ def test_root_rotation_with_activation_delay_loses_no_request(mesh, tmp_path):
     """``ca-root-rotate`` with ``activate_after_s`` > the sidecars' bundle refresh (2 s): every
     sidecar trusts the new root before any certificate is issued under it, and every
     certificate is reissued under it within a renewal period, without a failed request."""
-    from testbed.faults_schedule import at
-    from testbed.mesh.citadel_faults import RootRotate
+    from testbed.faults.schedule import at
+    from testbed.mesh.citadel.faults import RootRotate
 
     client, server = f"client@{mesh.prefix}c", "echo-v1-0"
     activate_s = 3.0

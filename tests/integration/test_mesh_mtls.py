@@ -25,12 +25,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from testbed.mesh.citadel import Citadel
-from testbed.mesh.citadel_ca import CertificateAuthority
+from testbed.mesh.citadel.server import Citadel
+from testbed.mesh.citadel.ca import CertificateAuthority
 from testbed.mesh.model import ServiceSpec, VersionSpec
-from testbed.mesh.pilot import Pilot
-from testbed.mesh.pilot_security import citadel_metadata
-from testbed.mesh.xds import NodeInfo, XdsSource, sidecar_bootstrap
+from testbed.mesh.pilot.server import Pilot
+from testbed.mesh.pilot.security import citadel_metadata
+from testbed.mesh.pilot.resources import NodeInfo, XdsSource, sidecar_bootstrap
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ import pytest
 
 from tests.integration.test_mesh_mtls import ALLOW_SLEEP, MtlsMesh, N, _is, counts, peer_auth, run
 from tests.support.ports import unique_base_id
-from testbed.mesh.citadel import CertificateRotator
-from testbed.mesh.citadel_envoy import write_sds
-from testbed.mesh.pilot_security import SDS_ROOT_ENV
-from testbed.mesh.xds import sidecar_bootstrap
+from testbed.mesh.citadel.server import CertificateRotator
+from testbed.mesh.citadel.envoy import write_sds
+from testbed.mesh.pilot.security import SDS_ROOT_ENV
+from testbed.mesh.pilot.resources import sidecar_bootstrap
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tests.integration.test_mesh_mtls import MtlsMesh, _is, peer_auth, run
-from testbed.mesh import xds
+from testbed.mesh.pilot import resources as xds
 
 PER_CONN = 5
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tests.integration.test_mesh_mtls import CLIENT_IPS, MtlsMesh, _is, peer_auth, run
-from testbed.mesh import xds
+from testbed.mesh.pilot import resources as xds
 
 RPS, SECONDS, PER_CONN = 200, 6.0, 10
 

@@ -72,9 +72,9 @@ mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     import testbed.mesh.spec  # noqa: F401
-    from testbed.mesh.deploy import Mesh
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.mesh.deploy.mesh import Mesh
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
 
     p = "ms" + "".join(random.choice(string.ascii_lowercase) for _ in range(3))
     rules = tmp_path_factory.mktemp("rules") / "strict.yaml"
@@ -108,7 +108,7 @@ def curl_codes(m, host: str, url: str, n: int) -> list[int]:
 
 def wait_sidecar_ready(m, name: str, timeout_s: float) -> None:
     """Until the restarted sidecar answers /ready (Pilot may still list the old one as synced)."""
-    from testbed.mesh.deploy import MeshError
+    from testbed.mesh.deploy.mesh import MeshError
     deadline = time.monotonic() + timeout_s
     while True:
         try:

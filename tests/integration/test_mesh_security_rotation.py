@@ -45,9 +45,9 @@ def stat(mesh, inst: str, pattern: str) -> int:
 
 def test_rotation_under_load_loses_no_request_and_new_handshakes_use_renewed_certs(tmp_path):
     import testbed.mesh.spec  # noqa: F401
-    from testbed.mesh.deploy import Mesh
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.mesh.deploy.mesh import Mesh
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
 
     p = "mr" + "".join(random.choice(string.ascii_lowercase) for _ in range(3))
     rules = tmp_path / "strict.yaml"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 import testbed.mesh.spec  # noqa: F401  (registers mesh:)
-from testbed.mesh.deploy_security import MeshSecurity
-from testbed.mesh.pilot import ApplyRejected
-from testbed.mesh.pilot_proc import _refuse_security
+from testbed.mesh.deploy.security import MeshSecurity
+from testbed.mesh.pilot.server import ApplyRejected
+from testbed.mesh.pilot.process import _refuse_security
 from testbed.mesh.spec import SecuritySpec
-from testbed.topology import TopologyError, parse_topology
+from testbed.topology.load import TopologyError, parse_topology
 
 BASE = """\
 name: t
@@ -45,7 +45,7 @@ def test_a_listed_security_rule_turns_citadel_on(tmp_path):
     (tmp_path / "strict.yaml").write_text(STRICT)
     topo = tmp_path / "t.yaml"
     topo.write_text(BASE + "  rules: [strict.yaml]\n")
-    from testbed.topology import load_topology
+    from testbed.topology.load import load_topology
     assert load_topology(str(topo)).sections["mesh"].security.citadel is True
     topo.write_text(BASE + "  rules: [strict.yaml]\n  security: {citadel: false}\n")
     with pytest.raises(TopologyError) as e:
@@ -83,7 +83,7 @@ def test_metadata_and_keylog_paths(tmp_path):
     assert "--state-dir" in sec.argv() and str(tmp_path / "citadel") in sec.argv()
     assert sec.metadata("other-v1-0", "other", kind="envoy") == {}     # Envoy: SDS agent instead
     argv = sec.sds_agent_argv("other-v1-0", "sidecar~10.0.0.3~other-v1-0~other", "other")
-    assert argv[1:3] == ["-m", "testbed.mesh.deploy_security"] and str(tmp_path / "sds" / "other-v1-0") in argv
+    assert argv[1:3] == ["-m", "testbed.mesh.deploy.security"] and str(tmp_path / "sds" / "other-v1-0") in argv
     off = MeshSecurity(SecuritySpec(citadel=False, keylog=True), tmp_path, "10.0.0.9")
     assert off.metadata("echo-v1-0", "echo", kind="envoy") == {} and off.keylogs() == {}
 

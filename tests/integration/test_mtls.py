@@ -14,11 +14,11 @@ from collections import Counter
 
 import pytest
 
-from testbed.mesh.citadel_ca import CertificateAuthority
-from testbed.mesh.security import (DISABLE, PERMISSIVE, STRICT, AuthorizationPolicy,
+from testbed.mesh.citadel.ca import CertificateAuthority
+from testbed.mesh.rules.policy import (DISABLE, PERMISSIVE, STRICT, AuthorizationPolicy,
                                    AuthzRequest, Rule, Source, SpiffeId, decide)
-from testbed.mesh.tls import Material, MeshTLS, Peer, PeerRejected
-from testbed.mesh.tls_io import open_mtls_stream, start_inbound
+from proxy.tls.context import Material, MeshTLS, Peer, PeerRejected
+from proxy.tls.sockets import open_mtls_stream, start_inbound
 
 REVIEWS = "spiffe://cluster.local/ns/default/sa/reviews"
 

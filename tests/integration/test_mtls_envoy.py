@@ -14,11 +14,11 @@ import pytest
 from tests.integration.test_mtls import REVIEWS, MiniHTTP, http_get, material
 from tests.support.ports import free_ports
 from tests.support.procs import start_proxy
-from testbed.mesh.citadel_ca import CertificateAuthority
-from testbed.mesh.citadel_envoy import (crl_pem, downstream_tls_context, upstream_tls_context,
+from testbed.mesh.citadel.ca import CertificateAuthority
+from testbed.mesh.citadel.envoy import (crl_pem, downstream_tls_context, upstream_tls_context,
                                         write_sds)
-from testbed.mesh.tls import MeshTLS, PeerRejected
-from testbed.mesh.tls_io import open_mtls_stream, start_inbound
+from proxy.tls.context import MeshTLS, PeerRejected
+from proxy.tls.sockets import open_mtls_stream, start_inbound
 
 RATINGS = "spiffe://cluster.local/ns/default/sa/ratings"
 PRODUCTPAGE = "spiffe://cluster.local/ns/default/sa/productpage"
@@ -227,10 +227,10 @@ spec:
 def test_envoy_rbac_agrees_with_decide(ca, tmp_path, envoy_bin):
     """Differential: the same Istio policies, translated by security_envoy.rbac_filters,
     give real Envoy the same 200/403 verdicts as security.decide over 64 requests."""
-    from testbed.mesh.security import AuthzRequest, SpiffeId, decide
-    from testbed.mesh.security_envoy import rbac_filters
-    from testbed.mesh.security_yaml import parse_security
-    from testbed.mesh.tls import Material
+    from testbed.mesh.rules.policy import AuthzRequest, SpiffeId, decide
+    from testbed.mesh.pilot.rbac import rbac_filters
+    from testbed.mesh.rules.security import parse_security
+    from proxy.tls.context import Material
 
     policies, msgs = parse_security(POLICIES, "policies.yaml")
     assert msgs == [] and len(policies) == 4
@@ -290,7 +290,7 @@ def test_envoy_rbac_agrees_with_decide(ca, tmp_path, envoy_bin):
 @pytest.mark.parametrize("mode", ["STRICT", "PERMISSIVE", "DISABLE"])
 def test_envoy_inbound_modes(ca, tmp_path, envoy_bin, mode):
     """citadel_envoy.inbound_chains: which of mTLS / plaintext real Envoy accepts per mode."""
-    from testbed.mesh.citadel_envoy import inbound_chains
+    from testbed.mesh.citadel.envoy import inbound_chains
     write_sds(material(ca, "reviews"), tmp_path)
     admin, inbound = free_ports(2)
     filters = [hcm({"direct_response": {"status": 200, "body": {"inline_string": "ok"}}})]

@@ -10,12 +10,12 @@ import time
 from collections import Counter
 
 from tests.integration.test_mtls import REVIEWS, MiniHTTP, http_get
-from testbed.mesh.citadel import CertificateRotator, Citadel
+from testbed.mesh.citadel.server import CertificateRotator, Citadel
 from cryptography import x509
 
-from testbed.mesh.citadel_ca import CertificateAuthority, signed_by
-from testbed.mesh.tls import MeshTLS
-from testbed.mesh.tls_io import open_mtls_stream, start_inbound
+from testbed.mesh.citadel.ca import CertificateAuthority, signed_by
+from proxy.tls.context import MeshTLS
+from proxy.tls.sockets import open_mtls_stream, start_inbound
 
 RATE_RPS, WORKERS, DURATION_S = 200, 4, 7.0
 CONN_MAX_AGE_S = 0.5  # pool recycles connections, so new handshakes meet new certificates

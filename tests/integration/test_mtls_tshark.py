@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_mtls import REVIEWS, http_get, material, serve
-from testbed.mesh.citadel_ca import CertificateAuthority
-from testbed.mesh.tls import MeshTLS
-from testbed.mesh.tls_io import open_mtls_stream
+from testbed.mesh.citadel.ca import CertificateAuthority
+from proxy.tls.context import MeshTLS
+from proxy.tls.sockets import open_mtls_stream
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not (shutil.which("tshark") and shutil.which("editcap")),

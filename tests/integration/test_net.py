@@ -25,8 +25,8 @@ def tb(tmp_path):
     from mininet.log import setLogLevel
 
     from testbed.journal import Journal
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
     setLogLevel("error")
     before = snapshot()
     topo = parse_topology(topology_yaml("5ms"), "t.yaml")
@@ -87,7 +87,7 @@ def test_drop_rule_is_journaled_and_left_to_clean_if_not_restored(tb):
 def test_bridge_frames_pass_a_dropping_forward_chain(tb):
     """br_netfilter sends bridged frames through the root FORWARD chain: the bridge's own
     journaled ACCEPT rule keeps the testbed working under a DROP policy (Docker hosts)."""
-    from testbed.hosts import bridge_calls_iptables, forward_rule
+    from testbed.net.hosts import bridge_calls_iptables, forward_rule
     if not bridge_calls_iptables():
         pytest.skip("bridged frames do not traverse iptables here (no br_netfilter)")
     rules = [e["args"] for e in tb.journal.outstanding() if e["kind"] == "iptables" and e["pid"] is None]
@@ -143,7 +143,7 @@ def test_set_link_one_direction(tb):
 
 
 def test_set_link_errors_name_the_field(tb):
-    from testbed.control import ControlError
+    from testbed.net.control import ControlError
     from testbed.shape import ShapeError
     with pytest.raises(ShapeError, match="delay"):
         tb.set_link(HA, SW, delay="fast")
@@ -175,8 +175,8 @@ def test_popen_is_journaled_and_killed_on_stop(tmp_path):
     from mininet.log import setLogLevel
 
     from testbed.journal import Journal, proc_alive, proc_start
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
     setLogLevel("error")
     before = snapshot()
     bed = Testbed(parse_topology(topology_yaml(), "t.yaml"), "userspace", journal=Journal(tmp_path))
@@ -193,8 +193,8 @@ def test_failed_start_cleans_up(tmp_path):
     from mininet.log import setLogLevel
 
     from testbed.journal import Journal
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
     setLogLevel("critical")
     before = snapshot()
     topo = parse_topology(topology_yaml(), "t.yaml")
@@ -225,10 +225,10 @@ def test_failed_start_cleans_up(tmp_path):
 def test_second_run_with_the_same_names_is_refused(tb, tmp_path):
     """Mininet would delete the first run's bridge/interfaces; the testbed refuses instead,
     and the refused run removes only what it created itself."""
-    from testbed.hosts import NameTaken
+    from testbed.net.hosts import NameTaken
     from testbed.journal import Journal
-    from testbed.net import Testbed
-    from testbed.topology import parse_topology
+    from testbed.net.network import Testbed
+    from testbed.topology.load import parse_topology
     (tmp_path / "second").mkdir()
     second = Testbed(parse_topology(topology_yaml(), "t.yaml"), "userspace",
                      journal=Journal(tmp_path / "second"))
@@ -246,7 +246,7 @@ def test_pyroute2_fork_helpers_never_run_our_teardown(tmp_path):
     60 rounds (3 of 3 runs failed); the marker file records it."""
     from pyroute2 import IPRoute, netns
 
-    from testbed.cli import Terminated, teardown_signals
+    from testbed.cli.main import Terminated, teardown_signals
     parent = os.getpid()
     marker = tmp_path / "child-raised"
     name = f"mmq{parent % 100000}x"

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from testbed.apps.echo import Behaviour, Identity
-from testbed.dns import DnsError, dnsmasq_argv, render_records
+from testbed.net.dns import DnsError, dnsmasq_argv, render_records
 from tests.support.configs import CONFIG_DIR, placeholders, render
 from tests.support.ports import free_port
 from tests.support.procs import REPO

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from testbed.mesh.model import service_vips
-from testbed.mesh.xds import NodeInfo, XdsSource, sidecar_bootstrap
+from testbed.mesh.pilot.resources import NodeInfo, XdsSource, sidecar_bootstrap
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -26,9 +26,9 @@ PORT, PILOT, ADMIN = 8080, 15010, 15000
 MESH_SIDE = r"""
 import asyncio, json, signal, sys
 from aiohttp import web
-from testbed.mesh.pilot import Pilot
+from testbed.mesh.pilot.server import Pilot
 from testbed.mesh.model import ServiceSpec, VersionSpec
-from testbed.mesh.xds import XdsSource
+from testbed.mesh.pilot.resources import XdsSource
 port, pilot_port, events, rules = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 
 async def main():

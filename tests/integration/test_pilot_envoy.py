@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed.mesh.pilot import ApplyRejected
-from testbed.mesh.xds import NodeInfo, XdsSource
+from testbed.mesh.pilot.server import ApplyRejected
+from testbed.mesh.pilot.resources import NodeInfo, XdsSource
 from tests.support.pilot import BY_USER_AGENT, SPLIT_90_10, SUBSETS as RULES, UP_IPS, PilotMesh, stop_process
 from tests.support.ports import free_port
 

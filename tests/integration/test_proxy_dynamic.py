@@ -3,10 +3,10 @@ reset, STRICT_DNS, and the update API the xDS client will drive."""
 import asyncio
 import time
 
-from proxy.cfg_cluster import EndpointSpec, parse_cluster
-from proxy.cfg_reader import Obj
-from proxy.cfg_route import parse_route_config
-from proxy.testing import HttpClient, Reply, Upstream, http_request
+from proxy.config.cluster import EndpointSpec, parse_cluster
+from proxy.config.reader import Obj
+from proxy.config.route import parse_route_config
+from tests.support.http_peers import HttpClient, Reply, Upstream, http_request
 
 from test_proxy_e2e import Proxy, cluster, config, run
 

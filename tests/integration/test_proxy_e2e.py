@@ -10,9 +10,9 @@ import time
 
 import yaml
 
-from proxy.bootstrap import parse_bootstrap
+from proxy.config.bootstrap import parse_bootstrap
 from proxy.server import Server
-from proxy.testing import HttpClient, Reply, Upstream, http_request
+from tests.support.http_peers import HttpClient, Reply, Upstream, http_request
 from tests.support.seed import seed_yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 
-from proxy.testing import Reply, Upstream, http_request
+from tests.support.http_peers import Reply, Upstream, http_request
 from tests.integration.test_proxy_e2e import Proxy, cluster, config, run
 
 FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from proxy.bootstrap import parse_bootstrap
+from proxy.config.bootstrap import parse_bootstrap
 from proxy.server import Server
-from proxy.testing import Reply, Upstream, http_request
-from proxy.xds import CLUSTER, LISTENER, ROUTE
-from proxy.xds_client import XdsClient
-from proxy.xds_testing import FakeControlPlane, discovery_response as response
+from tests.support.http_peers import Reply, Upstream, http_request
+from proxy.xds.protocol import CLUSTER, LISTENER, ROUTE
+from proxy.xds.client import XdsClient
+from tests.support.xds_control import FakeControlPlane, discovery_response as response
 
 REST = {"api_config_source": {"api_type": "REST", "transport_api_version": "V3",
                               "cluster_names": ["xds_cluster"], "refresh_delay": "0.01s",

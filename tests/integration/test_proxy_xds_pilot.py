@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from testbed.mesh.xds import XdsSource
+from testbed.mesh.pilot.resources import XdsSource
 from tests.support.pilot import (ALL_TO_V1, ALL_TO_V2, BY_USER_AGENT, SPLIT_90_10, SUBSETS as RULES, UP_IPS,
                                  PilotMesh, stop_process, subsets)
 

@@ -27,10 +27,10 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from testbed.mesh import xds
+from testbed.mesh.pilot import resources as xds
 from testbed.mesh.model import ServiceSpec, VersionSpec
-from testbed.mesh.pilot import Pilot
-from testbed.mesh.xds import NodeInfo, XdsSource, sidecar_bootstrap
+from testbed.mesh.pilot.server import Pilot
+from testbed.mesh.pilot.resources import NodeInfo, XdsSource, sidecar_bootstrap
 from tests.support.ports import free_port
 
 __all__ = ["RULES_DIR", "SUBSETS", "SPLIT_90_10", "BY_USER_AGENT", "ALL_TO_V1", "ALL_TO_V2", "UP_IPS",

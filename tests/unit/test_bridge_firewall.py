@@ -1,7 +1,7 @@
 """The bridge's FORWARD rule: only where br_netfilter hands bridged frames to iptables."""
 from __future__ import annotations
 
-from testbed.hosts import bridge_calls_iptables, forward_rule
+from testbed.net.hosts import bridge_calls_iptables, forward_rule
 
 
 def test_bridge_calls_iptables_reads_the_sysctl(tmp_path):

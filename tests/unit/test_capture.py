@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from testbed.capture import (Capture, CaptureFile, comment_plan, event_comments, fault_comments, hosts_text,
+from testbed.run.capture import (Capture, CaptureFile, comment_plan, event_comments, fault_comments, hosts_text,
                              insert_nrb, nrb_block)
-from testbed.history import Event, FaultRecord
+from testbed.run.history import Event, FaultRecord
 
 
 def test_comment_goes_on_first_frame_at_or_after_its_time():

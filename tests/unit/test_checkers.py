@@ -7,10 +7,10 @@ from math import comb
 
 import pytest
 
-from testbed.checkers import (check_availability, check_failover, check_removed_endpoint_routing, check_split,
+from testbed.run.checkers import (check_availability, check_failover, check_removed_endpoint_routing, check_split,
                               check_stale_reads, windows)
-from testbed.checkers.stats import binomial_two_sided, chi2_sf, percentile, wilson
-from testbed.history import EtcdOp, Event, Request
+from testbed.run.checkers.stats import binomial_two_sided, chi2_sf, percentile, wilson
+from testbed.run.history import EtcdOp, Event, Request
 
 
 def req(t, ok=True, lat=0.01, version="v1", instance="i1"):

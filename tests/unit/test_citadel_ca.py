@@ -8,9 +8,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from testbed.mesh.citadel_ca import (CertificateAuthority, make_csr, new_key, signed_by,
+from testbed.mesh.citadel.ca import (CertificateAuthority, make_csr, new_key, signed_by,
                                      uri_sans)
-from testbed.mesh.security import SpiffeId
+from testbed.mesh.rules.policy import SpiffeId
 
 
 class Clock:

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from testbed.faults_base import FaultError, fault_from_dict
-from testbed.mesh.citadel import Citadel
-from testbed.mesh.citadel_faults import (CertExpire, CertRevoke, CitadelHTTP, RootRotate,
+from testbed.faults.base import FaultError, fault_from_dict
+from testbed.mesh.citadel.server import Citadel
+from testbed.mesh.citadel.faults import (CertExpire, CertRevoke, CitadelHTTP, RootRotate,
                                          citadel_curl_argv)
 
 

@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from testbed.mesh.citadel import Citadel, CertificateRotator, material_from_json
-from testbed.mesh.citadel_ca import CertificateAuthority, make_csr, new_key, uri_sans
-from testbed.mesh.security import SpiffeId
+from testbed.mesh.citadel.server import Citadel, CertificateRotator, material_from_json
+from testbed.mesh.citadel.ca import CertificateAuthority, make_csr, new_key, uri_sans
+from testbed.mesh.rules.policy import SpiffeId
 
 NODE = "sidecar~10.0.0.3~reviews-v1-0~reviews"
 
@@ -156,13 +156,13 @@ def test_rotator_start_fails_clearly_without_ca():
 
 
 def test_command_line_serves_sds(tmp_path):
-    """`python -m testbed.mesh.citadel` (what runs on the control-plane host)."""
+    """`python -m testbed.mesh.citadel.server` (what runs on the control-plane host)."""
     import subprocess
     import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    p = subprocess.Popen([sys.executable, "-m", "testbed.mesh.citadel", "--port", "0",
+    p = subprocess.Popen([sys.executable, "-m", "testbed.mesh.citadel.server", "--port", "0",
                           "--ttl-s", "30"], cwd=repo, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True)
     try:
@@ -182,12 +182,12 @@ def test_state_dir_survives_a_process_restart(tmp_path):
     import sys
     from pathlib import Path
 
-    from testbed.mesh.citadel_ca import signed_by
+    from testbed.mesh.citadel.ca import signed_by
 
     repo = Path(__file__).resolve().parents[2]
 
     def start():
-        p = subprocess.Popen([sys.executable, "-m", "testbed.mesh.citadel", "--port", "0",
+        p = subprocess.Popen([sys.executable, "-m", "testbed.mesh.citadel.server", "--port", "0",
                               "--state-dir", str(tmp_path / "ca")], cwd=repo,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         return p, p.stdout.readline().split()[2]  # type: ignore[union-attr]
@@ -214,7 +214,7 @@ def test_state_dir_survives_a_process_restart(tmp_path):
 
 
 def test_store_refuses_other_trust_domain(tmp_path):
-    from testbed.mesh import citadel_store
+    from testbed.mesh.citadel import store as citadel_store
     citadel_store.load_or_create(tmp_path)
     with pytest.raises(ValueError, match="trust domain 'cluster.local', not 'example.org'"):
         citadel_store.load_or_create(tmp_path, trust_domain="example.org")

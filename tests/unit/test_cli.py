@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed.cli import Subcommand, Terminated, build_parser, main, teardown_signals
-from testbed.control import ControlError, parse_direction
-from testbed.mncli import (CLIUsageError, LinkSetArgs, parse_drop, parse_link_set, parse_pair,
+from testbed.cli.main import Subcommand, Terminated, build_parser, main, teardown_signals
+from testbed.net.control import ControlError, parse_direction
+from testbed.cli.shell import (CLIUsageError, LinkSetArgs, parse_drop, parse_link_set, parse_pair,
                            parse_restore)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def test_parse_direction():
 # --- the Mininet CLI subclass, driven through a pipe with a recording testbed --------------
 
 class RecordingTestbed:
-    """Stands in for testbed.net.Testbed: records the primitives the CLI calls."""
+    """Stands in for testbed.net.network.Testbed: records the primitives the CLI calls."""
 
     def __init__(self):
         from testbed.shape import LinkShape
@@ -108,7 +108,7 @@ class RecordingTestbed:
 
 
 def run_cli(commands: str):
-    from testbed.mncli import MeshCLI
+    from testbed.cli.shell import MeshCLI
     r, w = os.pipe()
     os.write(w, commands.encode())
     os.close(w)
@@ -124,7 +124,7 @@ def test_hyphenated_commands_dispatch():
                          "link-down h1 s1\nlink-up h1 s1\n"
                          "drop h1 h2 oneway\ndrop h1 h3\nrestore h1\nrestore\n"
                          "link-show\n")
-    # every command is a fault op of the session's Nemesis (testbed.mncli_faults), in one-way
+    # every command is a fault op of the session's Nemesis (testbed.cli.faults), in one-way
     # steps; `restore` reverts whole drops; the link change is reverted at exit (healed)
     identity = {"delay": 0.0, "jitter": 0.0, "loss": 0.0, "loss_correlation": 0.0, "duplicate": 0.0,
                 "reorder": 0.0, "corrupt": 0.0, "bw": None, "queue": 1000}

@@ -1,4 +1,4 @@
-"""testbed.control without root: direction mapping of set_link, drop rules as argv,
+"""testbed.net.control without root: direction mapping of set_link, drop rules as argv,
 journaled before insertion, restore selection. Nodes and links are small recording fakes."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from testbed.control import Control, ControlError, DropRule
+from testbed.net.control import Control, ControlError, DropRule
 from testbed.journal import Journal
 from testbed.shape import LinkShape, ShapeError
 

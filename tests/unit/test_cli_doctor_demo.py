@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed.demo import (Measurement, Part, canary_part, delay_part, format_summary, front_proxy_part,
+from testbed.cli.demo import (Measurement, Part, canary_part, delay_part, format_summary, front_proxy_part,
                           parse_ping, path_between)
-from testbed.doctor import Check, report
+from testbed.cli.doctor import Check, report
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("root", "namespaces", "mininet", "netem", "ovs", "tun", "iptables", "tcpdump", "tshark", "etcd")
@@ -87,7 +87,7 @@ def _write(path: Path, doc: dict) -> Path:
 
 
 def _front_proxy_doc(ok: bool = True) -> dict:
-    """The shape testbed.results.write_results gives experiments/front_proxy.py's verdicts."""
+    """The shape testbed.run.results.write_results gives experiments/front_proxy.py's verdicts."""
     verdicts = {"curl succeeds with 200": {"valid": ok, "detail": "curl exit 0, status 200", "numbers": {}},
                 "latency rose by >= 2 x 50 ms while web's link was delayed":
                     {"valid": True, "detail": "p50 2.4 -> 202.8 ms", "numbers": {"rise_ms": 200.4}},
@@ -166,7 +166,7 @@ def test_format_summary_says_where_everything_is(tmp_path):
 
 
 def test_demo_help_lists_parts_and_out():
-    from testbed.cli import build_parser
+    from testbed.cli.main import build_parser
     args = build_parser().parse_args(["demo", "--only", "canary", "--only", "delay", "--out", "x"])
     assert args.only == ["canary", "delay"] and args.out == Path("x")
     with pytest.raises(SystemExit):

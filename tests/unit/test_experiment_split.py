@@ -1,4 +1,4 @@
-"""testbed.experiment_split: the pure helpers and the claims of registry_split_brain on
+"""lablib.split: the pure helpers and the claims of registry_split_brain on
 synthetic histories (a cut from t=10 to t=30, the run ends at t=45)."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from testbed.experiment import Context
-from testbed.experiment_split import (NO_RETRIES, Sides, etcd_claims, first_answer_after, outcome_counts,
+from testbed.run.experiment import Context
+from lablib.split import (NO_RETRIES, Sides, etcd_claims, first_answer_after, outcome_counts,
                                       pilot_claims, plot_sides, registry_claims, removal_windows, routing_claims,
                                       stream_summary)
-from testbed.history import EtcdOp, Event, HistoryData, Request
+from testbed.run.history import EtcdOp, Event, HistoryData, Request
 
 SIDE = Sides("c2", "c1", "echo-v1-1", "echo-v1-0")
 P0, P1, END = 10.0, 30.0, 45.0

@@ -1,4 +1,4 @@
-"""The join behind experiments/etcd_leader_latency.py (testbed/experiment_mesh.py): registry
+"""The join behind experiments/etcd_leader_latency.py (experiments/lablib/mesh.py): registry
 write -> Pilot's config -> xDS push -> every sidecar's ACK, the probe mesh spec, the window
 summaries and the plot. The last test drives the real Pilot on loopback so the join is
 checked against the version strings Pilot actually emits."""
@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 
 import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
-from testbed.experiment_mesh import (PROBE_SERVICE, keep_etcd_logs, leaders_elected, parse_listing,
+from lablib.mesh import (PROBE_SERVICE, keep_etcd_logs, leaders_elected, parse_listing,
                                      pilot_seen_latency, plot_pilot_latency, registry_mesh_spec, window_summary,
                                      write_summary, xds_latency)
-from testbed.history import Event
-from testbed.topology import load_topology
+from testbed.run.history import Event
+from testbed.topology.load import load_topology
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "tuned"
@@ -197,8 +197,8 @@ def test_join_matches_the_real_pilots_events():
     """Two sidecars hold EDS requests for the probe cluster; a registry change lands; each
     gets a push and ACKs it. The join finds config <= push <= ACK for both."""
     from testbed.mesh.model import Endpoint
-    from testbed.mesh.pilot import Pilot
-    from testbed.mesh.xds import TYPE_BY_PATH, NodeInfo, XdsSource
+    from testbed.mesh.pilot.server import Pilot
+    from testbed.mesh.pilot.resources import TYPE_BY_PATH, NodeInfo, XdsSource
     services = registry_mesh_spec(spec(), 100, 1000).service_specs()
     cluster = f"outbound|9000||{PROBE_SERVICE}"
     raw: list[dict] = []

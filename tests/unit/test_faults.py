@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from testbed.control import DropRule
-from testbed.faults import (FAULTS, Crash, Cut, FaultError, LinkChange, LinkDown, NemesisTarget, Partition, Pause,
+from testbed.net.control import DropRule
+from testbed.faults.kinds import (FAULTS, Crash, Cut, FaultError, LinkChange, LinkDown, NemesisTarget, Partition, Pause,
                             Restart, fault_from_dict)
-from testbed.faults_grudge import Grudge, complete
-from testbed.faults_targets import FakeTarget, TestbedTarget
+from testbed.faults.grudge import Grudge, complete
+from testbed.faults.targets import FakeTarget, TestbedTarget
 from testbed.shape import LinkShape
 
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from testbed.faults_grudge import (Grudge, GrudgeError, bridge, complete, control_plane_cut, cut_between,
+from testbed.faults.grudge import (Grudge, GrudgeError, bridge, complete, control_plane_cut, cut_between,
                                    data_plane_split, isolate_one, majorities_ring, random_halves, registry_split)
 
 NODES5 = ["n1", "n2", "n3", "n4", "n5"]

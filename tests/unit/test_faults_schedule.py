@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from testbed.faults import Crash, FaultError, LinkChange, Partition, Pause, Restart
-from testbed.faults_grudge import random_halves
-from testbed.faults_schedule import (HealError, Nemesis, Schedule, at, every, flip_flop, run_schedule,
+from testbed.faults.kinds import Crash, FaultError, LinkChange, Partition, Pause, Restart
+from testbed.faults.grudge import random_halves
+from testbed.faults.schedule import (HealError, Nemesis, Schedule, at, every, flip_flop, run_schedule,
                                      run_schedule_async)
-from testbed.faults_targets import FakeTarget
-from testbed.history import FakeClock, History, RunClock, read_history
+from testbed.faults.targets import FakeTarget
+from testbed.run.history import FakeClock, History, RunClock, read_history
 
 NODES = ["e1", "e2", "e3", "h1"]
 

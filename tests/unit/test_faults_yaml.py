@@ -5,12 +5,12 @@ import textwrap
 
 import pytest
 
-from testbed.faults import Crash, LinkChange, Partition
-from testbed.faults_grudge import complete
-from testbed.faults_schedule import run_schedule
-from testbed.faults_targets import FakeTarget
-from testbed.faults_yaml import ScheduleError, load_schedule, parse_schedule
-from testbed.history import FakeClock
+from testbed.faults.kinds import Crash, LinkChange, Partition
+from testbed.faults.grudge import complete
+from testbed.faults.schedule import run_schedule
+from testbed.faults.targets import FakeTarget
+from testbed.faults.source import ScheduleError, load_schedule, parse_schedule
+from testbed.run.history import FakeClock
 
 DOC = textwrap.dedent("""\
     seed: 7

@@ -1,4 +1,4 @@
-"""The pure parts of testbed/front_proxy_lab.py (no root, no network): curl's status line,
+"""The pure parts of experiments/lablib/front_proxy.py (no root, no network): curl's status line,
 the stand-in's request log, dnsmasq's query log, the proxy command lines."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from testbed.front_proxy_lab import (CURL, ENVOY_V3_YAML, SEED_YAML, curl_status, dns_queries, proxy_argv,
+from lablib.front_proxy import (CURL, ENVOY_V3_YAML, SEED_YAML, curl_status, dns_queries, proxy_argv,
                                      read_web_log)
 
 CURL_V = """*   Trying 10.0.0.1:15001...

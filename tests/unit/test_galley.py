@@ -1,8 +1,8 @@
 """Galley: cross-resource analysis with Istio-style codes and file:line."""
 from pathlib import Path
 
-from testbed.mesh.galley import analyze, analyze_files, short_host
-from testbed.mesh.istio import parse_rules
+from testbed.mesh.rules.galley import analyze, analyze_files, short_host
+from testbed.mesh.rules.traffic import parse_rules
 from testbed.mesh.model import ServiceSpec, VersionSpec
 
 REVIEWS = ServiceSpec("reviews", 9080, (VersionSpec("v1"), VersionSpec("v2"), VersionSpec("v3")))

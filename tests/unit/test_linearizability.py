@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from testbed.checkers.linearizability import (Operation, _step, check_linearizability, check_register,
+from testbed.run.checkers.linearizability import (Operation, _step, check_linearizability, check_register,
                                               pair_operations)
-from testbed.history import EtcdOp, HistoryError
+from testbed.run.history import EtcdOp, HistoryError
 
 
 def op(p, f, call, ret, value=None, result=None, kind="ok", key="k", serializable=False):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import testbed.mesh.spec as spec_mod
-from testbed.mesh.cli import analyze_paths, format_registry
+from testbed.cli.mesh import analyze_paths, format_registry
 from testbed.mesh.spec import InstanceSpec, MeshSpec, app_argv
-from testbed.topology import TopologyError, load_topology, parse_topology
+from testbed.topology.load import TopologyError, load_topology, parse_topology
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -176,7 +176,7 @@ def test_registry_table():
 
 
 def test_cli_has_mesh_subcommands_and_reports_no_running_mesh(tmp_path, monkeypatch, capsys):
-    from testbed.cli import main
+    from testbed.cli.main import main
     monkeypatch.setenv("MINIMESH_STATE_DIR", str(tmp_path))
     assert main(["registry"]) == 1
     assert "no running mesh" in capsys.readouterr().err
@@ -190,7 +190,7 @@ def test_cli_reports_an_unreachable_pilot(tmp_path, monkeypatch, capsys):
     import json
     import os
 
-    from testbed.cli import main
+    from testbed.cli.main import main
     from testbed.journal import proc_start
     monkeypatch.setenv("MINIMESH_STATE_DIR", str(tmp_path))
     (tmp_path / "mesh").mkdir()

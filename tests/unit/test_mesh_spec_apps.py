@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from testbed.apps.bookinfo import Config, make_app
-from testbed.mesh.deploy_client import run as client_run
-from testbed.mesh.etcd import free_ports
+from testbed.mesh.deploy.load_client import run as client_run
+from testbed.mesh.etcd.cluster import free_ports
 
 TRACE = {"x-request-id": "r-1", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
          "b3": "80f198ee56343ba8-e457b5a2e4d86bd1-1", "end-user": "jason"}

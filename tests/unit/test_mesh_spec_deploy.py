@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed.mesh.deploy import Mesh
-from testbed.mesh.deploy_net import CAPTURE_COMMENT, Plumbing, capture_args
-from testbed.topology import load_topology
+from testbed.mesh.deploy.mesh import Mesh
+from testbed.mesh.deploy.net import CAPTURE_COMMENT, Plumbing, capture_args
+from testbed.topology.load import load_topology
 
 REPO = Path(__file__).resolve().parents[2]
 

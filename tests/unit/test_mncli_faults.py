@@ -6,10 +6,10 @@ import signal
 
 import pytest
 
-from testbed.faults import FakeTarget
-from testbed.faults_grudge import complete, random_halves
-from testbed.history import FakeClock
-from testbed.mncli_faults import FaultCommandError, FaultCommands, FaultSession, parse_partition
+from testbed.faults.kinds import FakeTarget
+from testbed.faults.grudge import complete, random_halves
+from testbed.run.history import FakeClock
+from testbed.cli.faults import FaultCommandError, FaultCommands, FaultSession, parse_partition
 
 HOSTS = ["h1", "h2", "h3", "h4"]
 
@@ -180,7 +180,7 @@ def test_mixin_prints_and_counts_errors(monkeypatch):
 
 
 def test_a_mesh_without_named_processes_says_so():
-    from testbed.mncli_faults import NO_MESH_PROCESSES
+    from testbed.cli.faults import NO_MESH_PROCESSES
     t = FakeTarget(links=[("h1", "s1")], hosts=["h1"])
     s = FaultSession(t, FakeClock(), lambda: ["h1"], lambda: (), no_processes=NO_MESH_PROCESSES)
     with pytest.raises(FaultCommandError, match=r"names no processes"):

@@ -1,6 +1,6 @@
 """Outlier event log (bootstrap cluster_manager.outlier_detection.event_log_path): the lines
 the detector writes (Envoy 1.40's OutlierDetectionEvent JSON), the bootstrap field, and
-their import into a run's history (testbed.outlier_events)."""
+their import into a run's history (testbed.run.outlier_events)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,14 +9,14 @@ import json
 
 import pytest
 
-from proxy.bootstrap import ConfigError, parse_bootstrap
-from proxy.cfg_cluster import ClusterSpec, EndpointSpec, OutlierSpec
-from proxy.cluster import Cluster
-from proxy.outlier_log import OutlierEventLog, format_event, format_timestamp, upstream_url
+from proxy.config.bootstrap import ConfigError, parse_bootstrap
+from proxy.config.cluster import ClusterSpec, EndpointSpec, OutlierSpec
+from proxy.upstream.cluster import Cluster
+from proxy.upstream.outlier_log import OutlierEventLog, format_event, format_timestamp, upstream_url
 from proxy.stats import Stats
-from testbed.history import History, read_history
-from testbed.mesh.xds import NodeInfo, sidecar_bootstrap
-from testbed.outlier_events import first_ejection, import_outlier_logs, outlier_records
+from testbed.run.history import History, read_history
+from testbed.mesh.pilot.resources import NodeInfo, sidecar_bootstrap
+from testbed.run.outlier_events import first_ejection, import_outlier_logs, outlier_records
 
 WALL0 = 1_795_000_000.0          # 2026-11-18T11:06:40Z
 

@@ -3,7 +3,7 @@ from hypothesis import given, settings, strategies as st
 
 import pytest
 
-from proxy.codec import (END, ClientCodec, Data, ProtocolError, RequestHead, ResponseHead, ServerCodec,
+from proxy.http.codec import (END, ClientCodec, Data, ProtocolError, RequestHead, ResponseHead, ServerCodec,
                          encode_chunk, encode_request_head, encode_response_head, LAST_CHUNK)
 
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from proxy.bootstrap import ConfigError, load_bootstrap, parse_bootstrap
-from proxy.cfg_listener import HcmSpec
+from proxy.config.bootstrap import ConfigError, load_bootstrap, parse_bootstrap
+from proxy.config.listener import HcmSpec
 from tests.support.seed import seed_path, seed_yaml, yaml_in_seed
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

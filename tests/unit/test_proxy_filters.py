@@ -4,14 +4,14 @@ import asyncio
 
 import pytest
 
-from proxy import registry
-from proxy.bootstrap import parse_bootstrap
-from proxy.cfg_reader import Obj
-from proxy.cfg_route import parse_route_config
-from proxy.filters import CONTINUE, STOP_ITERATION, HttpFilter
-from proxy.hcm import DownstreamConnection, HcmConfig
+from proxy.filters import factory as registry
+from proxy.config.bootstrap import parse_bootstrap
+from proxy.config.reader import Obj
+from proxy.config.route import parse_route_config
+from proxy.filters.base import CONTINUE, STOP_ITERATION, HttpFilter
+from proxy.http.hcm import DownstreamConnection, HcmConfig
 from proxy.server import ServerContext
-from proxy.codec import ClientCodec, ResponseHead, Data
+from proxy.http.codec import ClientCodec, ResponseHead, Data
 
 CALLS: list = []
 

@@ -1,4 +1,4 @@
-"""proxy.lazy_timer.LazyTimer (the route timeout's re-armable timer) on asyncio's and
+"""proxy.http.lazy_timer.LazyTimer (the route timeout's re-armable timer) on asyncio's and
 uvloop's loops, and the hot path's memory shape: a finished stream is freed by reference
 counting alone (no Stream <-> filter cycle left for the cyclic garbage collector)."""
 import asyncio
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from proxy.lazy_timer import LazyTimer
-from proxy.stream import Stream
+from proxy.http.lazy_timer import LazyTimer
+from proxy.http.stream import Stream
 
 LOOPS = ["asyncio"]
 try:
@@ -120,8 +120,8 @@ def _direct_response_conn():
     (through the router, so each stream has a Router filter pointing back at it)."""
     from types import SimpleNamespace
 
-    from proxy.bootstrap import parse_bootstrap
-    from proxy.hcm import DownstreamConnection, HcmConfig
+    from proxy.config.bootstrap import parse_bootstrap
+    from proxy.http.hcm import DownstreamConnection, HcmConfig
     from proxy.server import ServerContext
     hcm_cfg = {"stat_prefix": "t", "http_filters": [{"name": "envoy.filters.http.router"}],
                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
@@ -138,7 +138,7 @@ def _direct_response_conn():
 
 
 def _responses(raw: bytes) -> list:
-    from proxy.codec import ClientCodec, Data, ResponseHead
+    from proxy.http.codec import ClientCodec, Data, ResponseHead
     out = []
     for ev in ClientCodec().receive_data(bytes(raw)):
         if type(ev) is ResponseHead:
@@ -169,7 +169,7 @@ def test_finished_streams_are_freed_without_the_cycle_collector():
 def test_route_timeout_on_a_keep_alive_connection_rearms_exactly():
     """One downstream connection, one lazy route timer: a later deadline is honoured (no
     early 504 from the previous request's loop timer), and a shorter one fires on time."""
-    from proxy.testing import HttpClient, Reply, Upstream
+    from tests.support.http_peers import HttpClient, Reply, Upstream
     from tests.integration.test_proxy_e2e import Proxy, cluster, config
 
     def behaviour(req):

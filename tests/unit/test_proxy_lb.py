@@ -4,9 +4,9 @@ import collections
 import random
 
 
-from proxy.cfg_cluster import ClusterSpec, EndpointSpec, OutlierSpec
-from proxy.cluster import Cluster, Host
-from proxy.lb import LeastRequest, RandomLb, RingHash, RoundRobin
+from proxy.config.cluster import ClusterSpec, EndpointSpec, OutlierSpec
+from proxy.upstream.cluster import Cluster, Host
+from proxy.upstream.lb import LeastRequest, RandomLb, RingHash, RoundRobin
 from proxy.stats import Stats
 
 

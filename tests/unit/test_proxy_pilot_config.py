@@ -1,18 +1,18 @@
-"""What minimesh's Pilot (testbed/mesh/xds.py) emits parses in minimesh-proxy: per-route
+"""What minimesh's Pilot (testbed/mesh/pilot/resources.py) emits parses in minimesh-proxy: per-route
 fault config (typed_per_filter_config), request_mirror_policies, access-log log_format;
 plus the log_format operators and the fault filter's header matchers, without sockets."""
 import json
 
 import pytest
 
-from proxy.cfg_listener import parse_listener
-from proxy.cfg_reader import ConfigError, Obj
-from proxy.cfg_route import parse_route_config
-from proxy.log_format import LogFormat, compile_format, parse_log_format
-from proxy.mirror import shadow_host
-from proxy.routing import RouteTable
-from testbed.mesh import xds
-from testbed.mesh.xds import NodeInfo, build
+from proxy.config.listener import parse_listener
+from proxy.config.reader import ConfigError, Obj
+from proxy.config.route import parse_route_config
+from proxy.access_log_format import LogFormat, compile_format, parse_log_format
+from proxy.filters.mirror import shadow_host
+from proxy.http.route_table import RouteTable
+from testbed.mesh.pilot import resources as xds
+from testbed.mesh.pilot.resources import NodeInfo, build
 from tests.unit.test_xds import CLIENT, SRC, state
 
 
@@ -54,7 +54,7 @@ def test_unknown_per_filter_name_and_unsupported_filter_are_errors():
 
 
 def test_fault_headers_field_compiles_matchers():
-    from proxy.fault import _parse
+    from proxy.filters.fault import _parse
     cfg = _parse(Obj({"headers": [{"name": "x-mm-fault", "string_match": {"exact": "abort"}}],
                       "abort": {"http_status": 503, "percentage": {"numerator": 100}}}, "f"))
     [m] = cfg.matchers

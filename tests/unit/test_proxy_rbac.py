@@ -1,4 +1,4 @@
-"""proxy/rbac.py: Envoy's RBAC filter in minimesh-proxy.
+"""proxy/filters/rbac.py: Envoy's RBAC filter in minimesh-proxy.
 
 A differential property: for Istio policies translated by security_envoy.rbac_filters, the
 proxy's RBAC chain (DENY filter, then ALLOW filter) gives the same verdict as
@@ -15,14 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.bootstrap import parse_bootstrap
-from proxy.cfg_reader import ConfigError, Obj
-from proxy.rbac import Request, _parse, compile_filter, evaluate
+from proxy.config.bootstrap import parse_bootstrap
+from proxy.config.reader import ConfigError, Obj
+from proxy.filters.rbac import Request, _parse, compile_filter, evaluate
 from proxy.server import Server
-from proxy.testing import Upstream, http_request
-from testbed.mesh.security import AuthzRequest, SpiffeId, decide
-from testbed.mesh.security_envoy import rbac_filters
-from testbed.mesh.security_yaml import parse_security
+from tests.support.http_peers import Upstream, http_request
+from testbed.mesh.rules.policy import AuthzRequest, SpiffeId, decide
+from testbed.mesh.pilot.rbac import rbac_filters
+from testbed.mesh.rules.security import parse_security
 
 POLICIES = """
 apiVersion: security.istio.io/v1beta1

@@ -2,9 +2,9 @@
 and the HTTP filter chain on a fake transport (no sockets)."""
 
 
-from proxy.cfg_reader import Obj
-from proxy.cfg_route import parse_route_config
-from proxy.routing import RouteTable, apply_ops
+from proxy.config.reader import Obj
+from proxy.config.route import parse_route_config
+from proxy.http.route_table import RouteTable, apply_ops
 
 
 def table(vhosts):

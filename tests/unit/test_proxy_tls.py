@@ -1,4 +1,4 @@
-"""proxy/tls_transport.py + proxy/sds.py: Envoy's transport_socket config in minimesh-proxy.
+"""proxy/tls/transport.py + proxy/tls/sds.py: Envoy's transport_socket config in minimesh-proxy.
 
 Parsing (STRICT/PERMISSIVE/DISABLE chains as Pilot and citadel_envoy emit them, upstream
 contexts with SPIFFE SANs, errors in the user's words) and, on loopback in one process, two
@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from proxy.bootstrap import parse_bootstrap
-from proxy.cfg_cluster import parse_cluster
-from proxy.cfg_listener import parse_listener
-from proxy.cfg_reader import ConfigError, Obj
+from proxy.config.bootstrap import parse_bootstrap
+from proxy.config.cluster import parse_cluster
+from proxy.config.listener import parse_listener
+from proxy.config.reader import ConfigError, Obj
 from proxy.server import Server
-from proxy.testing import Upstream, http_request
-from testbed.mesh.citadel_ca import CertificateAuthority
-from testbed.mesh.citadel_envoy import inbound_chains, upstream_tls_context
-from testbed.mesh.security import SpiffeId
+from tests.support.http_peers import Upstream, http_request
+from testbed.mesh.citadel.ca import CertificateAuthority
+from testbed.mesh.citadel.envoy import inbound_chains, upstream_tls_context
+from testbed.mesh.rules.policy import SpiffeId
 
 HCM_T = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 SLEEP, ECHO = SpiffeId.make("sleep").uri, SpiffeId.make("echo").uri

@@ -1,4 +1,4 @@
-"""testbed/mesh/pilot_security.py: what Pilot adds per node for Citadel, and that
+"""testbed/mesh/pilot/security.py: what Pilot adds per node for Citadel, and that
 minimesh-proxy's config parsers take it (the same resources feed real Envoy).
 
 * no security resource: listeners and clusters exactly as before;
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.cfg_cluster import parse_cluster
-from proxy.cfg_listener import parse_listener
-from proxy.cfg_reader import Obj
-from testbed.mesh import xds
-from testbed.mesh.istio import parse_rules
+from proxy.config.cluster import parse_cluster
+from proxy.config.listener import parse_listener
+from proxy.config.reader import Obj
+from testbed.mesh.pilot import resources as xds
+from testbed.mesh.rules.traffic import parse_rules
 from testbed.mesh.model import MeshState, ServiceSpec, VersionSpec
-from testbed.mesh.pilot import ApplyRejected, Pilot
-from testbed.mesh.xds import NodeInfo, XdsSource
+from testbed.mesh.pilot.server import ApplyRejected, Pilot
+from testbed.mesh.pilot.resources import NodeInfo, XdsSource
 
 SRC = XdsSource()
 SVCS = (ServiceSpec("reviews", 9080, (VersionSpec("v1"), VersionSpec("v2"))), ServiceSpec("ratings", 9081))

@@ -9,18 +9,18 @@ import re
 
 import pytest
 
-from proxy.bootstrap import parse_bootstrap
-from proxy.cfg_reader import ConfigError, Obj
+from proxy.config.bootstrap import parse_bootstrap
+from proxy.config.reader import ConfigError, Obj
 from proxy.server import Server
-from proxy.xds import (CLUSTER, ENDPOINT, LISTENER, ROUTE, Subscription, XdsError, decode_response,
+from proxy.xds.protocol import (CLUSTER, ENDPOINT, LISTENER, ROUTE, Subscription, XdsError, decode_response,
                        parse_config_source, parse_dynamic_resources, validate_assignment, validate_clusters,
                        validate_listeners, validate_route_config)
-from proxy.xds_client import XdsClient
-from proxy.xds_testing import FakeControlPlane, discovery_response
-from testbed.mesh import xds as pilot_xds
+from proxy.xds.client import XdsClient
+from tests.support.xds_control import FakeControlPlane, discovery_response
+from testbed.mesh.pilot import resources as pilot_xds
 from testbed.mesh.model import Endpoint, MeshState
-from testbed.mesh.istio import parse_rules
-from testbed.mesh.xds import XdsSource, sidecar_bootstrap
+from testbed.mesh.rules.traffic import parse_rules
+from testbed.mesh.pilot.resources import XdsSource, sidecar_bootstrap
 from tests.support.pilot import SUBSETS as DR, client_node, echo_service, subsets
 
 SRC = XdsSource(refresh_delay_ms=10, request_timeout_ms=1000)
@@ -238,10 +238,10 @@ def test_rds_bad_route_keeps_the_old_table():
     async def go():
         fake = FakeControlPlane()
         server, client = make_client(fake)
-        from proxy.xds import ListenerUpdate, ConfigSource
-        from proxy.cfg_listener import parse_listener
+        from proxy.xds.protocol import ListenerUpdate, ConfigSource
+        from proxy.config.listener import parse_listener
         spec = parse_listener(Obj(plain(resources(LISTENER))[0], "l"), 0)
-        from proxy.hcm import HcmConfig
+        from proxy.http.hcm import HcmConfig
 
         class Lst:      # a listener without a socket: only its HCM config matters here
             def __init__(self):

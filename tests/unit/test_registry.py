@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from testbed.mesh import etcd as W
+from testbed.mesh.etcd import cluster as W
 from testbed.mesh.model import Endpoint
-from testbed.mesh.registry import (DEFAULT_PREFIX, EtcdClient, EtcdError, RangeResult, WatchError,
+from testbed.mesh.etcd.registry import (DEFAULT_PREFIX, EtcdClient, EtcdError, RangeResult, WatchError,
                                    Watch, _Retry, endpoint_json, endpoint_key, parse_endpoint, parse_key)
 
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from testbed.mesh.etcd import KV, WatchEvent
+from testbed.mesh.etcd.cluster import KV, WatchEvent
 from testbed.mesh.model import Endpoint
-from testbed.mesh.registry import (Discovery, EtcdError, Lease, RangeResult, Registrar, WatchError,
+from testbed.mesh.etcd.registry import (Discovery, EtcdError, Lease, RangeResult, Registrar, WatchError,
                                    endpoint_json, endpoint_key)
 
 

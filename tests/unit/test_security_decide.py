@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from testbed.mesh.security import (ALLOW, DENY, DISABLE, PERMISSIVE, STRICT, UNSET,
+from testbed.mesh.rules.policy import (ALLOW, DENY, DISABLE, PERMISSIVE, STRICT, UNSET,
                                    AuthorizationPolicy, AuthzRequest, Condition, Operation,
                                    PeerAuthentication, Rule, Source, applicable, decide,
                                    peer_mode, wildcard_match)

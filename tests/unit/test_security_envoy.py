@@ -1,9 +1,9 @@
 """AuthorizationPolicy -> Envoy RBAC shapes (behaviour vs real Envoy: test_mtls_envoy.py)."""
 from __future__ import annotations
 
-from testbed.mesh.security import (ALLOW, DENY, AuthorizationPolicy, Condition, Operation, Rule,
+from testbed.mesh.rules.policy import (ALLOW, DENY, AuthorizationPolicy, Condition, Operation, Rule,
                                    Source)
-from testbed.mesh.security_envoy import rbac_filters
+from testbed.mesh.pilot.rbac import rbac_filters
 
 
 def actions(filters):

@@ -5,9 +5,9 @@ import textwrap
 
 import pytest
 
-from testbed.mesh.security import (ALLOW, DENY, STRICT, UNSET, AuthorizationPolicy, Condition,
+from testbed.mesh.rules.policy import (ALLOW, DENY, STRICT, UNSET, AuthorizationPolicy, Condition,
                                    Operation, PeerAuthentication, Source)
-from testbed.mesh.security_yaml import parse_security
+from testbed.mesh.rules.security import parse_security
 
 
 def parse(text: str):
@@ -212,7 +212,7 @@ def test_deny_policy_value():
 def test_json_round_trip_is_lossless():
     import json
 
-    from testbed.mesh.security import from_json, to_json
+    from testbed.mesh.rules.policy import from_json, to_json
     res, _ = parse(GOOD)
     for r in res:
         wire = json.loads(json.dumps(to_json(r)))

@@ -9,7 +9,7 @@ import pytest
 
 import testbed.mesh.spec  # noqa: F401  (registers the mesh: section the shipped meshes use)
 from testbed.shape import LinkShape
-from testbed.topology import (Context, TopologyError, _SECTIONS, load_topology, parse_topology,
+from testbed.topology.load import (Context, TopologyError, _SECTIONS, load_topology, parse_topology,
                               register_section, resolve_topology)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def test_to_mininet_gives_switches_without_digits_a_dpid() -> None:
 
 
 def test_register_section(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("testbed.topology._SECTIONS", {})
+    monkeypatch.setattr("testbed.topology.load._SECTIONS", {})
 
     def parse_mesh(node, ctx: Context):
         fields = ctx.mapping(node, "mesh", allowed=("registry",), required=("registry",))

@@ -6,7 +6,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.topology import Topology, TopologyError, parse_topology
+from testbed.topology.load import Topology, TopologyError, parse_topology
 
 KEYS = ["name", "hosts", "switches", "links", "ip_base", "h1", "h2", "s1", "ip", "mac", "between",
         "delay", "jitter", "loss", "bw", "queue", "forward", "reverse", "reorder", "x"]

@@ -10,10 +10,10 @@ import types
 
 import pytest
 
-from testbed.cli import HISTORY, UpOptionError, main, open_history, up_history_path
-from testbed.faults import FakeTarget, FaultError
-from testbed.history import FakeClock, History, RunClock, fault_windows, read_history
-from testbed.mncli_faults import FaultCommandError, FaultSession
+from testbed.cli.main import HISTORY, UpOptionError, main, open_history, up_history_path
+from testbed.faults.kinds import FakeTarget, FaultError
+from testbed.run.history import FakeClock, History, RunClock, fault_windows, read_history
+from testbed.cli.faults import FaultCommandError, FaultSession
 
 HOSTS = ["h1", "h2", "h3"]
 
@@ -160,7 +160,7 @@ def test_restore_reverts_whole_drops_and_leaves_wider_partitions(tmp_path):
 # --- the Mininet CLI, driven through a pipe ---------------------------------------------------
 
 class FakeTestbed:
-    """What TestbedTarget and the CLI use of testbed.net.Testbed, over a FakeTarget."""
+    """What TestbedTarget and the CLI use of testbed.net.network.Testbed, over a FakeTarget."""
 
     def __init__(self):
         self.t = FakeTarget(links=[(h, "s1") for h in HOSTS], hosts=HOSTS)
@@ -189,7 +189,7 @@ class FakeTestbed:
 
 
 def test_mesh_cli_records_link_and_fault_commands_and_heals_at_exit(tmp_path):
-    from testbed.mncli import MeshCLI
+    from testbed.cli.shell import MeshCLI
     tb, clock = FakeTestbed(), RunClock()
     r, w = os.pipe()
     os.write(w, b"link-set h1 s1 delay=20ms\ndrop h1 h2 oneway\nlink-down h3 s1\nlink-up h3 s1\n"

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from testbed.history import History, read_history
-from testbed.workload import OffsetClock, describe_response, run_http, send_times, workload_argv
+from testbed.run.history import History, read_history
+from testbed.run.workload import OffsetClock, describe_response, run_http, send_times, workload_argv
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_describe_response_infers_envoy_flags_from_local_replies(body, flag):
 def test_workload_argv_round_trip():
     argv = workload_argv("py", "http", "/h.jsonl", 12.5, 20, 3, start_s=1, url="http://x/",
                          header={"User-Agent": "Android"}, endpoints=["a", "b"])
-    assert argv[:4] == ["py", "-m", "testbed.workload", "http"]
+    assert argv[:4] == ["py", "-m", "testbed.run.workload", "http"]
     assert argv[argv.index("--header") + 1] == "User-Agent: Android"
     assert argv[argv.index("--endpoints") + 1] == "a,b"
     assert argv[argv.index("--t0") + 1] == "12.5"

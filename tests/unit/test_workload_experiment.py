@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed.cli import build_parser
-from testbed.run_cmd import script_argv
+from testbed.cli.main import build_parser
+from testbed.cli.run import script_argv
 
 REPO = Path(__file__).resolve().parents[2]
 

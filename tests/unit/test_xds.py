@@ -1,10 +1,10 @@
 """xDS resource shapes (Envoy v3 JSON) built from services, endpoints and rules."""
 import pytest
 
-from testbed.mesh.istio import parse_rules
+from testbed.mesh.rules.traffic import parse_rules
 from testbed.mesh.model import Endpoint, MeshState, ServiceSpec, VersionSpec, service_vips
-from testbed.mesh import xds
-from testbed.mesh.xds import NodeInfo, XdsSource, build, sidecar_bootstrap
+from testbed.mesh.pilot import resources as xds
+from testbed.mesh.pilot.resources import NodeInfo, XdsSource, build, sidecar_bootstrap
 
 SRC = XdsSource(cluster="pilot", refresh_delay_ms=50, request_timeout_ms=20000)
 SVCS = (ServiceSpec("svcb", 8080, (VersionSpec("v1"), VersionSpec("v2"))),
@@ -227,10 +227,10 @@ def test_nodes_share_cached_resources_only_when_inputs_match():
 def test_default_mesh_config_is_accepted_by_minimesh_proxy_config_reader():
     """Without fault/mirror/access-log features, every resource Pilot sends parses with
     minimesh-proxy's strict config reader (the sidecar must not NACK a plain mesh)."""
-    reader = pytest.importorskip("proxy.cfg_reader")
-    cfg_route = pytest.importorskip("proxy.cfg_route")
-    cfg_cluster = pytest.importorskip("proxy.cfg_cluster")
-    cfg_listener = pytest.importorskip("proxy.cfg_listener")
+    reader = pytest.importorskip("proxy.config.reader")
+    cfg_route = pytest.importorskip("proxy.config.route")
+    cfg_cluster = pytest.importorskip("proxy.config.cluster")
+    cfg_listener = pytest.importorskip("proxy.config.listener")
     plain = state(RULES.replace("    fault: {delay: {fixedDelay: 5s, percentage: {value: 10}}, "
                                 "abort: {httpStatus: 503}}\n", "")
                   .replace("    mirror: {host: svca}\n    mirrorPercentage: {value: 12.5}\n", ""))

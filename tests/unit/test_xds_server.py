@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from testbed.mesh import xds
-from testbed.mesh.pilot import ApplyRejected, Pilot
-from testbed.mesh.xds import NodeInfo, XdsSource
+from testbed.mesh.pilot import resources as xds
+from testbed.mesh.pilot.server import ApplyRejected, Pilot
+from testbed.mesh.pilot.resources import NodeInfo, XdsSource
 from tests.support.pilot import SUBSETS as DR, echo_service
 
 SVC = echo_service(8080)

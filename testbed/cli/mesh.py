@@ -1,0 +1,244 @@
+"""Mesh subcommands: ``minimesh apply -f FILE``, ``minimesh analyze FILE...``,
+``minimesh registry [list]``; and the mesh part of ``minimesh up`` (the Mininet CLI's
+``apply FILE`` and ``registry`` commands, and starting the mesh of a topology that has a
+``mesh:`` section).
+
+``apply`` and ``registry`` talk to the running ``up`` through Pilot's admin unix socket
+(``<state dir>/mesh-*/pilot.sock``, published in ``<state dir>/mesh/<pid>.json``); a unix
+socket is reachable from the root namespace, so no command has to enter a Mininet host.
+Importing this module registers the topology's ``mesh:`` section (testbed.mesh.spec).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
+from testbed.cli.main import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Subcommand
+
+__all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "analyze_paths",
+           "format_registry", "default_sidecar"]
+
+
+# --- analyze ------------------------------------------------------------------------------
+
+def analyze_paths(paths: Sequence[str]) -> tuple[list[str], int]:
+    """Galley over topologies (their mesh.services and mesh.rules files, fully validated by
+    the topology loader) and rule files: (formatted messages, exit code 1 on any Error)."""
+    from testbed.mesh.rules.galley import analyze, load_files
+    from testbed.mesh.model import ERROR, INFO, Message
+    from testbed.topology.load import TopologyError, load_topology
+
+    services: list | None = None
+    rule_files: list[str] = []
+    msgs: list[Message] = []
+    for path in paths:
+        if _is_topology(path):
+            try:
+                topo = load_topology(path)
+            except TopologyError as e:
+                msgs.append(Message("MM0008", ERROR, e.message, e.file, e.line or 0, "topology"))
+                services = services or []
+                continue
+            mesh = topo.sections.get("mesh")
+            services = (services or []) + list(mesh.service_specs() if mesh else ())
+            rule_files += list(mesh.rules if mesh else ())
+        else:
+            rule_files.append(path)
+    _, rules, rule_msgs = load_files(rule_files)
+    msgs += rule_msgs
+    if services is None and rules:
+        msgs.append(Message("MM0010", INFO, "no topology given: hosts and subsets were not "
+                            "checked against services (pass the topology file too)"))
+    msgs = sorted(msgs + analyze(services, rules), key=lambda m: (m.file, m.line, m.code))
+    return [m.format() for m in msgs], int(any(m.level == ERROR for m in msgs))
+
+
+def _is_topology(path: str) -> bool:
+    """A YAML mapping with hosts: (and no Istio apiVersion/kind) is a topology."""
+    import yaml
+    try:
+        with open(path) as f:
+            doc = next(iter(yaml.safe_load_all(f)), None)
+    except (OSError, yaml.YAMLError, StopIteration):
+        return False
+    return isinstance(doc, dict) and "hosts" in doc and "kind" not in doc
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    lines, code = analyze_paths(args.files)
+    for line in lines:
+        print(line)
+    if not lines:
+        print("✔ No validation issues found when analyzing " + ", ".join(args.files))
+    return code
+
+
+# --- apply / registry against a running mesh -----------------------------------------------
+
+def _admin(run: int | None) -> Any:
+    from testbed.mesh.deploy.mesh import running_meshes
+    from testbed.mesh.pilot.process import AdminClient
+    meshes = running_meshes()
+    if run is not None:
+        meshes = [m for m in meshes if m["pid"] == run]
+    if not meshes:
+        print("minimesh: no running mesh" + (f" with runner pid {run}" if run else "")
+              + "; start one with: sudo minimesh up TOPOLOGY.yaml (a topology with a mesh: "
+                "section)", file=sys.stderr)
+        raise SystemExit(EXIT_FAIL)
+    if len(meshes) > 1:
+        print("minimesh: several meshes are running; choose one with --run PID: "
+              + ", ".join(f"{m['pid']} ({m['topology']})" for m in meshes), file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    if not os.access(meshes[0]["socket"], os.W_OK):
+        print(f"minimesh: cannot use Pilot's admin socket {meshes[0]['socket']}; run with sudo",
+              file=sys.stderr)
+        raise SystemExit(EXIT_FAIL)
+    return AdminClient(meshes[0]["socket"])
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    for p in args.file:
+        if not Path(p).is_file():
+            print(f"minimesh apply: {p}: no such file", file=sys.stderr)
+            return EXIT_USAGE
+    lines, code = _admin(args.run).apply_files(args.file)
+    for line in lines:
+        print(line, file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def format_registry(body: dict) -> str:
+    """The /registry answer as a table (service, version, instance, host, address, lease)."""
+    if "error" in body:
+        return f"registry unreachable: {body['error']}\n"
+    rows = [("SERVICE", "VERSION", "INSTANCE", "HOST", "ADDRESS", "LEASE")]
+    for svc in sorted(body["services"]):
+        for e in sorted(body["services"][svc], key=lambda e: (e["version"], e["instance"])):
+            rows.append((svc, e["version"], e["instance"], e["host"], f"{e['ip']}:{e['port']}",
+                         f"{e['lease']:x}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    d = body.get("discovery", {})
+    out.append(f"{len(rows) - 1} endpoint(s) at etcd revision {body['revision']}; Pilot's watch: "
+               + ("healthy" if d.get("healthy") else f"UNHEALTHY ({d.get('last_error')})"))
+    for key in body.get("invalid", []):
+        out.append(f"invalid registration (never routed to): {key}")
+    return "\n".join(out) + "\n"
+
+
+def _run_registry(args: argparse.Namespace) -> int:
+    import json
+    from testbed.mesh.pilot.process import AdminUnavailable
+    try:
+        status, body = _admin(args.run).request("GET", "/registry")
+    except AdminUnavailable as e:
+        print(f"minimesh registry: cannot reach Pilot: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    print(json.dumps(body, indent=1) if args.json else format_registry(body), end="\n" if args.json else "")
+    return EXIT_OK if status == 200 else EXIT_FAIL
+
+
+def _configure_apply(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", action="append", required=True, metavar="FILE",
+                   help="Istio YAML (VirtualService, DestinationRule); repeat for several, "
+                        "applied all or nothing")
+    p.add_argument("--run", type=int, default=None, metavar="PID",
+                   help="the `minimesh up` process to talk to (when several run)")
+
+
+def _configure_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="topology and/or Istio rule files")
+
+
+def _configure_registry(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=("list",), default="list")
+    p.add_argument("--json", action="store_true", help="print the raw listing")
+    p.add_argument("--run", type=int, default=None, metavar="PID")
+
+
+SUBCOMMANDS = [
+    Subcommand("apply", "apply Istio rules to the running mesh (all or nothing; exit 1 if rejected)",
+               _configure_apply, _run_apply),
+    Subcommand("analyze", "validate topologies and Istio rules together (Galley); exit 1 on errors",
+               _configure_analyze, _run_analyze),
+    Subcommand("registry", "list the running mesh's services and endpoints (from etcd)",
+               _configure_registry, _run_registry),
+]
+
+
+# --- inside `minimesh up` ------------------------------------------------------------------
+
+def default_sidecar() -> str:
+    """minimesh-proxy, unless MINIMESH_SIDECAR=envoy says otherwise."""
+    kind = os.environ.get("MINIMESH_SIDECAR", "minimesh")
+    return kind if kind in ("minimesh", "envoy") else "minimesh"
+
+
+@contextlib.contextmanager
+def mesh_session(tb: Any) -> Iterator[Any]:
+    """Start the topology's mesh (if it has a mesh: section) for the CLI's lifetime;
+    yields the Mesh, or None. A mesh that cannot start ends ``up`` with status 1."""
+    spec = (getattr(getattr(tb, "topology", None), "sections", None) or {}).get("mesh")
+    if spec is None:
+        yield None
+        return
+    from mininet.log import error
+    from testbed.mesh.deploy.mesh import Mesh, MeshError
+    import time
+    t0 = time.monotonic()
+    mesh = Mesh(tb, spec, sidecar_default=default_sidecar())
+    try:
+        mesh.start()
+    except MeshError as e:
+        error(f"*** mesh: {e}\n")
+        raise SystemExit(EXIT_FAIL) from None
+    print(f"*** mesh: {len(spec.instances)} instances, etcd on {', '.join(spec.registry.members)}, "
+         f"Pilot at {mesh.pilot_url}; ready in {time.monotonic() - t0:.1f} s "
+         f"(events: {mesh.events})", file=sys.stderr, flush=True)
+    try:
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def cli_apply(mesh: Any, line: str) -> str:
+    """The Mininet CLI's ``apply FILE...``; raises CLIUsageError on usage or rejection."""
+    from testbed.mesh.deploy.mesh import ApplyError
+    from testbed.cli.shell import CLIUsageError
+    if mesh is None:
+        raise CLIUsageError("apply: this topology has no mesh: section")
+    paths = line.split()
+    if not paths:
+        raise CLIUsageError("usage: apply FILE...  (Istio YAML, applied all or nothing)")
+    for p in paths:
+        if not Path(p).is_file():
+            raise CLIUsageError(f"apply: {p}: no such file")
+    from testbed.mesh.pilot.process import AdminUnavailable
+    try:
+        warnings = mesh.apply_files(paths)
+    except ApplyError as e:
+        raise CLIUsageError("\n".join(e.errors + ["rejected: nothing was changed"])) from None
+    except AdminUnavailable as e:
+        raise CLIUsageError(f"apply: cannot reach Pilot: {e}") from None
+    return "".join(w + "\n" for w in warnings) + f"applied {len(paths)} file(s): config version " \
+        f"{mesh.status()['generation']}\n"
+
+
+def cli_registry(mesh: Any, line: str) -> str:
+    from testbed.cli.shell import CLIUsageError
+    if mesh is None:
+        raise CLIUsageError("registry: this topology has no mesh: section")
+    if line.strip() not in ("", "list"):
+        raise CLIUsageError("usage: registry [list]")
+    from testbed.mesh.pilot.process import AdminUnavailable
+    try:
+        _, body = mesh.admin.request("GET", "/registry")
+    except AdminUnavailable as e:
+        raise CLIUsageError(f"registry: cannot reach Pilot: {e}") from None
+    return format_registry(body)

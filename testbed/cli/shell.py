@@ -1,0 +1,243 @@
+"""Mininet's CLI, extended with minimesh's runtime commands.
+
+    link-set h1 s1 delay=50ms loss=1% [dir=h1->s1]   change link parameters live
+    link-show                                          shapes of every link, active drops
+    link-down h1 s1 / link-up h1 s1                    administrative down/up
+    drop h1 h2 [oneway]                                drop traffic (h1->h2 only with oneway)
+    restore [h1 [h2]]                                  remove drops (all / of h1 / between)
+    apply FILE...                                      Istio rules to the mesh (mesh: section)
+    registry [list]                                    the mesh's services and endpoints
+    partition / heal / crash / restart / pause / resume / faults   the fault model
+                                                       (testbed/cli/faults.py; healed at exit)
+
+Every command that changes the network or a process (link-set, link-down/up, drop,
+restore and the fault commands) is a fault op of the session's Nemesis: listed by
+``faults``, reverted by ``heal`` and at exit, and appended to the session's history
+(``minimesh up --out DIR``) as it happens.
+
+``cmd.Cmd`` reads a command name as a run of ``identchars``; '-' is added to them and
+each hyphenated command is registered under its hyphenated name (``do_link-set``), so
+``help``, completion and dispatch all see ``link-set``. When standard input is not a
+terminal, commands are read line by line (echoed after the prompt) and the CLI returns
+at EOF; node commands then do not read standard input, so a later line never leaks into
+an earlier command.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, IO
+
+from mininet.cli import CLI
+from mininet.log import LEVELS, StreamHandlerNoNewline, error, lg, output
+
+from testbed.net.control import ControlError
+from testbed.faults.kinds import FaultError
+from testbed.faults.targets import TargetError
+from testbed.cli.faults import FaultCommandError, FaultCommands, session_for
+from testbed.shape import ShapeError
+
+__all__ = ["MeshCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop", "CLIUsageError"]
+
+
+class CLIUsageError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LinkSetArgs:
+    a: str
+    b: str
+    params: dict[str, str] = field(default_factory=dict)
+    direction: str | None = None
+
+
+LINK_SET_USAGE = "usage: link-set NODE1 NODE2 PARAM=VALUE... [dir=NODE1->NODE2]  (e.g. delay=50ms loss=1%)"
+
+
+def parse_link_set(line: str) -> LinkSetArgs:
+    """'h1 s1 delay=50ms loss=1% dir=h1->s1' -> LinkSetArgs. Values are parsed (with units)
+    later by testbed.shape.parse_params; here only the command's shape is checked."""
+    words = line.split()
+    if len(words) < 3:
+        raise CLIUsageError(LINK_SET_USAGE)
+    a, b, *rest = words
+    if "=" in a or "=" in b:
+        raise CLIUsageError(LINK_SET_USAGE)
+    params: dict[str, str] = {}
+    direction = None
+    for word in rest:
+        key, sep, value = word.partition("=")
+        if not sep or not key or not value:
+            raise CLIUsageError(f"{word!r}: expected PARAM=VALUE; {LINK_SET_USAGE}")
+        if key in params or (key == "dir" and direction is not None):
+            raise CLIUsageError(f"{key} given twice")
+        if key == "dir":
+            direction = value
+        else:
+            params[key] = value
+    if not params:
+        raise CLIUsageError(f"no link parameter given; {LINK_SET_USAGE}")
+    return LinkSetArgs(a, b, params, direction)
+
+
+def parse_pair(line: str, command: str) -> tuple[str, str]:
+    words = line.split()
+    if len(words) != 2:
+        raise CLIUsageError(f"usage: {command} NODE1 NODE2")
+    return words[0], words[1]
+
+
+def parse_drop(line: str) -> tuple[str, str, bool]:
+    words = line.split()
+    if len(words) == 3 and words[2] == "oneway":
+        return words[0], words[1], True
+    if len(words) == 2:
+        return words[0], words[1], False
+    raise CLIUsageError("usage: drop HOST1 HOST2 [oneway]  (oneway: only HOST1 -> HOST2)")
+
+
+def parse_restore(line: str) -> tuple[str | None, str | None]:
+    words = line.split()
+    if len(words) > 2:
+        raise CLIUsageError("usage: restore [HOST1 [HOST2]]")
+    return (words + [None, None])[0], (words + [None, None])[1]  # type: ignore[return-value]
+
+
+def route_output_to_stdout() -> None:
+    """Mininet logs everything, command output included, to stderr. Send the 'output'
+    level (what commands print) to stdout, so ``... | minimesh up t.yaml | grep`` works;
+    progress, warnings and errors stay on stderr. Idempotent."""
+    if any(getattr(h, "_minimesh_stdout", False) for h in lg.handlers):
+        return
+    level = LEVELS["output"]
+    for h in lg.handlers:
+        h.addFilter(lambda rec: rec.levelno != level)
+    out = StreamHandlerNoNewline(sys.stdout)
+    out.setFormatter(lg.handlers[0].formatter if lg.handlers else None)
+    out.addFilter(lambda rec: rec.levelno == level)
+    out._minimesh_stdout = True  # type: ignore[attr-defined]
+    lg.addHandler(out)
+
+
+class MeshCLI(FaultCommands, CLI):
+    """``MeshCLI(testbed)`` runs the CLI (Mininet's CLI runs from its constructor). With
+    ``history`` (a :class:`~testbed.run.history.History`) every fault op, the heal at exit
+    included, is appended to it, timed on ``clock`` (the history's RunClock)."""
+
+    prompt = "minimesh> "
+    identchars = CLI.identchars + "-"
+    HYPHENATED = ("link-set", "link-show", "link-down", "link-up")
+
+    def __init__(self, testbed: Any, stdin: IO[str] = sys.stdin, history: Any = None, clock: Any = None,
+                 **kwargs: Any):
+        self.tb = testbed
+        self.errors = 0
+        from testbed.cli.mesh import mesh_session
+        with mesh_session(testbed) as self.mesh:   # None without a mesh: section
+            self.faults_session = session_for(testbed, self.mesh, clock=clock, history=history)
+            try:
+                super().__init__(testbed.net, stdin=stdin, **kwargs)
+            finally:
+                self.close_faults()                 # every session ends healed
+                if history is not None and clock is not None and self.mesh is not None:
+                    from testbed.run.outlier_events import import_mesh_logs   # pushes, ACKs, ejections
+                    import_mesh_logs(history, clock.wall0, self.mesh.run_dir / "logs", self.mesh.events,
+                                     self.mesh.spec)
+
+    # --- minimesh commands -------------------------------------------------------------
+
+    def do_link_set(self, line: str) -> None:
+        """Change link parameters live, e.g. link-set h1 s1 delay=50ms jitter=1ms loss=1% bw=10Mbit
+        queue=100 [dir=h1->s1]. Parameters: delay jitter loss loss_correlation duplicate reorder
+        corrupt bw (bw=none: unlimited) queue. Without dir=, both directions change."""
+        def run() -> None:
+            args = parse_link_set(line)
+            output(self.faults_session.link_set(args.a, args.b, args.params, args.direction))
+        self._guard(run)
+
+    def do_link_show(self, line: str) -> None:
+        """Show every link's shape per direction, and active drops. Usage: link-show"""
+        def run() -> None:
+            ctl = self.tb.control
+            for a, b, link in ctl.links():
+                if hasattr(link, "get_shapes"):
+                    fwd, back = link.get_shapes()
+                    down = "  [DOWN]" if getattr(link, "is_up", lambda: True)() is False else ""
+                    output(f"{a:>8} -> {b:<8} {fwd.describe()}{down}\n"
+                           f"{b:>8} -> {a:<8} {back.describe()}{down}\n")
+                else:
+                    output(f"{a} <-> {b}: (not shaped)\n")
+            for rule in ctl.drops():
+                output(f"drop {rule.src} -> {rule.dst} ({rule.src_ip})\n")
+        self._guard(run)
+
+    def do_link_down(self, line: str) -> None:
+        """Bring a link down (both ends). Usage: link-down NODE1 NODE2"""
+        self._guard(lambda: output(self.faults_session.link_down(*parse_pair(line, "link-down"))))
+
+    def do_link_up(self, line: str) -> None:
+        """Bring a downed link back up. Usage: link-up NODE1 NODE2"""
+        self._guard(lambda: output(self.faults_session.link_up(*parse_pair(line, "link-up"))))
+
+    def do_drop(self, line: str) -> None:
+        """Drop traffic between two hosts. Usage: drop HOST1 HOST2 [oneway]"""
+        self._guard(lambda: output(self.faults_session.drop(*parse_drop(line))))
+
+    def do_restore(self, line: str) -> None:
+        """Remove drops (and partitions): all, those of one host, or those between two.
+        Usage: restore [HOST1 [HOST2]]"""
+        self._guard(lambda: output(self.faults_session.restore(*parse_restore(line))))
+
+    def do_apply(self, line: str) -> None:
+        """Apply Istio rules to the mesh (all or nothing). Usage: apply FILE..."""
+        from testbed.cli.mesh import cli_apply
+        self._guard(lambda: output(cli_apply(self.mesh, line)))
+
+    def do_registry(self, line: str) -> None:
+        """List the mesh's services and endpoints from etcd. Usage: registry [list]"""
+        from testbed.cli.mesh import cli_registry
+        self._guard(lambda: output(cli_registry(self.mesh, line)))
+
+    def _guard(self, fn: Any) -> None:
+        try:
+            fn()
+        except (CLIUsageError, ControlError, ShapeError, KeyError, FaultCommandError, FaultError, TargetError) as e:
+            self.errors += 1
+            error(f"*** {e.args[0] if isinstance(e, KeyError) else e}\n")
+
+    # --- hyphenated names ---------------------------------------------------------------
+
+    def get_names(self) -> list[str]:
+        hidden = {"do_" + n.replace("-", "_") for n in self.HYPHENATED}
+        return [n for n in super().get_names() if n not in hidden]
+
+    # --- standard input that is not a terminal -------------------------------------------
+
+    def run(self) -> None:
+        if self.isatty():
+            super().run()
+            return
+        while True:
+            raw = self.stdin.readline()
+            if not raw:
+                break  # EOF: the caller tears down
+            line = raw.rstrip("\n")
+            output(f"{self.prompt}{line}\n")
+            if self.onecmd(self.precmd(line)):
+                break
+
+    def waitForNode(self, node: Any) -> None:  # noqa: N802 (Mininet's name)
+        if self.isatty():
+            super().waitForNode(node)
+            return
+        try:
+            while node.waiting:
+                output(node.monitor())
+        except KeyboardInterrupt:
+            node.sendInt()
+            raise
+
+
+for _name in MeshCLI.HYPHENATED:
+    setattr(MeshCLI, "do_" + _name, getattr(MeshCLI, "do_" + _name.replace("-", "_")))

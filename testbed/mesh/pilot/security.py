@@ -1,0 +1,111 @@
+"""What Pilot adds to one sidecar's xDS for Citadel: mTLS transport sockets and RBAC (pure).
+
+xds.py calls :func:`secure_listeners` and :func:`secure_clusters` on the resources it built.
+Nothing changes while the mesh has no security resource (plain HTTP, as before Citadel).
+Once any PeerAuthentication or AuthorizationPolicy is applied:
+
+* **inbound listener** (``inbound_<port>``): ``security.peer_mode(peer_auths, labels, ns, port)``
+  picks STRICT (one TLS chain), PERMISSIVE (``tls_inspector`` + TLS chain + plaintext chain)
+  or DISABLE (plaintext), in real Envoy's shape (citadel_envoy.inbound_chains), so the same
+  resources feed Envoy and minimesh-proxy;
+* **inbound HCM**: ``security_envoy.rbac_filters(applicable(auth_policies, ns, labels))``
+  before the other HTTP filters (DENY filter, then ALLOW filter);
+* **outbound clusters** (auto mTLS, as Istio): a cluster whose destination workloads are in
+  STRICT or PERMISSIVE mode gets an ``UpstreamTlsContext`` that checks the server's SPIFFE ID
+  ``spiffe://cluster.local/ns/<ns>/sa/<service>``; DISABLE destinations stay plaintext.
+  Without any PeerAuthentication, Istio's default PERMISSIVE applies, so clients use mTLS.
+
+Secrets are Istio's SDS names ``default`` + ``ROOTCA``. minimesh-proxy serves them from its
+Citadel rotator (and ignores ``sds_config``); real Envoy reads them from the files
+``citadel_envoy.write_sds`` keeps in :func:`sds_dir` (``$MINIMESH_SDS_ROOT/<instance>``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from testbed.mesh.citadel.envoy import inbound_chains, upstream_tls_context
+from testbed.mesh.rules.policy import (DISABLE, AuthorizationPolicy, PeerAuthentication, SpiffeId, applicable,
+                       peer_mode)
+from testbed.mesh.pilot.rbac import rbac_filters
+
+__all__ = ["secure_listeners", "secure_clusters", "sds_dir", "citadel_metadata", "NAMESPACE"]
+
+NAMESPACE = "default"      # minimesh services live in one namespace
+SDS_ROOT_ENV = "MINIMESH_SDS_ROOT"
+
+
+def sds_dir(node) -> str:
+    """Where a real-Envoy sidecar's SDS files live (minimesh-proxy ignores it)."""
+    return os.path.join(os.environ.get(SDS_ROOT_ENV, "/var/run/minimesh/sds"), node.instance)
+
+
+def _resources(state) -> tuple[list[PeerAuthentication], list[AuthorizationPolicy]]:
+    pas = [r for r in state.rules if isinstance(r, PeerAuthentication)]
+    aps = [r for r in state.rules if isinstance(r, AuthorizationPolicy)]
+    return pas, aps
+
+
+def _labels(service: str, labels) -> dict[str, str]:
+    return {"app": service, **dict(labels or {})}
+
+
+def secure_listeners(state, node, listeners: list[dict]) -> list[dict]:
+    """Rewrite the node's inbound listener in place (and return the list)."""
+    pas, aps = _resources(state)
+    if not pas and not aps:
+        return listeners
+    svc = state.service(node.service)
+    if svc is None:
+        return listeners
+    labels = _labels(node.service, node.labels)
+    for lst in listeners:
+        if lst.get("traffic_direction") != "INBOUND":
+            continue
+        filters = lst["filter_chains"][0]["filters"]
+        hcm = filters[0]["typed_config"]
+        rbac = rbac_filters(applicable(aps, NAMESPACE, labels))
+        if rbac:
+            hcm["http_filters"] = rbac + hcm["http_filters"]
+        mode = peer_mode(pas, labels, NAMESPACE, svc.port)
+        lst.pop("filter_chains")
+        lst.update(inbound_chains(mode, sds_dir(node), filters))
+    return listeners
+
+
+def secure_clusters(state, node, clusters: list[dict]) -> list[dict]:
+    """Give outbound clusters of mTLS destinations an UpstreamTlsContext (in place)."""
+    pas, aps = _resources(state)
+    if not pas and not aps:
+        return clusters
+    from testbed.mesh.pilot.resources import outbound_clusters
+    known = outbound_clusters(state)
+    for c in clusters:
+        dest = known.get(c["name"])
+        if dest is None:
+            continue
+        svc, subset_labels = dest
+        if peer_mode(pas, _labels(svc.name, subset_labels), NAMESPACE, svc.port) == DISABLE:
+            continue
+        c["transport_socket"] = upstream_tls_context(
+            sds_dir(node), [SpiffeId.make(svc.name, NAMESPACE).uri])
+    return clusters
+
+
+def citadel_metadata(citadel_url: str, service: str, namespace: str = NAMESPACE,
+                     cert_ttl_s: float | None = None, keylog: str = "",
+                     bundle_refresh_s: float | None = None,
+                     renew_fraction: float | None = None) -> dict[str, Any]:
+    """The bootstrap `node.metadata` keys that make minimesh-proxy fetch its certificate from
+    Citadel (proxy/tls/sds.py); merge them into `sidecar_bootstrap(...)["node"]["metadata"]`."""
+    md: dict[str, Any] = {"CITADEL": citadel_url, "NAMESPACE": namespace, "SERVICE_ACCOUNT": service}
+    if cert_ttl_s:
+        md["CERT_TTL_S"] = cert_ttl_s
+    if keylog:
+        md["KEYLOG"] = keylog
+    if bundle_refresh_s:
+        md["BUNDLE_REFRESH_S"] = bundle_refresh_s
+    if renew_fraction:
+        md["CERT_RENEW_FRACTION"] = renew_fraction
+    return md
+
