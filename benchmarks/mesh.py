@@ -1,6 +1,6 @@
-"""Mesh benchmark (issue 4 item 8).
+"""Mesh benchmark.
 
-    sudo /tmp/tv/bin/python benchmarks/mesh.py [--sizes 10,50,100] [--applies 10]
+    sudo ./minimesh bench mesh [--sizes 10,50,100] [--applies 10]
                                               [--boots 3] [--sidecar minimesh] [--json OUT]
 
 1. **apply -> ACK.** One Pilot (in this process, its own event-loop thread) and N sidecar

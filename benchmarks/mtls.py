@@ -1,7 +1,7 @@
-"""mTLS benchmark: the two-hop sidecar chain with and without mutual TLS, side by side (issue 5
-item 8), plus the cost of one mTLS handshake with and without TLS 1.3 session resumption.
+"""mTLS benchmark: the two-hop sidecar chain with and without mutual TLS, side by side,
+plus the cost of one mTLS handshake with and without TLS 1.3 session resumption.
 
-    /tmp/tv/bin/python benchmarks/mtls.py [--duration 5] [--only 2hop,2hop-mtls] [--handshakes 300]
+    sudo ./minimesh bench mtls [--duration 5] [--only 2hop,2hop-mtls] [--handshakes 300]
 
 Chain: h2load -> client sidecar -> server sidecar -> nginx origin (3-byte body). Both sidecars
 run tests/configs/bench.yaml (as in benchmarks/proxy.py); the mTLS variants add, as real Envoy
@@ -42,7 +42,7 @@ from tests.support.configs import render  # noqa: E402
 from tests.support.ports import free_ports  # noqa: E402
 from tests.support.procs import start_proxy  # noqa: E402
 from testbed.mesh.citadel.ca import CertificateAuthority  # noqa: E402
-from testbed.mesh.rules.policy import SpiffeId  # noqa: E402
+from proxy.tls.identity import SpiffeId  # noqa: E402
 
 TARGETS = ("2hop", "2hop-mtls", "envoy-2hop", "envoy-2hop-mtls")
 LOADS = (Load("1000rps", 10, 100), Load("c16", 16))
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--only: allowed: {', '.join(TARGETS)}")
     for tool in ("h2load", "nginx", "taskset"):
         if not shutil.which(tool):
-            print(f"missing {tool}", file=sys.stderr)
+            print(f"missing {tool}: run the benchmark as `sudo ./minimesh bench mtls`, which installs it", file=sys.stderr)
             return 2
     cores = os.cpu_count() or 1
     pin_proxy = [] if a.no_pin or cores < 2 else ["taskset", "-c", str(cores - 1)]

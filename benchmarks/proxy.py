@@ -1,7 +1,7 @@
-"""Proxy benchmark, side by side in one run on loopback (issue 3 item 8).
+"""Proxy benchmark, side by side in one run on loopback.
 
-    /tmp/tv/bin/python benchmarks/proxy.py [--duration 5] [--only envoy,minimesh] [--loads 1000rps] [--no-pin]
-    /tmp/tv/bin/python benchmarks/proxy.py --python-cost 20000
+    sudo ./minimesh bench proxy [--duration 5] [--only envoy,minimesh] [--loads 1000rps] [--no-pin]
+    sudo ./minimesh bench proxy --python-cost 20000
 
 Targets, all in front of the same upstream (nginx answering a fixed 3-byte body):
 direct (no proxy), real Envoy (tests/configs/bench.yaml, ``--concurrency 1``), nginx as a
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--loads: unknown load(s) {', '.join(sorted(unknown))}; allowed: {', '.join(x.name for x in LOADS)}")
     for tool in ("h2load", "nginx", "taskset"):
         if not shutil.which(tool):
-            print(f"missing {tool}: apt-get install nghttp2-client nginx-light util-linux", file=sys.stderr)
+            print(f"missing {tool}: run the benchmark as `sudo ./minimesh bench proxy`, which installs it", file=sys.stderr)
             return 2
     cores = os.cpu_count() or 1
     pin_proxy = [] if a.no_pin or cores < 2 else ["taskset", "-c", str(cores - 1)]

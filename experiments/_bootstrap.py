@@ -1,7 +1,8 @@
 """Make ``sudo python3 experiments/X.py`` work: put the repository on sys.path and, when the
 interpreter lacks what minimesh needs (Debian's /usr/bin/python3 has no pyroute2/aiohttp),
-re-exec the script under the project's interpreter: $MINIMESH_PYTHON, else <repo>/.venv,
-else /tmp/tv (the development venv). Import it first: ``import _bootstrap  # noqa``."""
+re-exec the script under the project's interpreter: $MINIMESH_PYTHON if set, else
+<repo>/.venv/bin/python (``sudo ./minimesh test`` or ``sudo ./minimesh demo`` creates that
+venv). Import it first: ``import _bootstrap  # noqa``."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,7 @@ def missing() -> list[str]:
 
 def candidates() -> list[str]:
     env = os.environ.get("MINIMESH_PYTHON")
-    return [env] if env else [str(REPO / ".venv" / "bin" / "python"), "/tmp/tv/bin/python"]
+    return [env] if env else [str(REPO / ".venv" / "bin" / "python")]
 
 
 def ensure() -> None:
@@ -37,7 +38,8 @@ def ensure() -> None:
             os.environ["MINIMESH_BOOTSTRAPPED"] = "1"
             os.execv(python, [python, os.path.abspath(sys.argv[0]), *sys.argv[1:]])
     raise SystemExit(f"{sys.executable} lacks {', '.join(lacking)} and no project interpreter was found "
-                     f"(tried {', '.join(candidates())}); run the setup script or set MINIMESH_PYTHON")
+                     f"(tried {', '.join(candidates())}); run `sudo ./minimesh test` (or `sudo ./minimesh demo`) "
+                     f"once to set up {REPO / '.venv'}, or set MINIMESH_PYTHON")
 
 
 ensure()

@@ -16,13 +16,14 @@ at that level a correct split fails the check about once in a thousand runs.
 """
 from __future__ import annotations
 
-import re
-
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.run.checkers import check_availability, check_split
+import yaml
+
+from testbed.history import HistoryData
 from testbed.paths import REPO
-from testbed.run.experiment import Context, Experiment, start_mesh
+from testbed.run import Context, Experiment, plot_split, start_mesh
+from testbed.run.checkers import check_availability, check_split
 
 RULES = REPO / "topologies" / "mesh-lab"      # echo-subsets.yaml, echo-weights.yaml (90/10)
 
@@ -30,9 +31,10 @@ RULES = REPO / "topologies" / "mesh-lab"      # echo-subsets.yaml, echo-weights.
 def rules(v2_percent: int) -> str:
     """The echo subsets and echo-weights.yaml with ``v2_percent`` % to v2, the rest to v1."""
     weights = {"v1": 100 - v2_percent, "v2": v2_percent}
-    vs = re.sub(r"(subset: (v[12])\}, weight: )\d+", lambda m: f"{m[1]}{weights[m[2]]}",
-                (RULES / "echo-weights.yaml").read_text())
-    return (RULES / "echo-subsets.yaml").read_text() + "---\n" + vs
+    vs = yaml.safe_load((RULES / "echo-weights.yaml").read_text())
+    for route in vs["spec"]["http"][0]["route"]:
+        route["weight"] = weights[route["destination"]["subset"]]
+    return (RULES / "echo-subsets.yaml").read_text() + "---\n" + yaml.safe_dump(vs, sort_keys=False)
 
 
 def configure(ap) -> None:
@@ -45,17 +47,12 @@ def run(ctx: Context) -> None:
     w = ctx.args.weight
     rate, duration = ctx.args.rate or (60 if ctx.quick else 100), ctx.args.duration or (20 if ctx.quick else 120)
     ctx.params.update(weights={"v1": 100 - w, "v2": w}, rate=rate, duration_s=duration)
-    mesh = start_mesh(ctx, rules(w))
-    # the route reaches the client sidecar asynchronously: wait until v2 answers once
-    for _ in range(200):
-        if mesh.requests("c0", "http://echo:8080/", 20).get("versions", {}).get("v2"):
-            break
+    start_mesh(ctx, rules(w))            # returns once every sidecar has the route
     ctx.workload("c0", "http", rate, duration, url="http://echo:8080/", client="c0", service="echo", timeout=5)
     ctx.wait("workload", duration + 20)
 
 
-def analyze(ctx: Context, data) -> None:
-    from testbed.run.results import plot_split
+def analyze(ctx: Context, data: HistoryData) -> None:
     split = check_split(data.requests, ctx.params["weights"], confidence=0.999, alpha=0.001)
     ctx.verdicts["split"] = split
     ctx.verdicts["availability"] = check_availability(data.requests, 1.0, 0.99)

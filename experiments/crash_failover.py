@@ -26,13 +26,14 @@ in the plain phase. Reported per phase: when a sidecar first ejected the crashed
 """
 from __future__ import annotations
 
-import time
-
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.run.checkers import check_failover
+from testbed.faults import Crash
+from testbed.history import HistoryData
+from testbed.mesh.spec import ADMIN_PORT_BASE
 from testbed.paths import REPO
-from testbed.run.experiment import Context, Experiment, start_mesh
+from testbed.run import Context, Experiment, fetch_stats, start_mesh, total, wait_for_config
+from testbed.run.checkers import check_failover
 from testbed.run.outlier_events import first_ejection
 
 VICTIM, TTL_S = "echo-v1-0", 3
@@ -42,11 +43,10 @@ PHASES = {"plain": ("echo-subsets.yaml", "echo-all-v1-no-retries.yaml"),      # 
           "resilient": ("echo-all-v1-resilient.yaml",)}
 
 
-def retries(mesh) -> int:
-    """upstream_rq_retry summed over c0's sidecar's echo clusters (its admin /stats)."""
-    text = mesh.sidecar_admin("client@c0", "/stats")
-    return sum(int(v) for k, _, v in (ln.partition(": ") for ln in text.splitlines())
-               if k.startswith("cluster.") and "echo" in k and k.endswith(".upstream_rq_retry") and v.isdigit())
+def retries(ctx: Context) -> int:
+    """upstream_rq_retry summed over c0's sidecar's echo clusters (its admin /stats; a
+    client sidecar's admin listens on ADMIN_PORT_BASE)."""
+    return total(fetch_stats(ctx.tb, "c0", ADMIN_PORT_BASE), "cluster.*echo*.upstream_rq_retry")
 
 
 def configure(ap) -> None:
@@ -57,33 +57,35 @@ def run(ctx: Context) -> None:
     rate, before, after = (40, 3.0, 9.0) if ctx.quick else (100, 10.0, 30.0)
     ctx.params.update(rate=rate, crash_after_s=before, phase_s=before + after, victim=VICTIM, ttl_s=TTL_S)
     mesh = start_mesh(ctx)
+    target = mesh.fault_target()           # VICTIM: its app, sidecar and agent, as if its host died
+    respawn = target.restarters[VICTIM]
+
+    def restart() -> object:               # the crash is over once the mesh is whole again
+        live = respawn()
+        mesh.wait_ready(40)
+        return live
+    target.restarters[VICTIM] = restart
+    nem = ctx.nemesis(target=target)
     ctx.metrics["phases"] = {}
     phases = (ctx.args.phases or ("plain,resilient" if ctx.quick else ",".join(PHASES))).split(",")
     for fid, phase in enumerate(phases):
         rules = "---\n".join((RULES / f).read_text() for f in PHASES[phase])
         mesh.apply_text(rules, f"{phase}.yaml")
-        retried_before = retries(mesh)
-        time.sleep(2.0)                       # Pilot's push reaches the sidecars
+        retried_before = retries(ctx)
+        wait_for_config(mesh, f"the {phase} rules")
         t = ctx.clock.now() + 0.3
         ctx.workload("c0", "http", rate, before + after, start_s=t, name=f"load-{phase}", url="http://echo:8080/",
                      client=phase, service="echo", timeout=5)
         ctx.sleep_until(t + before)
         t0 = ctx.clock.now()
-        mesh.crash(VICTIM)
-        ctx.history.fault(t_start=t0, t_end=ctx.clock.now(), fault_id=fid, phase="apply",
-                          fault={"kind": "crash", "process": VICTIM, "signal": "SIGKILL"},
-                          description=f"crash {VICTIM} ({phase})")
+        nem.apply(Crash(VICTIM, "SIGKILL"), fault_id=fid).raise_for_error()
         ctx.wait(f"load-{phase}", after + 20)
-        t1 = ctx.clock.now()
-        mesh.restart(VICTIM)
-        mesh.wait_ready(40)
-        ctx.history.fault(t_start=t1, t_end=ctx.clock.now(), fault_id=fid, phase="revert",
-                          fault={"kind": "crash", "process": VICTIM}, description=f"restart {VICTIM}")
+        nem.revert(fid).raise_for_error()
         ctx.metrics["phases"][phase] = {"crash_t": t0, "end_t": t + before + after,
-                                        "sidecar_retries": retries(mesh) - retried_before}
+                                        "sidecar_retries": retries(ctx) - retried_before}
 
 
-def analyze(ctx: Context, data) -> None:
+def analyze(ctx: Context, data: HistoryData) -> None:
     res = {}
     for phase, p in ctx.metrics["phases"].items():     # also istio-default in a full run
         mine = [r for r in data.requests if r.client == phase]

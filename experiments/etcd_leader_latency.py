@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from lablib import (RegistryChanger, etcd_log_events, etcd_ops, keep_etcd_logs, leaders_elected, move_leader,
+                    plot_pilot_latency, registry_mesh_spec, window_summary, write_summary, xds_latency)
+from testbed.faults import LinkChange
+from testbed.history import HistoryData
 from testbed.paths import REPO
-from testbed.run.experiment import Context, Experiment, start_mesh
-from lablib.etcd import etcd_log_events, etcd_ops, move_leader
-from lablib.mesh import (RegistryChanger, keep_etcd_logs, leaders_elected, plot_pilot_latency,
-                                     registry_mesh_spec, wait_synced, window_summary, write_summary, xds_latency)
-from testbed.faults.kinds import LinkChange
+from testbed.run import Context, Experiment, start_mesh, wait_for_config
 
 CONFIGS = {"default": (100, 1000), "tuned": (500, 5000)}
-LEADER, CHANGER, SWITCH = "e3", "e2", "mmem1"   # Pilot's watch uses its first endpoint, e1: a follower
-XDS_MAX_MS = 300                                # config -> every sidecar's ACK, p50 per step
+LEADER, CHANGER = "e3", "e2"    # Pilot's watch uses its first endpoint, e1: a follower
+XDS_MAX_MS = 300                # config -> every sidecar's ACK, p50 per step
 
 
 def configure(ap) -> None:
@@ -52,6 +52,7 @@ def run(ctx: Context) -> None:
         hb, el = CONFIGS[tag]
         spec = registry_mesh_spec(ctx.topology.sections["mesh"], hb, el)
         mesh = start_mesh(ctx, spec=spec, tag=tag, pilot_etcd=("e1", "e2"))
+        assert mesh.etcd is not None
         move_leader(ctx, mesh.etcd, LEADER)
         ctx.event("etcd", "leader", config=tag, leader=LEADER)
         url = {m.name: m.client_url for m in mesh.etcd.cluster.members}
@@ -69,11 +70,13 @@ def run(ctx: Context) -> None:
             fid = len(ctx.nemeses) * 100 + i
             if i:
                 nem.revert(fid - 1)           # one delay in force at a time (one shaded window each)
-            nem.apply(LinkChange(LEADER, SWITCH, {"delay": f"{d:g}ms"}), fault_id=fid)
+            nem.apply(LinkChange(*ctx.host_link(LEADER), {"delay": f"{d:g}ms"}), fault_id=fid)
             windows.append({"delay_ms": d, "t0": ctx.clock.now(), "t1": t + i * step + (jump_s if d == jump else step)})
         ctx.sleep_until(t + total)
-        nem.heal(), changer.stop()
-        ctx.wait(f"writes-{tag}", 20), wait_synced(ctx, mesh, tag)   # every sidecar has ACKed the last change
+        nem.heal()
+        changer.stop()
+        ctx.wait(f"writes-{tag}", 20)
+        wait_for_config(mesh, f"the last registry change ({tag})", timeout_s=15)   # every sidecar has ACKed it
         events, _ = etcd_log_events(ctx, mesh.etcd, tag), keep_etcd_logs(ctx, mesh.etcd, tag)
         ctx.metrics["runs"][tag] = {"heartbeat_ms": hb, "election_ms": el, "first_leader": LEADER,
                                     "windows": windows, "t_end": ctx.clock.now(), "nodes": mesh.node_ids(),
@@ -83,7 +86,7 @@ def run(ctx: Context) -> None:
         mesh.stop()
 
 
-def analyze(ctx: Context, data) -> None:
+def analyze(ctx: Context, data: HistoryData) -> None:
     ops = [o for o in etcd_ops(data.etcd) if o["f"] == "write"]
     f = lambda v: f"{v:8.0f}" if v is not None else "       -"  # noqa: E731
     for tag, r in ctx.metrics["runs"].items():

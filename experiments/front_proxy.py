@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.run.checkers import check_availability
-from testbed.run.checkers.stats import percentile
+from lablib import (LISTEN, PAGE_MARKER, PROXIES, SITE, curl, dns_queries, proxy_argv, read_web_log, start_dns,
+                    start_website, step, tshark_count)
+from testbed.faults import LinkChange
+from testbed.history import HistoryData
 from testbed.paths import REPO
-from testbed.run.experiment import Context, Experiment
-from testbed.faults.kinds import LinkChange
-from lablib.front_proxy import (LISTEN, PAGE_MARKER, PROXIES, SITE, curl, dns_queries, proxy_argv,
-                                     read_web_log, start_dns, start_website, step, tshark_count)
+from testbed.run import Context, Experiment
+from testbed.run.checkers import check_availability, percentile
 
 
 def configure(ap) -> None:
@@ -91,7 +91,7 @@ def run(ctx: Context) -> None:
     ctx.workload("h2", "http", rate, duration, start_s=t, url=f"http://{LISTEN[0]}:{LISTEN[1]}/",
                  header={"Host": "google.com"}, client="h2", service="gwu", timeout=5)
     ctx.sleep_until(t + duration / 3)
-    nem.apply(LinkChange("web", "mmtfp1", {"delay": f"{d:g}ms"}), fault_id=1).raise_for_error()
+    nem.apply(LinkChange(*ctx.host_link("web"), {"delay": f"{d:g}ms"}), fault_id=1).raise_for_error()
     f0 = ctx.clock.now()
     ctx.sleep_until(t + 2 * duration / 3)
     nem.revert(1)
@@ -99,7 +99,7 @@ def run(ctx: Context) -> None:
     ctx.wait("workload", 20)
 
 
-def analyze(ctx: Context, data) -> None:
+def analyze(ctx: Context, data: HistoryData) -> None:
     ph, d = ctx.metrics["phases_s"], ctx.args.delay_ms
     load = [r for r in data.requests if r.client == "h2"]
     ctx.verdicts["availability"] = check_availability(data.requests, 1.0, 0.99)
@@ -112,12 +112,12 @@ def analyze(ctx: Context, data) -> None:
     ctx.metrics.update(workload_requests=len(load), workload_ok=sum(r.ok for r in load),
                        p50_ms={"before": before, "during": during, "after": after})
     print(f"\nworkload p50 latency: before {before} ms, with +{d:g} ms on web's link {during} ms, after {after} ms")
-    rise = round(during - before, 1) if None not in (before, during) else None
+    rise = round(during - before, 1) if before is not None and during is not None else None
     ctx.claim(f"latency rose by 2 x {d:g} ms (one round trip) while web's link was delayed",
               rise is not None and abs(rise - 2 * d) <= 5 + 0.2 * d,
               f"p50 {before} -> {during} ms: +{rise} ms (allowed 2d ± (5 ms + 20 %))", rise_ms=rise)
     ctx.claim("latency back to normal after the revert",
-              None not in (before, after) and after - before <= 10,
+              before is not None and after is not None and after - before <= 10,
               f"p50 before {before} ms, after {after} ms (allowed +10 ms)")
     seen = read_web_log(ctx.out / "web.jsonl")
     load_seen = len(seen) - ctx.metrics["curl_requests"]

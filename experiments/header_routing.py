@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.run.checkers import check_availability, check_split
+from testbed.history import HistoryData
 from testbed.paths import REPO
-from testbed.run.experiment import Context, Experiment, start_mesh
+from testbed.run import Context, Experiment, plot_split, start_mesh
+from testbed.run.checkers import check_availability, check_split
 
 AGENTS = {"android": "Mozilla/5.0 (Linux; Android 14; Pixel 8)",
           "iphone": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X)"}
@@ -30,11 +31,7 @@ RULES = "---\n".join((REPO / "topologies" / "mesh-lab" / f).read_text()
 def run(ctx: Context) -> None:
     rate, duration = (20, 15) if ctx.quick else (50, 60)
     ctx.params.update(rate_per_agent=rate, duration_s=duration, agents=AGENTS, expected=EXPECTED)
-    mesh = start_mesh(ctx, RULES)
-    for _ in range(200):        # until c0's sidecar has the route
-        if mesh.requests("c0", "http://echo:8080/", 5, headers={"User-Agent": AGENTS["android"]}) \
-                .get("versions", {}).get("v2") == 5:
-            break
+    start_mesh(ctx, RULES)               # returns once every sidecar has the route
     t = ctx.clock.now() + 0.5
     for name, ua in AGENTS.items():
         ctx.workload("c0", "http", rate, duration, start_s=t, name=name, url="http://echo:8080/", client=name,
@@ -43,8 +40,7 @@ def run(ctx: Context) -> None:
         ctx.wait(name, duration + 20)
 
 
-def analyze(ctx: Context, data) -> None:
-    from testbed.run.results import plot_split
+def analyze(ctx: Context, data: HistoryData) -> None:
     ctx.verdicts["availability"] = check_availability(data.requests, 1.0, 0.99)
     for name, version in EXPECTED.items():
         mine = [r for r in data.requests if r.client == name]

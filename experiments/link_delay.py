@@ -7,19 +7,18 @@ Client ``cl`` sends an open-loop stream through minimesh-proxy on ``px`` to an e
 2d more. The proxy's route (topologies/link-delay/proxy.yaml) allows 150 ms per try, two
 retries on 5xx (which includes a per-try timeout), 1 s in all. Claims checked: p50 = base +
 2d (within 5 ms + 20 %) while 2d < 150 ms; no failures and retries in at most 1 % of the
-requests while 2d is below the per-try timeout by a margin, and every request times out (504, flag UT) after 3 tries once
-2d is above it by a margin.
+requests while 2d is below the per-try timeout by a margin, and every request times out
+(504, flag UT) after 3 tries once 2d is above it by a margin.
 """
 from __future__ import annotations
 
-import re
-
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from testbed.run.checkers.stats import percentile
+from testbed.faults import LinkChange
+from testbed.history import HistoryData
 from testbed.paths import REPO
-from testbed.run.experiment import Context, Experiment
-from testbed.faults.kinds import LinkChange
+from testbed.run import Context, Experiment, cluster_stats, fetch_stats, pyplot
+from testbed.run.checkers import percentile
 
 PER_TRY_MS, TRIES, MARGIN_MS, ROUTE_TIMEOUT_MS = 150.0, 3, 20.0, 1000.0
 PROXY_YAML = REPO / "topologies" / "link-delay" / "proxy.yaml"
@@ -32,8 +31,8 @@ def configure(ap) -> None:
 
 
 def proxy_stats(ctx: Context) -> dict[str, int]:
-    text = ctx.tb.host("px").cmd("curl -s -m 2 http://127.0.0.1:9901/stats").replace("\r", "")
-    return {k: int(v) for k, v in re.findall(r"^cluster\.echo\.(\w+): (\d+)$", text, re.M)}
+    """The proxy's ``cluster.echo.*`` counters (its admin, topologies/link-delay/proxy.yaml: port 9901)."""
+    return cluster_stats(fetch_stats(ctx.tb, "px", 9901), "echo")
 
 
 def run(ctx: Context) -> None:
@@ -55,7 +54,7 @@ def run(ctx: Context) -> None:
     for i, d in enumerate(delays):
         ctx.sleep_until(t + i * step)
         before = proxy_stats(ctx)
-        op = nem.apply(LinkChange("up", "mmld1", {"delay": f"{d:g}ms"}), fault_id=i)
+        op = nem.apply(LinkChange(*ctx.host_link("up"), {"delay": f"{d:g}ms"}), fault_id=i)
         op.raise_for_error()
         t_on = ctx.clock.now()
         ctx.sleep_until(t + (i + 1) * step)
@@ -68,7 +67,7 @@ def run(ctx: Context) -> None:
     ctx.wait("workload", 15)
 
 
-def analyze(ctx: Context, data) -> None:
+def analyze(ctx: Context, data: HistoryData) -> None:
     settle = 1.0
     rows = []
     for s in ctx.metrics["steps"]:
@@ -110,9 +109,8 @@ def analyze(ctx: Context, data) -> None:
     plot(ctx, rows)
 
 
-def plot(ctx: Context, rows) -> None:
-    from testbed.run.results import _pyplot
-    plt = _pyplot()
+def plot(ctx: Context, rows: list[dict]) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     d = [r["delay_ms"] for r in rows]
     for key in ("p50_ms", "p90_ms", "p99_ms"):

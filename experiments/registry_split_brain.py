@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from lablib import (NO_RETRIES, Sides, etcd_claims, move_leader, pilot_claims, pilot_watcher, plot_sides,
+                    registry_claims, routing_claims)
+from testbed.faults import Partition, complete
+from testbed.history import HistoryData
 from testbed.paths import REPO
-from testbed.run.experiment import Context, Experiment, start_mesh
-from lablib.etcd import move_leader
-from lablib.split import NO_RETRIES, Sides, etcd_claims, pilot_claims, pilot_watcher, plot_sides, \
-    registry_claims, routing_claims
-from testbed.faults.kinds import Partition
-from testbed.faults.grudge import complete
+from testbed.run import Context, Experiment, start_mesh, wait_for_config
 
 MINORITY = ["e1", "cp", "h2", "c2"]           # e1 is made the leader before the cut
 MAJORITY = ["e2", "e3", "h1", "c1"]
@@ -44,14 +43,9 @@ def run(ctx: Context) -> None:
     ctx.params.update(before_s=before, cut_s=cut_s, after_s=after, minority=MINORITY, majority=MAJORITY)
     mesh = start_mesh(ctx)
     move_leader(ctx, mesh.etcd, "e1")
-    url = dict(zip(mesh.spec.registry.members, mesh.etcd_endpoints))
+    url = dict(zip(mesh.spec.registry.members, mesh.etcd_endpoints, strict=True))
     ctx.params["ttl_s"] = mesh.spec.registry.ttl_s
-    for c in ("c1", "c2"):                   # both sidecars route before the workloads start
-        for _ in range(50):
-            if (got := mesh.requests(c, URL, 4)).get("codes", {}).get("200") == 4:
-                break
-        else:
-            raise RuntimeError(f"{c}'s sidecar does not route {URL} after 50 tries: {got}")
+    wait_for_config(mesh, "the mesh's config", sidecars=["client@c1", "client@c2"])   # both clients route
     watcher = pilot_watcher(ctx, mesh.socket)
     total = before + cut_s + after
     t = ctx.clock.now() + 1.0
@@ -78,7 +72,7 @@ def run(ctx: Context) -> None:
     watcher.stop()
 
 
-def analyze(ctx: Context, data) -> None:
+def analyze(ctx: Context, data: HistoryData) -> None:
     p0, p1 = ctx.metrics["partition"]         # fully cut in [p0, p1]; "after the heal" counts from p1
     etcd_claims(ctx, data, SIDES, p0, p1)
     registry_claims(ctx, data, SIDES, p0, p1, ctx.params["ttl_s"])

@@ -44,20 +44,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.concurrency != 1:
         log.info("--concurrency %d requested; minimesh-proxy runs one worker", args.concurrency)
+    loop_factory = None             # asyncio's default event loop
     if not args.no_uvloop:
         try:
             import uvloop
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            loop_factory = uvloop.new_event_loop
         except ImportError:
             pass
     try:
-        return asyncio.run(_serve(bootstrap, args.config, log))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_serve(bootstrap, args.config, log))
     except KeyboardInterrupt:
         return 0
 
 
 async def _serve(bootstrap, config_path: str, log: logging.Logger) -> int:
-    from proxy.server import Server, StartupError
+    from proxy.errors import StartupError
+    from proxy.server import Server
     server = Server(bootstrap)
     server.config_path = config_path
     loop = asyncio.get_running_loop()

@@ -9,15 +9,40 @@ import asyncio
 import json
 import re
 import time
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from proxy import __version__
+from proxy.errors import StartupError
 from proxy.http.codec import END, ProtocolError, RequestHead, ServerCodec, encode_response_head
 
-__all__ = ["AdminServer"]
+if TYPE_CHECKING:
+    from proxy.config.bootstrap import Bootstrap
+    from proxy.stats import Stats
+    from proxy.upstream.cluster import ClusterManager
+
+__all__ = ["AdminServer", "AdminTarget"]
 
 _TEXT = b"text/plain; charset=UTF-8"
 _JSON = b"application/json"
+
+
+class _Listeners(Protocol):
+    listeners: dict[str, Any]     # name -> listener with .spec and .server (an asyncio server)
+
+
+class AdminTarget(Protocol):
+    """What the admin endpoints read and control; :class:`proxy.server.Server` provides it."""
+
+    bootstrap: Bootstrap
+    stats: Stats
+    cluster_manager: ClusterManager
+    listener_manager: _Listeners
+    connections: set
+    ready: bool
+    start_time: float
+
+    def request_stop(self) -> None: ...
 
 
 class _AdminConn(asyncio.Protocol):
@@ -58,14 +83,13 @@ class _AdminConn(asyncio.Protocol):
 
 
 class AdminServer:
-    def __init__(self, server):
+    def __init__(self, server: AdminTarget):
         self.server = server
         self.spec = server.bootstrap.admin
         self._srv: asyncio.AbstractServer | None = None
         self.health_failed = False
 
     async def start(self) -> None:
-        from proxy.server import StartupError
         try:
             self._srv = await asyncio.get_event_loop().create_server(
                 lambda: _AdminConn(self), self.spec.address, self.spec.port, reuse_address=True)

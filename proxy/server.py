@@ -13,17 +13,14 @@ import time
 from proxy.access_log import AccessLogs, write_entries
 from proxy.config.bootstrap import Bootstrap
 from proxy.config.listener import HcmSpec, ListenerSpec
-from proxy.upstream.cluster import ClusterManager
+from proxy.errors import StartupError
 from proxy.http.hcm import DownstreamConnection, HcmConfig
 from proxy.stats import Stats
 from proxy.tcp_proxy import TcpDownstream, TcpProxyConfig
+from proxy.upstream.cluster import ClusterManager
 
-__all__ = ["Server", "ServerContext", "ListenerManager", "StartupError"]
+__all__ = ["Server", "ServerContext", "ListenerManager"]
 log = logging.getLogger("proxy")
-
-
-class StartupError(Exception):
-    """A listener or admin socket could not be opened."""
 
 
 def _source_workload(bootstrap: Bootstrap) -> str:

@@ -1,6 +1,6 @@
 """``python -m testbed`` is the ``minimesh`` command."""
 import sys
 
-from testbed.cli.main import main
+from testbed.cli import main
 
 sys.exit(main())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = ["LinkShape", "ShapeError", "parse_params", "parse_time_ms", "parse_rate_mbit",
-           "parse_percent", "SHAPE_FIELDS"]
+           "parse_percent", "parse_direction", "link_directions", "SHAPE_FIELDS"]
 
 
 class ShapeError(ValueError):
@@ -207,3 +207,23 @@ def parse_params(params: Mapping[str, Any], base: LinkShape | None = None) -> Li
         # report with the user-facing name
         user = {v[0]: k for k, v in SHAPE_FIELDS.items()}.get(e.field, e.field)
         raise ShapeError(user, e.message) from None
+
+
+def parse_direction(direction: str, a: str, b: str) -> bool:
+    """One direction of link a-b: ``"a->b"`` -> True, ``"b->a"`` -> False (spaces around the
+    arrow allowed); anything else raises ShapeError (field ``direction``)."""
+    parts = [p.strip() for p in str(direction).split("->")]
+    if parts == [a, b]:
+        return True
+    if parts == [b, a]:
+        return False
+    raise ShapeError("direction", f"{direction!r}: use {a}->{b} or {b}->{a}")
+
+
+def link_directions(direction: str | None, a: str, b: str) -> tuple[bool, bool]:
+    """Which directions of link a-b a change touches, as (a->b, b->a): both for None, else
+    the one :func:`parse_direction` names."""
+    if direction is None:
+        return True, True
+    ab = parse_direction(direction, a, b)
+    return ab, not ab

@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from testbed.apps.website import PAGE_MARKER
-from testbed.run.history import Request
+from testbed.history import Request
+from testbed.net.running import RunningTestbed
+from testbed.paths import REPO
+from testbed.run.experiment import Context
 
 __all__ = ["SITE", "LISTEN", "CURL", "PROXIES", "PAGE_MARKER", "SEED_YAML", "ENVOY_V3_YAML", "step",
            "proxy_argv", "envoy_binary", "start_website", "start_dns", "run_on_pty", "curl_status", "curl",
            "read_web_log", "dns_queries", "tshark_count"]
 
-from testbed.paths import REPO
 SEED_YAML = REPO / "topologies" / "front-proxy" / "envoy.yaml"          # the tutorial's, byte for byte
 ENVOY_V3_YAML = REPO / "topologies" / "front-proxy" / "envoy-v3.yaml"   # the same in v3 syntax
 SITE = "gwadvnet20.github.io"
@@ -61,7 +63,7 @@ def proxy_argv(kind: str, python: str = sys.executable) -> list[str]:
     raise ValueError(f"proxy {kind!r}: allowed {', '.join(PROXIES)}")
 
 
-def start_website(ctx: Any, host: str, probe_from: str, site: str = SITE, port: int = 80) -> Path:
+def start_website(ctx: Context, host: str, probe_from: str, site: str = SITE, port: int = 80) -> Path:
     """testbed.apps.website on ``host`` (process ``web``), answering for ``site``; returns
     its request log (<out>/web.jsonl) once ``probe_from`` can connect to it."""
     log = ctx.out / "web.jsonl"
@@ -74,7 +76,7 @@ def start_website(ctx: Any, host: str, probe_from: str, site: str = SITE, port: 
     return log
 
 
-def start_dns(ctx: Any, host: str, records: dict[str, str], clients: Sequence[str]) -> Any:
+def start_dns(ctx: Context, host: str, records: dict[str, str], clients: Sequence[str]) -> Any:
     """dnsmasq on ``host`` answering ``records``; ``clients``' resolv.conf point at it.
     Stopped at the end of the run; its query log is under <out>/dns/."""
     from testbed.net.dns import DnsServer
@@ -86,7 +88,7 @@ def start_dns(ctx: Any, host: str, records: dict[str, str], clients: Sequence[st
     return dns
 
 
-def run_on_pty(tb: Any, host: str, argv: Sequence[str], timeout_s: float = 30.0) -> tuple[int, str]:
+def run_on_pty(tb: RunningTestbed, host: str, argv: Sequence[str], timeout_s: float = 30.0) -> tuple[int, str]:
     """Run ``argv`` on ``host`` with a pseudo-terminal as stdout/stderr, so its output is
     what a student sees in a terminal (curl shows no progress meter); (exit code, text)."""
     master, slave = os.openpty()
@@ -120,10 +122,11 @@ def curl_status(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def curl(ctx: Any, host: str, argv: Sequence[str] = CURL, client: str = "curl", service: str = "gwu") \
+def curl(ctx: Context, host: str, argv: Sequence[str] = CURL, client: str = "curl", service: str = "gwu") \
         -> tuple[int, str, Request]:
     """The tutorial's curl from ``host``, recorded in the history as one request (and as an
     ``experiment`` event, which the captures carry as a packet comment)."""
+    assert ctx.history is not None
     t0 = ctx.clock.now()
     ctx.event("experiment", "tutorial_curl", host=host, command=" ".join(argv))
     rc, text = run_on_pty(ctx.tb, host, argv)

@@ -27,14 +27,15 @@ import subprocess
 import threading
 from typing import Any, Sequence
 
-from testbed.run.checkers.stats import percentile
 from testbed.mesh.etcd.registry import DEFAULT_PREFIX, endpoint_json
 from testbed.mesh.model import Endpoint, VersionSpec
+from testbed.run.checkers.stats import percentile
+from testbed.run.experiment import Context
+from testbed.run.results import pyplot
 
 __all__ = ["RegistryChanger", "pilot_seen_latency",
            "PilotWatcher", "plot_pilot_latency", "registry_mesh_spec", "xds_latency", "window_summary",
-           "PROBE_SERVICE", "parse_listing", "write_summary", "leaders_elected", "wait_synced",
-           "keep_etcd_logs"]
+           "PROBE_SERVICE", "parse_listing", "write_summary", "leaders_elected", "keep_etcd_logs"]
 
 PROBE_SERVICE = "probe"     # the RegistryChanger's instances
 
@@ -47,7 +48,7 @@ class PilotWatcher:
     ``pilot``/``discovery`` events (healthy, endpoints: instance names Pilot serves) whenever
     either changes, and ``pilot``/``status_error`` when the socket does not answer."""
 
-    def __init__(self, ctx: Any, socket: "str | os.PathLike[str]", every_s: float = 0.25):
+    def __init__(self, ctx: Context, socket: "str | os.PathLike[str]", every_s: float = 0.25):
         from testbed.mesh.pilot.process import AdminClient
         self.ctx, self.every_s = ctx, every_s
         self.client = AdminClient(str(socket), timeout_s=1.0)
@@ -60,11 +61,12 @@ class PilotWatcher:
 
     def _loop(self) -> None:
         last: Any = None
+        now: tuple[Any, ...]
         while not self._stop.wait(self.every_s):
             try:
                 st = self.client.get("/status")
                 now = (bool(st.get("discovery_healthy")), tuple(sorted(st.get("endpoints", []))))
-            except Exception as e:  # noqa: BLE001 - recorded, polling goes on
+            except Exception as e:  # recorded, polling goes on
                 now = ("error", str(e)[:200])
             if now != last:
                 if now[0] == "error":
@@ -74,6 +76,7 @@ class PilotWatcher:
                 last = now
 
     def stop(self) -> None:
+        """Stop polling (idempotent)."""
         self._stop.set()
         self._thread.join()
 
@@ -84,7 +87,7 @@ class RegistryChanger:
     (config, seq, t_invoke) and, once etcdctl exits, ``registry``/``change_done`` (rc; the
     time is when it was noticed, not when etcdctl exited)."""
 
-    def __init__(self, ctx: Any, host: str, url: str, tag: str, timeout_s: float = 20.0):
+    def __init__(self, ctx: Context, host: str, url: str, tag: str, timeout_s: float = 20.0):
         self.ctx, self.host, self.url, self.tag, self.timeout_s = ctx, host, url, tag, timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,7 +146,8 @@ class RegistryChanger:
                 out, err = p.communicate(timeout=15)
                 revisions = parse_listing(out.decode()) if p.returncode == 0 else None
             except (subprocess.TimeoutExpired, ValueError) as e:
-                p.kill(), p.wait()
+                p.kill()
+                p.wait()
                 out, err, revisions = b"", str(e).encode(), None
             self.ctx.event("registry", "listing", config=self.tag, revisions=revisions,
                            **({} if revisions is not None else {"error": err.decode(errors="replace")[-300:]}))
@@ -230,16 +234,19 @@ def xds_latency(events: Sequence[Any], tag: str, nodes: Sequence[str], base: int
     seen_ms: the xDS share). None where some node never got/ACKed it."""
     per: dict[str, dict[str, list[tuple[float, int]]]] = {"push": {}, "ack": {}}
     for e in sorted(events, key=lambda e: e.t):
+        generation = _generation(e.details.get("version"))
         if e.source == "pilot" and e.kind in per and e.details.get("config") == tag \
-                and e.details.get("type") == xds_type and _generation(e.details.get("version")) is not None:
-            per[e.kind].setdefault(str(e.details.get("node")), []).append((e.t, _generation(e.details["version"])))
+                and e.details.get("type") == xds_type and generation is not None:
+            per[e.kind].setdefault(str(e.details.get("node")), []).append((e.t, generation))
     out = []
     for c in pilot_seen_latency(events, tag, base):
         g = c["version"]
         first = {kind: {n: next((t for t, gen in per[kind].get(n, []) if isinstance(g, int) and gen >= g
                                  and t >= c["t"]), None) for n in nodes} for kind in per}
-        ms = {kind: None if not nodes or None in first[kind].values() else (max(first[kind].values()) - c["t"]) * 1000
-              for kind in per}
+        ms: dict[str, float | None] = {}
+        for kind in per:
+            got = [t for t in first[kind].values() if t is not None]
+            ms[kind] = None if not nodes or len(got) < len(first[kind]) else (max(got) - c["t"]) * 1000
         out.append({**c, "push_ms": ms["push"], "ack_ms": ms["ack"],
                     "acks": {n: None if t is None else round((t - c["t"]) * 1000, 1) for n, t in first["ack"].items()},
                     "config_to_ack_ms": None if ms["ack"] is None or c["seen_ms"] is None
@@ -284,19 +291,7 @@ def leaders_elected(events: Sequence[Any], tag: str, t0: float, t1: float) -> li
                    and e.details.get("config") == tag and t0 <= e.t <= t1})
 
 
-def wait_synced(ctx: Any, mesh: Any, tag: str, timeout_s: float = 15.0) -> bool:
-    """Until every sidecar of ``mesh`` has ACKed Pilot's current config; on a timeout a
-    ``mesh``/``not_synced`` event (config, error) instead of an exception. Returns whether synced."""
-    from testbed.mesh.deploy.traffic import MeshError
-    try:
-        mesh.wait_ready(timeout_s)
-        return True
-    except MeshError as e:
-        ctx.event("mesh", "not_synced", config=tag, error=str(e)[:500])
-        return False
-
-
-def keep_etcd_logs(ctx: Any, runner: Any, tag: str) -> list[str]:
+def keep_etcd_logs(ctx: Context, runner: Any, tag: str) -> list[str]:
     """Copy each member's log to <out>/etcd-logs-<tag>/<member>.log (a mesh's etcd lives in
     its run dir, removed when it stops); returns the copied paths."""
     import shutil
@@ -313,9 +308,7 @@ def plot_pilot_latency(path: os.PathLike, runs: dict[str, dict[str, Any]], title
     """Per timeout set and delay step (windows: delay_ms, p50_ms = write p50, config_p50_ms,
     ack_p50_ms, xds_p50_ms): left, write / registry change -> Pilot config / -> every
     sidecar's ACK p50 (log scale); right, Pilot config -> every ACK p50 (the xDS share)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     nan = float("nan")
     for n, (tag, r) in enumerate(runs.items()):     # one colour per timeout set, one style per measure

@@ -22,10 +22,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
-from testbed.run.checkers import check_linearizability, check_removed_endpoint_routing, \
-    check_stale_reads
-from testbed.run.checkers.requests import check_failover
 from lablib.etcd import etcd_ops
+from testbed.history import HistoryData
+from testbed.run.checkers.linearizability import check_linearizability
+from testbed.run.checkers.requests import check_failover, check_removed_endpoint_routing
+from testbed.run.checkers.stale import check_stale_reads
+from testbed.run.experiment import Context
+from testbed.run.results import pyplot
 
 __all__ = ["Sides", "NO_RETRIES", "pilot_watcher", "outcome_counts", "removal_windows", "stream_summary",
            "first_answer_after", "etcd_claims", "registry_claims", "pilot_claims", "routing_claims", "plot_sides"]
@@ -43,13 +46,13 @@ class Sides:
     majority_instance: str        # e.g. "echo-v1-0"
 
 
-def pilot_watcher(ctx: Any, socket: Any) -> Any:
+def pilot_watcher(ctx: Context, socket: Any) -> Any:
     """A started :class:`~lablib.mesh.PilotWatcher` polling the Pilot at ``socket``
     (a deployed mesh's ``mesh.socket``); stopped at the end of the run (history still open)
     whatever happens, or earlier by ``.stop()``."""
     from lablib.mesh import PilotWatcher
     w = PilotWatcher(ctx, socket)
-    ctx.finishers.insert(0, lambda: w._thread.is_alive() and w.stop())
+    ctx.finishers.insert(0, w.stop)
     return w.start()
 
 
@@ -113,7 +116,7 @@ def _by_client(requests: Sequence[Any], client: str) -> list[Any]:
 
 # --- claims --------------------------------------------------------------------------------------
 
-def etcd_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float) -> None:
+def etcd_claims(ctx: Context, data: HistoryData, side: Sides, p0: float, p1: float) -> None:
     """Linearizability and stale reads (verdicts); no write acknowledged on the minority;
     the majority keeps writing; stale serializable reads on the minority."""
     ctx.verdicts["linearizability (linearizable ops)"] = check_linearizability(
@@ -141,7 +144,7 @@ def etcd_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float) -> None:
     ctx.metrics["minority_writes_after_heal_s"] = round(back[0], 2) if back else None
 
 
-def registry_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float, ttl_s: int) -> None:
+def registry_claims(ctx: Context, data: HistoryData, side: Sides, p0: float, p1: float, ttl_s: int) -> None:
     """The live minority instance's lease expires on the majority (within TTL + 5 s of the
     cut: TTL after the last keep-alive, the new leader's election-timeout extension, the
     observer's period); the majority instance is never removed; re-registered after the heal."""
@@ -162,7 +165,7 @@ def registry_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float, ttl_
               f"acknowledged {side.minority_client} write {after} s after it")
 
 
-def pilot_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float) -> None:
+def pilot_claims(ctx: Context, data: HistoryData, side: Sides, p0: float, p1: float) -> None:
     """Pilot (minority) flags its watch as failed, keeps its last snapshot, recovers."""
     disc = [e for e in data.events if e.source == "pilot" and e.kind == "discovery"]
     down = [e.t - p0 for e in disc if not e.details["healthy"] and p0 <= e.t <= p1]
@@ -188,7 +191,7 @@ def pilot_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float) -> None
               side.minority_instance in served, f"Pilot's endpoints at the end of the cut: {served}")
 
 
-def routing_claims(ctx: Any, data: Any, side: Sides, p0: float, p1: float, end: float) -> None:
+def routing_claims(ctx: Context, data: HistoryData, side: Sides, p0: float, p1: float, end: float) -> None:
     """What the sidecars did: the minority sidecar routes to the removed instance (counted by
     check_removed_endpoint_routing); neither side is answered across the cut; retries and
     outlier detection keep the cut invisible; after the heal both clients get both instances."""
@@ -235,14 +238,15 @@ def ejections_in_cut(events: Any, side: Sides, p0: float, p1: float) -> dict[str
     cut (from the sidecars' outlier event logs in the history; None: not ejected)."""
     from testbed.run.outlier_events import first_ejection
     out = {}
-    for client, other in ((side.majority_client, side.minority_instance), (side.minority_client, side.majority_instance)):
+    for client, other in ((side.majority_client, side.minority_instance),
+                          (side.minority_client, side.majority_instance)):
         ej = first_ejection(events, other, p0, p1, sidecar=f"client@{client}")
         out[client] = {"instance": other, "after_s": round(ej.t - p0, 3) if ej else None,
                        "type": ej.details["type"] if ej else None}
     return out
 
 
-def heal_claims(ctx: Any, streams: dict[str, list[Any]], side: Sides, p1: float, end: float) -> None:
+def heal_claims(ctx: Context, streams: dict[str, list[Any]], side: Sides, p1: float, end: float) -> None:
     """After the heal (from its start ``p1``): every stream error-free within 10 s (every
     request from then on to ``end`` succeeds); both clients answered by both instances again
     within 15 s (the outlier ejection still in force, up to baseEjectionTime x ejections, and
@@ -259,13 +263,11 @@ def heal_claims(ctx: Any, streams: dict[str, list[Any]], side: Sides, p1: float,
               all(v is not None and v <= 15 for v in late), f"first answer after the heal (s): {both}")
 
 
-def plot_sides(path: Any, data: Any, side: Sides, p0: float, p1: float, window_s: float = 1.0) -> Any:
+def plot_sides(path: Any, data: HistoryData, side: Sides, p0: float, p1: float, window_s: float = 1.0) -> Any:
     """``sides.png``: per second and per client stream, the success rate (top) and the share of
     answers from the minority instance (bottom); the cut shaded, the registry's removal of
     the minority instance hatched."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     reqs = sorted(data.requests, key=lambda r: r.t_start)
     if not reqs:
         return None

@@ -8,9 +8,9 @@ from typing import Any
 from proxy.config.cluster import parse_socket_address
 from proxy.config.reader import ConfigError, Obj, typed
 from proxy.config.route import RouteConfigSpec, parse_route_config
-from proxy.access_log_format import LogFormat, parse_log_format
-from proxy.filters import factory as registry
-from proxy.tls import transport as tls_transport
+from proxy.access_log import LogFormat, parse_log_format
+import proxy.filters.factory as registry
+import proxy.tls.transport as tls_transport
 
 __all__ = ["AccessLogSpec", "HttpFilterSpec", "HcmSpec", "TcpProxySpec", "ListenerSpec", "parse_listener",
            "HCM_NAMES", "TCP_PROXY_NAMES"]

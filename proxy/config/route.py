@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.filters import factory as registry
+import proxy.filters.factory as registry
 from proxy.config.reader import ConfigError, Obj, percent
 
 __all__ = ["StringMatch", "HeaderMatch", "HeaderOp", "HeaderEdits", "RetryPolicy", "WeightedCluster",

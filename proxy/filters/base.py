@@ -6,7 +6,7 @@ reverse order; each call returns :data:`CONTINUE` or :data:`STOP_ITERATION`.  A 
 stopped resumes the chain with ``stream.continue_decoding()`` or answers with
 ``stream.send_local_reply(status, body, flag)``.  The router is the terminal decoder.
 
-What a filter sees on ``stream`` (see :class:`proxy.http.hcm.Stream`): ``method``, ``path``,
+What a filter sees on ``stream`` (see :class:`proxy.http.stream.Stream`): ``method``, ``path``,
 ``headers`` (list of ``(bytes, bytes)``, lower-case names, mutable), ``host``,
 ``route`` (the matched :class:`proxy.http.route_table.Route` or None), ``flags`` (response flags),
 and while encoding ``status`` and ``resp_headers``.

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from proxy.filters import factory as registry
+import proxy.filters.factory as registry
 from proxy.config.reader import ConfigError, Obj, percent
 from proxy.config.route import parse_header_match
 from proxy.filters.base import CONTINUE, STOP_ITERATION, HttpFilter

@@ -1,5 +1,5 @@
-"""``envoy.filters.http.rbac``: Envoy's RBAC HTTP filter, as Istio (and
-testbed/mesh/pilot/rbac.py) configure it for AuthorizationPolicy.
+"""``envoy.filters.http.rbac``: Envoy's RBAC HTTP filter, as Istio's control plane (and
+minimesh's Pilot) configures it for AuthorizationPolicy.
 
 Config: ``{rules: {action: ALLOW|DENY, policies: {name: {permissions: [...], principals: [...]}}}}``.
 A policy matches when any permission and any principal match. ALLOW: a request passes iff
@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from proxy.filters import factory as registry
+import proxy.filters.factory as registry
 from proxy.config.reader import ConfigError, Obj, typed
 from proxy.filters.base import CONTINUE, STOP_ITERATION, HttpFilter
 

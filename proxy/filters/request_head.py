@@ -2,9 +2,9 @@
 x-forwarded-* / x-envoy-* headers and the route's header edits."""
 from __future__ import annotations
 
-from proxy.http.codec import encode_request_head
-from proxy.http.hcm import HOP_BY_HOP
 from proxy.filters.mirror import shadow_host
+from proxy.http.codec import encode_request_head
+from proxy.http.headers import REQUEST_HOP_BY_HOP
 from proxy.http.route_table import apply_ops
 
 __all__ = ["build_request_head"]
@@ -20,7 +20,7 @@ def build_request_head(stream, route, edit_levels: tuple, suppress_envoy_headers
     has_xfp = False
     original_hosts = []
     for k, v in stream.headers:
-        if k in HOP_BY_HOP:
+        if k in REQUEST_HOP_BY_HOP:
             if k == b"te" and v.strip().lower() == b"trailers":
                 out.append((k, v))           # Envoy forwards only "te: trailers"
             continue

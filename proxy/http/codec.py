@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import re
-
 import httptools
+
+from proxy.http.headers import ABSOLUTE_FORM
 
 __all__ = ["RequestHead", "ResponseHead", "Data", "EndOfMessage", "ProtocolError", "ServerCodec",
            "ClientCodec", "encode_request_head", "encode_response_head", "encode_chunk", "LAST_CHUNK",
@@ -24,7 +24,6 @@ __all__ = ["RequestHead", "ResponseHead", "Data", "EndOfMessage", "ProtocolError
 
 Headers = list  # list[tuple[bytes, bytes]]
 LAST_CHUNK = b"0\r\n\r\n"
-_ABSOLUTE = re.compile(rb"(?i)https?://")
 
 
 class RequestHead(NamedTuple):
@@ -162,7 +161,7 @@ class ServerCodec(_Base):
             if k == b"host":
                 break
         else:
-            if not _ABSOLUTE.match(self._url):
+            if not ABSOLUTE_FORM.match(self._url):
                 raise ProtocolError("HTTP/1.1 request without Host", 400, b"")
         method = p.get_method()
         self._events.append(RequestHead(method, self._url, headers, p.should_keep_alive() and method != b"CONNECT",

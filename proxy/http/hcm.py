@@ -16,18 +16,16 @@ from proxy.http.lazy_timer import LazyTimer
 from proxy.http.route_table import RouteTable
 from proxy.http.stream import Stream, http_date
 
-__all__ = ["HcmConfig", "DownstreamConnection", "Stream", "HOP_BY_HOP"]
+__all__ = ["HcmConfig", "DownstreamConnection"]
 
 log = logging.getLogger("proxy.http.hcm")
-HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
-                        b"te", b"trailer", b"content-length"))
 
 
 class HcmConfig:
     """One listener's HTTP connection manager: spec compiled once, shared by connections."""
 
     def __init__(self, spec, ctx, listener_name: str):
-        from proxy.filters import factory as registry
+        import proxy.filters.factory as registry
         self.spec = spec
         self.ctx = ctx
         self.listener_name = listener_name

@@ -7,16 +7,13 @@ response for the downstream HTTP version and coalesces its writes.
 from __future__ import annotations
 
 import random
-import re
 import time
 
-from proxy.http.codec import LAST_CHUNK, RequestHead, encode_chunk, encode_response_head
 from proxy.filters.base import FLAG_ORDER
+from proxy.http.codec import LAST_CHUNK, RequestHead, encode_chunk, encode_response_head
+from proxy.http.headers import ABSOLUTE_FORM, HOP_BY_HOP
 
 __all__ = ["Stream", "http_date"]
-
-_RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
-                        b"content-length"))
 
 
 class Stream:
@@ -63,7 +60,7 @@ class Stream:
         st.downstream_rq_http1_total += 1
         st.downstream_rq_active += 1
         headers = self.headers
-        if self.path[:1] != b"/" and _ABSOLUTE.match(self.path):
+        if self.path[:1] != b"/" and ABSOLUTE_FORM.match(self.path):
             self.path = _absolute_form(self.path, headers)
         host = rid = None
         expect = dup_host = False
@@ -220,7 +217,7 @@ class Stream:
         length = None
         have_server = False
         for k, v in self.resp_headers:
-            if k in _RESP_DROP:
+            if k in HOP_BY_HOP:
                 if k == b"content-length":
                     length = v
                 continue
@@ -328,7 +325,6 @@ class Stream:
 
 
 _getrandbits = random.getrandbits
-_ABSOLUTE = re.compile(rb"(?i)https?://")
 
 
 def _absolute_form(target: bytes, headers: list) -> bytes:

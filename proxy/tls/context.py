@@ -10,7 +10,7 @@ TLS state (`MeshTLS`), and clear rejection reasons.
   (equal to `expected` when given) and its serial must not be revoked.
 * `MeshTLS` holds one sidecar's current material, caches contexts, counts outcomes in
   `stats` and logs one line per rejection (`mtls: REJECT ... reason=<reason>: <detail>`).
-* tls_io.py has the sockets: `start_inbound` (listener) and `connect_outbound`.
+* proxy/tls/sockets.py has the sockets: `start_inbound` (listener) and `connect_outbound`.
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from typing import Collection
 
 from cryptography import x509
 
-from testbed.mesh.citadel.ca import uri_sans
-from testbed.mesh.rules.policy import DISABLE, PERMISSIVE, STRICT, SpiffeId
+from proxy.tls.identity import DISABLE, PERMISSIVE, STRICT, SpiffeId, uri_sans
 
 log = logging.getLogger("minimesh.mtls")
 ALPN = ["http/1.1"]

@@ -8,7 +8,7 @@ bootstrap node metadata::
         NAMESPACE: default, SERVICE_ACCOUNT: reviews,   # default: WORKLOAD_NAME / LABELS.app
         CERT_TTL_S: 3600, CERT_RENEW_FRACTION: 0.5, BUNDLE_REFRESH_S: 5, KEYLOG: run/keys.log}}
 
-and starts a :class:`testbed.mesh.citadel.server.CertificateRotator` whose material serves every
+and starts a :class:`proxy.tls.rotator.CertificateRotator` whose material serves every
 SDS secret (``default`` + ``ROOTCA``). Each TLS listener and cluster gets its own
 :class:`proxy.tls.context.MeshTLS` (so stats are per listener / per cluster); a rotation
 updates all of them: new connections use the new certificate, open ones keep theirs.
@@ -25,16 +25,36 @@ import time
 import weakref
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
-from testbed.mesh.citadel.server import CertificateRotator
-from testbed.mesh.citadel.ca import uri_sans
+from proxy.errors import StartupError
 from proxy.tls.context import Material, MeshTLS, Peer, PeerRejected
+from proxy.tls.identity import uri_sans
+from proxy.tls.rotator import CertificateRotator
 from proxy.tls.sockets import connect_outbound, start_inbound
 
-__all__ = ["SidecarSecurity", "attach_security", "security_of", "material_from_files"]
+if TYPE_CHECKING:
+    from proxy.config.bootstrap import Bootstrap
+    from proxy.stats import Stats
+
+__all__ = ["SidecarSecurity", "SecurityTarget", "attach_security", "security_of", "material_from_files"]
 log = logging.getLogger("proxy.tls.sds")
+
+
+class _Shared(Protocol):
+    """The server's shared context (filters see it too); ``security`` is set on first use."""
+
+    stats: Stats
+
+
+class SecurityTarget(Protocol):
+    """What :func:`attach_security` wires into; :class:`proxy.server.Server` provides it."""
+
+    bootstrap: Bootstrap
+    ctx: _Shared
+    cluster_manager: Any      # gets ``.security``: outbound connects of TLS clusters go through it
 
 
 def material_from_files(chain: str, key: str, ca: str) -> Material:
@@ -90,7 +110,6 @@ class SidecarSecurity:
     async def start_listener(self, spec, lname: str, factory):
         """start_inbound for a listener with a DownstreamTls; ``factory()`` makes the HCM/TCP
         connection, which is remembered with its Peer for the RBAC filter."""
-        from proxy.server import StartupError
         try:
             mtls = self.mesh_for(f"listener.{lname}", spec.tls.context)
         except (OSError, ValueError) as e:
@@ -159,16 +178,16 @@ class _Refused(asyncio.Protocol):
         transport.abort()
 
 
-def security_of(ctx) -> SidecarSecurity:
+def security_of(ctx: _Shared) -> SidecarSecurity:
     """The ServerContext's SidecarSecurity (created on first use, e.g. by the RBAC filter)."""
     sec = getattr(ctx, "security", None)
     if sec is None:
-        sec = ctx.security = SidecarSecurity()
+        sec = ctx.security = SidecarSecurity()      # type: ignore[attr-defined]
         ctx.stats.gauge_sources.append(sec.stat_items)
     return sec
 
 
-async def attach_security(server) -> SidecarSecurity:
+async def attach_security(server: SecurityTarget) -> SidecarSecurity:
     """Wire Citadel into a Server (see module docstring); idempotent."""
     ctx = server.ctx
     md = server.bootstrap.node.metadata or {}
@@ -192,6 +211,5 @@ async def attach_security(server) -> SidecarSecurity:
         try:
             await sec.rotator.start()
         except RuntimeError as e:
-            from proxy.server import StartupError
             raise StartupError(f"node.metadata.CITADEL: {e}") from None
     return sec

@@ -1,5 +1,5 @@
 """Sockets for sidecar mTLS: inbound STRICT/PERMISSIVE/DISABLE listeners and outbound
-connects, built on tls.py's contexts and checks.
+connects, built on proxy/tls/context.py's contexts and checks.
 
 * `start_inbound(factory, host, port, tls, mode)` accepts connections itself so that every
   connection picks up the newest context (rotation), PERMISSIVE can tell TLS from plaintext
@@ -17,8 +17,8 @@ import socket
 import ssl
 from typing import Callable, Collection
 
-from testbed.mesh.rules.policy import DISABLE, STRICT
 from proxy.tls.context import MeshTLS, Peer, PeerRejected, addr_str, describe_tls_error, log
+from proxy.tls.identity import DISABLE, STRICT
 
 
 # ---------------------------------------------------------------- protocol gate

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxy.config.reader import ConfigError, Obj, typed
-from testbed.mesh.rules.policy import PERMISSIVE, STRICT
+from proxy.tls.identity import PERMISSIVE, STRICT
 
 __all__ = ["TlsContextSpec", "DownstreamTls", "pick_chain", "parse_upstream", "TLS_SOCKET_NAMES"]
 

@@ -24,18 +24,26 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from proxy import __version__
 from proxy.config.listener import HcmSpec, ListenerSpec
 from proxy.config.reader import ConfigError
+from proxy.errors import StartupError
+from proxy.http.client import HttpClient
 from proxy.http.codec import ProtocolError
 from proxy.xds.protocol import (CLUSTER, ENDPOINT, LISTENER, PATHS, ROUTE, ClusterUpdate, ConfigSource, ListenerUpdate,
-                       Subscription, UpdateStats, XdsError, decode_response, parse_dynamic_resources,
-                       validate_assignment, validate_clusters, validate_listeners, validate_route_config)
+                                Subscription, UpdateStats, XdsError, decode_response, parse_dynamic_resources,
+                                validate_assignment, validate_clusters, validate_listeners, validate_route_config)
 
-__all__ = ["XdsClient", "HttpTransport", "Transport", "ApplyError", "MAX_BACKOFF_S"]
-log = logging.getLogger("proxy.xds.protocol")
+if TYPE_CHECKING:
+    from proxy.config.bootstrap import Bootstrap
+    from proxy.config.route import RouteConfigSpec
+    from proxy.stats import Stats
+    from proxy.upstream.cluster import ClusterManager
+
+__all__ = ["XdsClient", "XdsTarget", "HttpTransport", "Transport", "ApplyError", "MAX_BACKOFF_S"]
+log = logging.getLogger("proxy.xds.client")
 MAX_BACKOFF_S = 1.0
 SHORT = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
 
@@ -47,6 +55,25 @@ def _rds_name(spec: ListenerSpec) -> str | None:
 
 class ApplyError(Exception):
     """A validated update could not be applied (e.g. a listener port is taken); rolled back."""
+
+
+class _ListenerManager(Protocol):
+    listeners: dict[str, Any]      # name -> listener with .spec (a ListenerSpec)
+
+    async def add_or_update_listener(self, spec: ListenerSpec) -> None: ...
+
+    async def remove_listener(self, name: str) -> bool: ...
+
+    def replace_route_config(self, route_config_spec: RouteConfigSpec, listener_name: str | None = None) -> int: ...
+
+
+class XdsTarget(Protocol):
+    """What the xDS client reads and drives; :class:`proxy.server.Server` provides it."""
+
+    bootstrap: Bootstrap
+    stats: Stats
+    cluster_manager: ClusterManager
+    listener_manager: _ListenerManager
 
 
 class Transport(Protocol):
@@ -61,7 +88,6 @@ class HttpTransport:
         self.cm = cluster_manager
 
     async def post(self, cluster: str, path: str, body: dict, timeout_s: float) -> tuple[int, Any]:
-        from tests.support.http_peers import HttpClient
         c = self.cm.get(cluster)
         host = c.choose(None) if c is not None else None
         if host is None:
@@ -89,7 +115,8 @@ class _Sub:
 
 
 class XdsClient:
-    def __init__(self, server, transport: Transport | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, server: XdsTarget, transport: Transport | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.server = server
         self.cm = server.cluster_manager
         self.lm = server.listener_manager
@@ -99,7 +126,6 @@ class XdsClient:
         try:
             self.cds_source, self.lds_source = parse_dynamic_resources(b.dynamic_resources or {})
         except ConfigError as e:
-            from proxy.server import StartupError
             raise StartupError(str(e)) from None
         self.node = {"id": b.node.id, "cluster": b.node.cluster, "metadata": dict(b.node.metadata or {}),
                      "user_agent_name": "minimesh-proxy", "user_agent_version": __version__}

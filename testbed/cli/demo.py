@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.cli.main import (BACKENDS, EXIT_FAIL, EXIT_OK, Subcommand, Terminated, load_topology_or_exit,
-                         require_root, run_testbed, teardown_signals)
+from testbed.cli.subcommand import BACKENDS, EXIT_FAIL, EXIT_OK, Subcommand, load_topology_or_exit
+from testbed.net.lifecycle import Terminated, require_root, run_testbed, teardown_signals
+from testbed.net.running import RunningTestbed
+from testbed.paths import REPO
 
 __all__ = ["SUBCOMMANDS", "parse_ping", "path_between", "Measurement", "Part", "delay_part",
            "front_proxy_part", "canary_part", "format_summary", "PARTS"]
 
-from testbed.paths import REPO
 DEFAULT_TOPOLOGY = REPO / "topologies" / "line3.yaml"
 PARTS = ("delay", "front_proxy", "canary")
 PART_TIMEOUT_S = 150.0
@@ -101,7 +102,7 @@ def path_between(links: list[tuple[str, str]], a: str, b: str) -> list[tuple[str
     return hops[::-1]
 
 
-def configured_rtt(tb: Any, hops: list[tuple[str, str]]) -> float:
+def configured_rtt(tb: RunningTestbed, hops: list[tuple[str, str]]) -> float:
     total = 0.0
     for x, y in hops:
         there, back = tb.control.shapes(x, y)
@@ -109,7 +110,7 @@ def configured_rtt(tb: Any, hops: list[tuple[str, str]]) -> float:
     return total
 
 
-def start_ping(tb: Any, src: str, dst: str, count: int, interval: float) -> Any:
+def start_ping(tb: RunningTestbed, src: str, dst: str, count: int, interval: float) -> Any:
     return tb.popen(src, ["ping", "-D", "-n", "-c", str(count), "-i", str(interval), "-W", "2", tb.ip(dst)],
                     text=True)
 
@@ -119,11 +120,11 @@ def finish_ping(proc: Any, count: int, interval: float) -> list[tuple[float, int
     return parse_ping(out)
 
 
-def ping(tb: Any, src: str, dst: str, count: int, interval: float) -> list[tuple[float, int, float]]:
+def ping(tb: RunningTestbed, src: str, dst: str, count: int, interval: float) -> list[tuple[float, int, float]]:
     return finish_ping(start_ping(tb, src, dst, count, interval), count, interval)
 
 
-def run_demo(tb: Any, tolerance_ms: float, new_delay_ms: float) -> list[Measurement]:
+def run_demo(tb: RunningTestbed, tolerance_ms: float, new_delay_ms: float) -> list[Measurement]:
     hosts = tb.host_names
     a, b = hosts[0], hosts[1]
     hops = path_between([(x, y) for x, y, _ in tb.control.links()], a, b)
@@ -268,7 +269,7 @@ def _run_delay(args: argparse.Namespace, topology: Any, fallback: bool, out: Pat
     from testbed.run.results import write_results
     parts: list[Part] = []
 
-    def demo(tb: Any) -> int:
+    def demo(tb: RunningTestbed) -> int:
         if fallback:
             print("*** topologies/line3.yaml not found: stock single,3 with h1-s1 shaped to 10ms",
                   file=sys.stderr)

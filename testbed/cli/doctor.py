@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from testbed.cli.main import Subcommand
+from testbed.cli.subcommand import Subcommand
 
 __all__ = ["Check", "run_checks", "report", "SUBCOMMANDS"]
 

@@ -15,7 +15,7 @@ The link commands are fault values too (parsed in :mod:`testbed.cli.shell`, appl
 
 One :class:`FaultSession` (one :class:`~testbed.faults.schedule.Nemesis`) per CLI session,
 so ``heal`` reverts everything still applied; :meth:`FaultSession.close` heals at the end
-of the session. Given a :class:`~testbed.run.history.History`, the Nemesis appends every op
+of the session. Given a :class:`~testbed.history.History`, the Nemesis appends every op
 (apply/revert, with what was done) to it as it happens. The session is sans-IO: commands
 return the text to print and raise :class:`FaultCommandError` for a bad command;
 :class:`FaultCommands` is the Mininet CLI mixin that prints and counts errors.
@@ -30,6 +30,8 @@ from testbed.faults.kinds import (Crash, Cut, Fault, FaultError, LinkChange, Lin
 from testbed.faults.grudge import GRUDGE_BUILDERS, Grudge, GrudgeError, complete
 from testbed.faults.schedule import HealError, Nemesis
 from testbed.faults.targets import TargetError
+import testbed.mesh.citadel.faults  # noqa: F401  (registers the identity fault kinds: cert-revoke, ca-stop, ...)
+from testbed.net.running import RunningTestbed
 
 __all__ = ["FaultSession", "FaultCommands", "FaultCommandError", "parse_partition", "BUILDER_ALIASES"]
 
@@ -281,12 +283,12 @@ class FaultSession:
             raise FaultCommandError(f"usage: {command}  (no arguments)")
 
 
-def session_for(testbed: Any, mesh: Any, clock: Any = None, history: Any = None) -> FaultSession:
+def session_for(testbed: RunningTestbed, mesh: Any, clock: Any = None, history: Any = None) -> FaultSession:
     """The session for ``minimesh up``: the mesh's fault target (its processes) when there is
     a mesh, else a TestbedTarget with no processes (partitions only). Ops are recorded in
     ``history`` (if given) on ``clock`` (default: a RunClock started now)."""
     from testbed.faults.targets import TestbedTarget
-    from testbed.run.history import RunClock
+    from testbed.history import RunClock
     target = mesh.fault_target() if mesh is not None else TestbedTarget(testbed)
     return FaultSession(target, clock or RunClock(), lambda: testbed.host_names, lambda: target.processes,
                         no_processes=NO_PROCESSES if mesh is None else NO_MESH_PROCESSES, history=history)

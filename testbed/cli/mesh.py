@@ -6,7 +6,8 @@
 ``apply`` and ``registry`` talk to the running ``up`` through Pilot's admin unix socket
 (``<state dir>/mesh-*/pilot.sock``, published in ``<state dir>/mesh/<pid>.json``); a unix
 socket is reachable from the root namespace, so no command has to enter a Mininet host.
-Importing this module registers the topology's ``mesh:`` section (testbed.mesh.spec).
+Importing this module registers the topology's ``mesh:`` section (testbed.mesh.spec), and
+the shell's ``apply`` and ``registry`` commands and mesh session (testbed.cli.shell_commands).
 """
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
-from testbed.cli.main import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Subcommand
+from testbed.cli.shell_commands import (CLIUsageError, ShellCommand, register_command,
+                                        register_mesh_session)
+from testbed.cli.subcommand import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Subcommand
+from testbed.net.running import RunningTestbed
 
 __all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "analyze_paths",
            "format_registry", "default_sidecar"]
@@ -181,9 +185,11 @@ def default_sidecar() -> str:
 
 
 @contextlib.contextmanager
-def mesh_session(tb: Any) -> Iterator[Any]:
+def mesh_session(tb: RunningTestbed, history: Any = None, clock: Any = None) -> Iterator[Any]:
     """Start the topology's mesh (if it has a mesh: section) for the CLI's lifetime;
-    yields the Mesh, or None. A mesh that cannot start ends ``up`` with status 1."""
+    yields the Mesh, or None. A mesh that cannot start ends ``up`` with status 1. With a
+    ``history`` (on ``clock``), the mesh's logs (pushes, ACKs, ejections) go into it at the
+    end, before the mesh stops."""
     spec = (getattr(getattr(tb, "topology", None), "sections", None) or {}).get("mesh")
     if spec is None:
         yield None
@@ -204,13 +210,18 @@ def mesh_session(tb: Any) -> Iterator[Any]:
     try:
         yield mesh
     finally:
-        mesh.stop()
+        try:
+            if history is not None and clock is not None:
+                from testbed.run.outlier_events import import_mesh_logs
+                assert mesh.run_dir is not None                # set by mesh.start()
+                import_mesh_logs(history, clock.wall0, mesh.run_dir / "logs", mesh.events, mesh.spec)
+        finally:
+            mesh.stop()
 
 
 def cli_apply(mesh: Any, line: str) -> str:
     """The Mininet CLI's ``apply FILE...``; raises CLIUsageError on usage or rejection."""
     from testbed.mesh.deploy.mesh import ApplyError
-    from testbed.cli.shell import CLIUsageError
     if mesh is None:
         raise CLIUsageError("apply: this topology has no mesh: section")
     paths = line.split()
@@ -231,7 +242,7 @@ def cli_apply(mesh: Any, line: str) -> str:
 
 
 def cli_registry(mesh: Any, line: str) -> str:
-    from testbed.cli.shell import CLIUsageError
+    """The Mininet CLI's ``registry [list]``; raises CLIUsageError on usage or an unreachable Pilot."""
     if mesh is None:
         raise CLIUsageError("registry: this topology has no mesh: section")
     if line.strip() not in ("", "list"):
@@ -242,3 +253,10 @@ def cli_registry(mesh: Any, line: str) -> str:
     except AdminUnavailable as e:
         raise CLIUsageError(f"registry: cannot reach Pilot: {e}") from None
     return format_registry(body)
+
+
+register_mesh_session(mesh_session)
+register_command(ShellCommand("apply", "Apply Istio rules to the mesh (all or nothing). Usage: apply FILE...",
+                              cli_apply))
+register_command(ShellCommand("registry", "List the mesh's services and endpoints from etcd. Usage: registry [list]",
+                              cli_registry))

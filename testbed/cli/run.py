@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from testbed.cli.main import EXIT_USAGE, Subcommand
+from testbed.cli.subcommand import EXIT_USAGE, Subcommand
 
 __all__ = ["SUBCOMMANDS", "script_argv"]
 

@@ -5,10 +5,13 @@
     link-down h1 s1 / link-up h1 s1                    administrative down/up
     drop h1 h2 [oneway]                                drop traffic (h1->h2 only with oneway)
     restore [h1 [h2]]                                  remove drops (all / of h1 / between)
-    apply FILE...                                      Istio rules to the mesh (mesh: section)
-    registry [list]                                    the mesh's services and endpoints
     partition / heal / crash / restart / pause / resume / faults   the fault model
                                                        (testbed/cli/faults.py; healed at exit)
+    apply FILE...                                      Istio rules to the mesh (mesh: section)
+    registry [list]                                    the mesh's services and endpoints
+
+``apply`` and ``registry``, and the mesh that runs for the session, are registered by
+:mod:`testbed.cli.mesh` in :mod:`testbed.cli.shell_commands`; this module does not import them.
 
 Every command that changes the network or a process (link-set, link-down/up, drop,
 restore and the fault commands) is a fault op of the session's Nemesis: listed by
@@ -31,17 +34,16 @@ from typing import Any, IO
 from mininet.cli import CLI
 from mininet.log import LEVELS, StreamHandlerNoNewline, error, lg, output
 
-from testbed.net.control import ControlError
+from testbed.cli.faults import FaultCommandError, FaultCommands, session_for
+from testbed.cli.shell_commands import CLIUsageError, ShellCommand, mesh_session, registered_commands
 from testbed.faults.kinds import FaultError
 from testbed.faults.targets import TargetError
-from testbed.cli.faults import FaultCommandError, FaultCommands, session_for
+from testbed.net.control import ControlError
+from testbed.net.running import RunningTestbed
 from testbed.shape import ShapeError
 
-__all__ = ["MeshCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop", "CLIUsageError"]
-
-
-class CLIUsageError(ValueError):
-    pass
+__all__ = ["TestbedCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop",
+           "CLIUsageError"]
 
 
 @dataclass(frozen=True)
@@ -120,30 +122,31 @@ def route_output_to_stdout() -> None:
     lg.addHandler(out)
 
 
-class MeshCLI(FaultCommands, CLI):
-    """``MeshCLI(testbed)`` runs the CLI (Mininet's CLI runs from its constructor). With
-    ``history`` (a :class:`~testbed.run.history.History`) every fault op, the heal at exit
+class TestbedCLI(FaultCommands, CLI):
+    """``TestbedCLI(testbed)`` runs the CLI (Mininet's CLI runs from its constructor). With
+    ``history`` (a :class:`~testbed.history.History`) every fault op, the heal at exit
     included, is appended to it, timed on ``clock`` (the history's RunClock)."""
+
+    __test__ = False   # not a pytest class
 
     prompt = "minimesh> "
     identchars = CLI.identchars + "-"
     HYPHENATED = ("link-set", "link-show", "link-down", "link-up")
 
-    def __init__(self, testbed: Any, stdin: IO[str] = sys.stdin, history: Any = None, clock: Any = None,
-                 **kwargs: Any):
+    def __init__(self, testbed: RunningTestbed, stdin: IO[str] = sys.stdin, history: Any = None,
+                 clock: Any = None, **kwargs: Any):
         self.tb = testbed
         self.errors = 0
-        from testbed.cli.mesh import mesh_session
-        with mesh_session(testbed) as self.mesh:   # None without a mesh: section
+        self.extra_commands = {cmd.name: cmd for cmd in registered_commands()}
+        for cmd in self.extra_commands.values():
+            setattr(self, "do_" + cmd.name, self._registered_command(cmd))
+        # the mesh (None without a mesh: section) imports its logs into the history as it stops
+        with mesh_session(testbed, history, clock) as self.mesh:
             self.faults_session = session_for(testbed, self.mesh, clock=clock, history=history)
             try:
                 super().__init__(testbed.net, stdin=stdin, **kwargs)
             finally:
                 self.close_faults()                 # every session ends healed
-                if history is not None and clock is not None and self.mesh is not None:
-                    from testbed.run.outlier_events import import_mesh_logs   # pushes, ACKs, ejections
-                    import_mesh_logs(history, clock.wall0, self.mesh.run_dir / "logs", self.mesh.events,
-                                     self.mesh.spec)
 
     # --- minimesh commands -------------------------------------------------------------
 
@@ -189,15 +192,12 @@ class MeshCLI(FaultCommands, CLI):
         Usage: restore [HOST1 [HOST2]]"""
         self._guard(lambda: output(self.faults_session.restore(*parse_restore(line))))
 
-    def do_apply(self, line: str) -> None:
-        """Apply Istio rules to the mesh (all or nothing). Usage: apply FILE..."""
-        from testbed.cli.mesh import cli_apply
-        self._guard(lambda: output(cli_apply(self.mesh, line)))
-
-    def do_registry(self, line: str) -> None:
-        """List the mesh's services and endpoints from etcd. Usage: registry [list]"""
-        from testbed.cli.mesh import cli_registry
-        self._guard(lambda: output(cli_registry(self.mesh, line)))
+    def _registered_command(self, cmd: ShellCommand) -> Any:
+        """``do_<name>`` of a command registered in testbed.cli.shell_commands."""
+        def do(line: str) -> None:
+            self._guard(lambda: output(cmd.run(self.mesh, line)))
+        do.__doc__ = cmd.help
+        return do
 
     def _guard(self, fn: Any) -> None:
         try:
@@ -210,7 +210,7 @@ class MeshCLI(FaultCommands, CLI):
 
     def get_names(self) -> list[str]:
         hidden = {"do_" + n.replace("-", "_") for n in self.HYPHENATED}
-        return [n for n in super().get_names() if n not in hidden]
+        return [n for n in super().get_names() if n not in hidden] + ["do_" + n for n in self.extra_commands]
 
     # --- standard input that is not a terminal -------------------------------------------
 
@@ -239,5 +239,5 @@ class MeshCLI(FaultCommands, CLI):
             raise
 
 
-for _name in MeshCLI.HYPHENATED:
-    setattr(MeshCLI, "do_" + _name, getattr(MeshCLI, "do_" + _name.replace("-", "_")))
+for _name in TestbedCLI.HYPHENATED:
+    setattr(TestbedCLI, "do_" + _name, getattr(TestbedCLI, "do_" + _name.replace("-", "_")))

@@ -9,14 +9,15 @@ target errors do not escape: they end up in ``op.error`` with ``op.ok == False``
 actions done before the error, so a caller can record the op and still heal. Call
 ``op.raise_for_error()`` when failing is what you want.
 
-The target is anything implementing :class:`NemesisTarget` (in :mod:`testbed.faults.base`,
-re-exported here) — :class:`TestbedTarget` adapts a running :class:`testbed.net.network.Testbed`;
-:class:`FakeTarget` is an in-memory one for tests (both in :mod:`testbed.faults.targets`).
+The target is anything implementing :class:`~testbed.faults.base.NemesisTarget`:
+:class:`~testbed.faults.targets.TestbedTarget` adapts a running network,
+:class:`~testbed.faults.targets.FakeTarget` is an in-memory one for tests.
 Grudges: :mod:`testbed.faults.grudge`; schedules and the runner: :mod:`testbed.faults.schedule`;
 YAML schedules: :mod:`testbed.faults.source`. Reference: docs/faults.md.
 """
 from __future__ import annotations
 
+import functools
 import signal as _signal
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -24,12 +25,11 @@ from typing import Any, ClassVar, Mapping
 from testbed.faults.base import (FAULTS, Fault, FaultError, NemesisTarget, Op, Step, _name, _perform,
                                  fault_from_dict, register)
 from testbed.faults.grudge import Grudge
-from testbed.faults.targets import FakeTarget, TestbedTarget
-from testbed.shape import SHAPE_FIELDS, LinkShape, ShapeError, parse_params
+from testbed.shape import SHAPE_FIELDS, LinkShape, ShapeError, link_directions, parse_params
 
 __all__ = ["NemesisTarget", "Op", "Fault", "FaultError", "FAULTS", "register", "fault_from_dict",
-           "LinkChange", "LinkDown", "Partition", "Cut", "Crash", "Restart", "Pause",
-           "shape_params", "parse_signal", "FakeTarget", "TestbedTarget"]
+           "LinkChange", "LinkDown", "Blocks", "Partition", "Cut", "Crash", "Restart", "Pause",
+           "shape_params", "parse_signal"]
 
 
 # --- link faults ------------------------------------------------------------------------
@@ -63,9 +63,10 @@ class LinkChange(Fault):
             parse_params(dict(params))
         except ShapeError as e:
             raise FaultError(e.message, e.field) from None
-        if self.direction is not None and self.direction.replace(" ", "") not in (
-                f"{self.a}->{self.b}", f"{self.b}->{self.a}"):
-            raise FaultError(f"use {self.a}->{self.b} or {self.b}->{self.a} (or omit for both)", "direction")
+        try:
+            link_directions(self.direction, self.a, self.b)
+        except ShapeError:
+            raise FaultError(f"use {self.a}->{self.b} or {self.b}->{self.a} (or omit for both)", "direction") from None
         object.__setattr__(self, "params", params)
 
     @classmethod
@@ -86,12 +87,6 @@ class LinkChange(Fault):
         p = " ".join(f"{k}={v}" for k, v in self.params)
         return f"link {self.a}-{self.b}{' ' + self.direction if self.direction else ''} {p}"
 
-    def _directions(self) -> tuple[bool, bool]:
-        if self.direction is None:
-            return True, True
-        ab = self.direction.replace(" ", "") == f"{self.a}->{self.b}"
-        return ab, not ab
-
     def apply(self, target: NemesisTarget) -> Op:
         try:
             ab, ba = target.shapes(self.a, self.b)
@@ -107,12 +102,14 @@ class LinkChange(Fault):
             return Op(self, "revert", ok=False, error="revert needs the op returned by apply (the shapes before)")
         before = [LinkShape(**d) for d in applied.state["before"]]
         steps: list[Step] = []
-        for changed, (src, dst), shape in zip(self._directions(), ((self.a, self.b), (self.b, self.a)), before):
+        changed_dirs = link_directions(self.direction, self.a, self.b)
+        for changed, (src, dst), shape in zip(changed_dirs, ((self.a, self.b), (self.b, self.a)), before,
+                                              strict=True):
             if changed:
                 d = f"{src}->{dst}"
                 p = shape_params(shape)
                 steps.append((f"link {self.a}-{self.b} {d} back to {shape.describe()}",
-                              lambda d=d, p=p: target.set_link(self.a, self.b, d, **p)))
+                              functools.partial(target.set_link, self.a, self.b, d, **p)))
         return _perform(self, "revert", steps, applied.state)
 
 
@@ -140,26 +137,26 @@ class LinkDown(Fault):
 
 # --- partitions -------------------------------------------------------------------------
 
-class _Blocks(Fault):
+class Blocks(Fault):
     """Faults made of one-way drops ``(src, dst)``."""
 
     def pairs(self) -> list[tuple[str, str]]:
         raise NotImplementedError
 
     def apply(self, target: NemesisTarget) -> Op:
-        return _perform(self, "apply", [(f"block {s}->{d}", lambda s=s, d=d: target.block(s, d, oneway=True))
+        return _perform(self, "apply", [(f"block {s}->{d}", functools.partial(target.block, s, d, oneway=True))
                                         for s, d in self.pairs()])
 
     def revert(self, target: NemesisTarget, applied: Op | None = None,
                keep: frozenset[tuple[str, str]] = frozenset()) -> Op:
         """Unblock every pair except those in ``keep`` (still wanted by another fault)."""
-        return _perform(self, "revert", [(f"unblock {s}->{d}", lambda s=s, d=d: target.unblock(s, d, oneway=True))
+        return _perform(self, "revert", [(f"unblock {s}->{d}", functools.partial(target.unblock, s, d, oneway=True))
                                          for s, d in self.pairs() if (s, d) not in keep])
 
 
 @register
 @dataclass(frozen=True)
-class Partition(_Blocks):
+class Partition(Blocks):
     """A partition described by a grudge: node -> nodes it drops traffic from."""
 
     kind: ClassVar[str] = "partition"
@@ -187,7 +184,7 @@ class Partition(_Blocks):
 
 @register
 @dataclass(frozen=True)
-class Cut(_Blocks):
+class Cut(Blocks):
     """One-way cut: traffic from ``src`` to ``dst`` is dropped; dst -> src still flows."""
 
     kind: ClassVar[str] = "cut"

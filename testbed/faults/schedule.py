@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
-from testbed.faults.kinds import Fault, FaultError, LinkChange, NemesisTarget, Op
-from testbed.run.history import History
+from testbed.faults.base import Fault, FaultError, NemesisTarget, Op
+from testbed.faults.kinds import Blocks, LinkChange
+from testbed.history import History
 
 __all__ = ["Step", "Schedule", "at", "every", "flip_flop", "Nemesis", "run_schedule",
            "run_schedule_async", "HealError", "FaultGen"]
@@ -170,8 +171,8 @@ class Nemesis:
         applied = self.outstanding.pop(fault_id)
         t0 = self.clock.now()
         fault = applied.fault
-        if hasattr(fault, "pairs"):     # keep the drops other outstanding faults still want
-            keep = frozenset(p for o in self.outstanding.values() if hasattr(o.fault, "pairs")
+        if isinstance(fault, Blocks):   # keep the drops other outstanding faults still want
+            keep = frozenset(p for o in self.outstanding.values() if isinstance(o.fault, Blocks)
                              for p in o.fault.pairs())
             return self._record(fault_id, fault.revert(self.target, applied, keep=keep), t0)
         if isinstance(fault, LinkChange):
@@ -196,7 +197,8 @@ class Nemesis:
         before = list(first.state["before"])
         if first.fault.a != fault.a:         # type: ignore[attr-defined]
             before.reverse()
-        back = dataclasses.replace(fault, direction=None).revert(self.target, Op(fault, "apply", state={"before": before}))
+        both = dataclasses.replace(fault, direction=None)
+        back = both.revert(self.target, Op(fault, "apply", state={"before": before}))
         actions, error = list(back.actions), back.error
         for i in same:
             if error is None:
@@ -214,7 +216,7 @@ class Nemesis:
         for fid in reversed(list(self.outstanding)):
             try:
                 op = self.revert(fid)
-            except BaseException as e:   # noqa: BLE001 — finish healing first, then re-raise
+            except BaseException as e:   # finish healing first, then re-raise
                 interrupt = interrupt or e
                 continue
             if not op.ok:

@@ -15,7 +15,9 @@
         fault: {kind: mesh-cut, cut: control-plane}
 
 Times need a unit (``500ms``, ``10s``). Random grudges are drawn per occurrence from one
-``random.Random(seed)``, in file order, so a seed fixes the whole schedule.
+``random.Random(seed)``, in file order, so a seed fixes the whole schedule. A ``kind`` is any
+registered fault kind: those of :mod:`testbed.faults.kinds`, and the identity faults once
+:mod:`testbed.mesh.citadel.faults` is imported.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from typing import Any, Iterable, Mapping
 
 from yaml.nodes import Node, ScalarNode
 
-import testbed.mesh.citadel.faults  # noqa: F401  (registers the identity fault kinds for YAML)
-from testbed.faults.kinds import FAULTS, Fault, FaultError, Partition, fault_from_dict
+from testbed.faults.base import FAULTS, Fault, FaultError, fault_from_dict
+from testbed.faults.kinds import Partition
 from testbed.faults.grudge import GRUDGE_BUILDERS, MESH_CUTS, GrudgeError, complete
 from testbed.faults.schedule import FaultGen, Schedule, at, every, flip_flop
 from testbed.shape import ShapeError, parse_time_ms
@@ -98,9 +100,9 @@ class _Parser:
         names = {f: getattr(fault, f) for f in ("a", "b", "src", "dst") if hasattr(fault, f)}
         self.check(names.values(), "node", node, where)
         if hasattr(fault, "grudge"):
-            self.check(sorted(fault.grudge.nodes()), "node", node, where)  # type: ignore[attr-defined]
+            self.check(sorted(fault.grudge.nodes()), "node", node, where)
         if hasattr(fault, "process"):
-            self.check([fault.process], "process", node, where)  # type: ignore[attr-defined]
+            self.check([fault.process], "process", node, where)
         return fault
 
     def time_s(self, node: Node, where: str) -> float:
@@ -185,7 +187,7 @@ class _Parser:
             return make()
         except (FaultError, GrudgeError) as e:
             field = getattr(e, "field", None)
-            at_node = m[field][0] if field in m else node
+            at_node = m[field][0] if field is not None and field in m else node
             self.ctx.error(at_node, f"{where}: {e}")
 
     def nodes(self, m: Mapping[str, tuple[Node, Node]], where: str, node: Node) -> tuple[str, ...]:

@@ -1,34 +1,27 @@
 """Nemesis targets: :class:`FakeTarget` (in memory, for unit tests and dry runs) and
 :class:`TestbedTarget` (a running :class:`testbed.net.network.Testbed` plus named processes).
 
-Both follow :class:`testbed.faults.kinds.NemesisTarget`; they agree on semantics: ``block`` and
+Both follow :class:`testbed.faults.base.NemesisTarget`; they agree on semantics: ``block`` and
 ``unblock`` are idempotent, ``unblock(src, dst, oneway=True)`` lifts only src -> dst,
-``set_link`` keeps the parameters it is not given.
+``set_link`` keeps the parameters it is not given and raises ShapeError for a bad parameter
+or direction (:func:`testbed.shape.link_directions`).
 """
 from __future__ import annotations
 
 import signal as _signal
 import threading
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from testbed.shape import LinkShape, parse_params
+from testbed.shape import LinkShape, link_directions, parse_params
+
+if TYPE_CHECKING:
+    from testbed.net.running import RunningTestbed
 
 __all__ = ["FakeTarget", "TestbedTarget", "TargetError"]
 
 
 class TargetError(ValueError):
     """The target has no such host, link or process, or the operation is not possible."""
-
-
-def _direction(direction: str | None, a: str, b: str) -> tuple[bool, bool]:
-    if direction is None:
-        return True, True
-    d = direction.replace(" ", "")
-    if d == f"{a}->{b}":
-        return True, False
-    if d == f"{b}->{a}":
-        return False, True
-    raise TargetError(f"direction {direction!r}: use {a}->{b} or {b}->{a}")
 
 
 class FakeTarget:
@@ -79,7 +72,7 @@ class FakeTarget:
     def set_link(self, a: str, b: str, direction: str | None = None, **params: Any) -> tuple[LinkShape, LinkShape]:
         self._call("set_link", a, b, direction, params)
         self._link(a, b)
-        ab, ba = _direction(direction, a, b)
+        ab, ba = link_directions(direction, a, b)
         new_ab = parse_params(params, self.shape[(a, b)]) if ab else self.shape[(a, b)]
         new_ba = parse_params(params, self.shape[(b, a)]) if ba else self.shape[(b, a)]
         self.shape[(a, b)], self.shape[(b, a)] = new_ab, new_ba
@@ -97,7 +90,8 @@ class FakeTarget:
 
     def block(self, src: str, dst: str, oneway: bool = False) -> None:
         self._call("block", src, dst, oneway)
-        self._host(src), self._host(dst)
+        self._host(src)
+        self._host(dst)
         self.blocked.add((src, dst))
         if not oneway:
             self.blocked.add((dst, src))
@@ -147,7 +141,7 @@ class TestbedTarget:
 
     __test__ = False   # not a pytest class
 
-    def __init__(self, testbed: Any, processes: Mapping[str, Any] | None = None,
+    def __init__(self, testbed: RunningTestbed, processes: Mapping[str, Any] | None = None,
                  restarters: Mapping[str, Callable[[], Any]] | None = None,
                  citadel: Callable[[str, dict], dict] | None = None):
         self.tb = testbed

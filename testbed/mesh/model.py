@@ -1,7 +1,7 @@
 """Pure data of the mesh control plane: services, endpoints, analysis messages, state.
 
 Nothing here does I/O. The registry produces `Endpoint`s, the topology produces
-`ServiceSpec`s, `istio.py` produces rules, Galley produces `Message`s, and Pilot
+`ServiceSpec`s, the rule parsers (testbed.mesh.rules) produce rules, Galley produces `Message`s, and Pilot
 holds a `MeshState` it hands to the xDS builder.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Message:
         return f"{self.level} [{self.code}]{res}{where} {self.text}"
 
 
-# ------------------------------------------------- Istio rules (istio.py parses them)
+# ------------------------------------------- Istio rules (testbed.mesh.rules.traffic parses them)
 @dataclass(frozen=True)
 class StringMatch:
     kind: str  # exact | prefix | regex
@@ -120,7 +120,9 @@ class RouteDestination:
 
 
 @dataclass(frozen=True)
-class Fault:
+class HTTPFault:
+    """A route's ``fault`` (Istio's HTTPFaultInjection): a delay and/or an abort."""
+
     delay_ms: int | None = None
     delay_percent: float = 100.0
     abort_status: int | None = None
@@ -141,7 +143,7 @@ class HTTPRoute:
     route: tuple[RouteDestination, ...]
     timeout_ms: int | None
     retries: Retries | None
-    fault: Fault | None
+    fault: HTTPFault | None
     mirror: Destination | None
     mirror_percent: float
     line: int
@@ -202,8 +204,8 @@ class DestinationRule:
 
 @dataclass(frozen=True)
 class MeshState:
-    """Everything Pilot builds xDS from. `rules` holds parsed VirtualServices and
-    DestinationRules (istio.VirtualService / istio.DestinationRule)."""
+    """Everything Pilot builds xDS from. `rules` holds the applied rules: VirtualServices,
+    DestinationRules and the security resources (PeerAuthentication, AuthorizationPolicy)."""
 
     services: tuple[ServiceSpec, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()

@@ -247,7 +247,7 @@ def _security(ctx: Context, node: Node | None, rules: tuple[str, ...]) -> Securi
             kw[key] = float(v)
     if "trust_domain" in f:
         td = ctx.text(f["trust_domain"][1], "mesh.security.trust_domain", "a trust domain")
-        if td != "cluster.local":   # Pilot's client-side SAN check assumes it (pilot_security.py)
+        if td != "cluster.local":   # Pilot's client-side SAN check assumes it (pilot/security.py)
             ctx.error(f["trust_domain"][1], f"mesh.security.trust_domain: {td!r} is not supported yet; "
                                             "allowed: cluster.local")
         kw["trust_domain"] = td

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from testbed.journal import Journal, proc_start
-from testbed.shape import LinkShape, ShapeError, parse_params
+from testbed.shape import LinkShape, ShapeError, link_directions, parse_params
 
-__all__ = ["Control", "ControlError", "DropRule", "ShapeError", "parse_direction"]
+__all__ = ["Control", "ControlError", "DropRule", "ShapeError"]
 
 RULE_COMMENT = "minimesh-drop"
 
@@ -38,16 +38,6 @@ class DropRule:
     def args(self) -> list[str]:
         """The rule as iptables arguments after -I/-D."""
         return ["INPUT", "-s", self.src_ip, "-m", "comment", "--comment", RULE_COMMENT, "-j", "DROP"]
-
-
-def parse_direction(direction: str, a: str, b: str) -> bool:
-    """``"a->b"`` -> True (a to b), ``"b->a"`` -> False; anything else is an error."""
-    parts = [p.strip() for p in direction.split("->")]
-    if len(parts) == 2 and parts == [a, b]:
-        return True
-    if len(parts) == 2 and parts == [b, a]:
-        return False
-    raise ControlError(f"direction {direction!r}: use {a}->{b} or {b}->{a}")
 
 
 class Control:
@@ -102,10 +92,7 @@ class Control:
         link = self.link(a, b)
         a_is_1 = link.intf1.node.name == a
         fwd, back = link.get_shapes()
-        change_ab = change_ba = True
-        if direction is not None:
-            change_ab = parse_direction(direction, a, b)
-            change_ba = not change_ab
+        change_ab, change_ba = link_directions(direction, a, b)
         ab, ba = (fwd, back) if a_is_1 else (back, fwd)
         new_ab = parse_params(params, base=ab) if change_ab else ab
         new_ba = parse_params(params, base=ba) if change_ba else ba

@@ -21,7 +21,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
+
+from testbed.net.running import RunningTestbed
 
 __all__ = ["DnsError", "render_records", "dnsmasq_argv", "DnsServer"]
 
@@ -57,7 +59,7 @@ def dnsmasq_argv(listen_ip: str, records_file: Path, pid_file: Path) -> list[str
 class DnsServer:
     """dnsmasq on ``host`` of a started :class:`testbed.net.network.Testbed` (``tb``)."""
 
-    def __init__(self, tb: Any, host: str, records: Mapping[str, str], workdir: Path):
+    def __init__(self, tb: RunningTestbed, host: str, records: Mapping[str, str], workdir: Path):
         if shutil.which(DNSMASQ) is None:
             raise DnsError("dnsmasq not found: apt-get install dnsmasq-base")
         self.tb, self.host = tb, host

@@ -5,7 +5,7 @@
   ``netns_procs`` entry with the namespace inode once the shell runs, so a SIGKILLed
   runner's hosts can be swept by ``minimesh clean`` (it kills exactly the processes in
   that network namespace).
-- :class:`MeshHost` is a Mininet ``Host`` with its own ``/etc/hosts`` and
+- :class:`TestbedHost` is a Mininet ``Host`` with its own ``/etc/hosts`` and
   ``/etc/resolv.conf``. Mininet's ``mnexec -n`` already gives every host a private mount
   namespace (with ``/`` marked private, so nothing propagates back); Mininet's
   ``privateDirs`` only mounts *directories*, so the two files are bind-mounted here from
@@ -16,7 +16,7 @@
   accepts its own frames in the root FORWARD chain (journaled rule, removed at stop).
 
 Mininet instantiates node classes as ``cls(name, **params)``; bind the journal with
-``functools.partial(MeshHost, journal=j)``.
+``functools.partial(TestbedHost, journal=j)``.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from mininet.nodelib import LinuxBridge
 
 from testbed.journal import Journal, netns_of, pin_netns
 
-__all__ = ["JournaledNode", "MeshHost", "JournaledBridge", "render_hosts", "render_resolv",
+__all__ = ["JournaledNode", "TestbedHost", "JournaledBridge", "render_hosts", "render_resolv",
            "NameTaken", "refuse_taken_name"]
 
 
@@ -106,8 +106,10 @@ def render_resolv(nameserver: str | None) -> str:
     return f"# minimesh testbed DNS\nnameserver {nameserver}\noptions timeout:1 attempts:2\n"
 
 
-class MeshHost(JournaledNode, Host):
+class TestbedHost(JournaledNode, Host):
     """A Mininet Host, journaled, with private /etc/hosts and /etc/resolv.conf."""
+
+    __test__ = False   # not a pytest class
 
     def __init__(self, name: str, journal: Journal, **params: Any):
         self._init_journal(journal)

@@ -5,8 +5,8 @@
         tb.set_link("h1", "s1", delay="50ms")            # live (testbed.net.control)
         proc = tb.popen("h2", ["iperf3", "-s"])         # journaled process in h2
 
-Built on Mininet's own classes: :class:`MeshNet` is a ``Mininet`` whose hosts are
-:class:`~testbed.net.hosts.MeshHost`, switches :class:`~testbed.net.hosts.JournaledBridge`
+Built on Mininet's own classes: :class:`TestbedNet` is a ``Mininet`` whose hosts are
+:class:`~testbed.net.hosts.TestbedHost`, switches :class:`~testbed.net.hosts.JournaledBridge`
 (LinuxBridge, no controller), links the chosen backend's ``link_class``. ``stop()`` runs
 Mininet's orderly stop and then the journal's cleanup, on every exit path.
 """
@@ -22,16 +22,18 @@ from mininet.net import Mininet
 from mininet.node import Node
 
 from testbed.net.control import Control
-from testbed.net.hosts import JournaledBridge, MeshHost, refuse_taken_name
+from testbed.net.hosts import JournaledBridge, TestbedHost, refuse_taken_name
 from testbed.journal import Journal, proc_start
 from testbed.links.base import LinkBackend
 
-__all__ = ["MeshNet", "Testbed"]
+__all__ = ["TestbedNet", "Testbed"]
 
 
-class MeshNet(Mininet):
+class TestbedNet(Mininet):
     """Mininet that journals the root-namespace end of every link before creating it
     (a link between two root-namespace nodes would otherwise survive a SIGKILL)."""
+
+    __test__ = False   # not a pytest class
 
     def __init__(self, *, journal: Journal, **kwargs: Any):
         self.journal = journal
@@ -68,7 +70,7 @@ class Testbed:
         self.journal = journal
         self.out = out if out is not None else sys.stderr
         self.backend: LinkBackend | None = None
-        self.net: MeshNet | None = None
+        self.net: TestbedNet | None = None
         self.control: Control | None = None
         self._stopped = False
         self._owner = os.getpid()
@@ -84,9 +86,9 @@ class Testbed:
             print(f"*** link backend: {self.backend.name} ({_reason(self.backend)})",
                   file=self.out, flush=True)
             topo = self.topology.to_mininet() if hasattr(self.topology, "to_mininet") else self.topology
-            self.net = MeshNet(
+            self.net = TestbedNet(
                 journal=self.journal, topo=topo, build=False, controller=None,
-                host=functools.partial(MeshHost, journal=self.journal),
+                host=functools.partial(TestbedHost, journal=self.journal),
                 switch=functools.partial(JournaledBridge, journal=self.journal),
                 link=self.backend.link_class)
             self.control = Control(self.net, self.journal)
@@ -129,7 +131,7 @@ class Testbed:
 
     # --- access ----------------------------------------------------------------------
 
-    def _require(self) -> MeshNet:
+    def _require(self) -> TestbedNet:
         if self.net is None:
             raise RuntimeError("testbed is not started")
         return self.net
@@ -140,9 +142,9 @@ class Testbed:
             raise KeyError(f"no node {name!r}; nodes: {', '.join(sorted(net.nameToNode))}")
         return net.nameToNode[name]
 
-    def host(self, name: str) -> MeshHost:
+    def host(self, name: str) -> TestbedHost:
         node = self.node(name)
-        if not isinstance(node, MeshHost):
+        if not isinstance(node, TestbedHost):
             raise KeyError(f"{name!r} is a switch, not a host; hosts: {', '.join(self.host_names)}")
         return node
 
@@ -153,7 +155,7 @@ class Testbed:
     def ip(self, host: str) -> str:
         return self.host(host).IP()
 
-    def popen(self, host: str | MeshHost, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    def popen(self, host: str | TestbedHost, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """Start ``argv`` in ``host``'s namespaces (Mininet's ``host.popen``); journaled, so
         it is killed on stop, and by ``minimesh clean`` if the runner dies."""
         h = self.host(host) if isinstance(host, str) else host

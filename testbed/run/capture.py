@@ -11,8 +11,9 @@ runner dies); each file is complete, and converted to pcapng (``editcap -F pcapn
 :meth:`stop`. :meth:`annotate` puts each fault
 operation as a comment on the first frame at or after its time (``editcap -a N:comment``),
 so ``tshark -r FILE -Y frame.comment`` lists them. :meth:`write_names` embeds a name
-resolution block (pcapng NRB; ``tshark -N n`` and Wireshark show the names) and leaves ``hosts`` next to the captures (the
-format of Wireshark's ``hosts`` file, usable as ``wireshark -H``/profile file).
+resolution block (pcapng NRB; ``tshark -N n`` and Wireshark show the names) and leaves
+``hosts`` next to the captures (the format of Wireshark's ``hosts`` file, usable as
+``wireshark -H``/profile file).
 :meth:`inject_secrets` embeds a TLS key log (``editcap --inject-secrets tls,KEYLOG``).
 
 The pure part, :func:`comment_plan`, maps fault times to frame numbers.
@@ -26,7 +27,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from testbed.net.running import RunningTestbed
 
 __all__ = ["Capture", "CaptureFile", "comment_plan", "fault_comments", "frame_times", "hosts_text",
            "nrb_block", "insert_nrb"]
@@ -121,7 +125,7 @@ def hosts_text(names: Mapping[str, str]) -> str:
 class Capture:
     """tcpdump on every interface (except lo) of ``hosts`` (default: all hosts of ``tb``)."""
 
-    def __init__(self, tb: Any, directory: Path, hosts: Sequence[str] | None = None, snaplen: int = 0):
+    def __init__(self, tb: RunningTestbed, directory: Path, hosts: Sequence[str] | None = None, snaplen: int = 0):
         self.tb, self.dir, self.snaplen = tb, Path(directory), snaplen
         self.hosts = list(hosts) if hosts is not None else list(tb.host_names)
         self.files: list[CaptureFile] = []
@@ -145,7 +149,7 @@ class Capture:
                 self.files.append(CaptureFile(h, intf, path))
                 logs.append(log)
         deadline = time.monotonic() + ready_timeout_s
-        for log, proc in zip(logs, self._procs):
+        for log, proc in zip(logs, self._procs, strict=False):
             while b"listening on" not in log.read_bytes():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
@@ -167,9 +171,9 @@ class Capture:
         self._procs = []
         for f in self.dir.glob(".*.tcpdump.log"):
             f.unlink()
-        for f in self.files:       # tcpdump writes pcap: make every file the pcapng its name says
-            if f.path.exists() and f.path.stat().st_size > 0 and f.path.read_bytes()[:4] != b"\x0a\x0d\x0d\x0a":
-                self._rewrite(f.path, ["editcap", "-F", "pcapng"])
+        for cf in self.files:      # tcpdump writes pcap: make every file the pcapng its name says
+            if cf.path.exists() and cf.path.stat().st_size > 0 and cf.path.read_bytes()[:4] != b"\x0a\x0d\x0d\x0a":
+                self._rewrite(cf.path, ["editcap", "-F", "pcapng"])
 
     def _rewrite(self, path: Path, argv: list[str]) -> None:
         tmp = path.with_suffix(".tmp.pcapng")

@@ -10,7 +10,7 @@ Command line (every experiment): ``--out DIR`` (default ./results/<name>-<timest
 ``--seed N``, ``--quick`` (the whole run <= 60 s), ``--capture DIR`` (default <out>/pcap;
 ``--no-capture`` to skip), ``--link-backend auto|netem|userspace``.
 
-One run: clean stale journals, build the Testbed (:func:`testbed.cli.main.run_testbed`: torn down
+One run: clean stale journals, build the Testbed (:func:`testbed.net.lifecycle.run_testbed`: torn down
 on every exit path, SIGTERM included), start tcpdump on every host interface, open
 ``history.jsonl`` on a :class:`RunClock`, call ``run(ctx)`` (a live rich panel on a
 terminal), stop every process it started, stop the capture, tear down. Then ``analyze`` reads
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import random
 import socket
 import subprocess
@@ -31,13 +30,20 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from testbed.run.history import History, HistoryData, RunClock, read_history
+import testbed.mesh.citadel.faults  # noqa: F401  (registers the identity fault kinds: cert-revoke, ca-stop, ...)
+from testbed.history import History, HistoryData, RunClock, read_history
+from testbed.paths import REPO, child_env
+from testbed.run.config_sync import wait_for_config
+
+if TYPE_CHECKING:
+    from testbed.faults.base import NemesisTarget
+    from testbed.faults.schedule import Nemesis
+    from testbed.mesh.deploy.mesh import Mesh
+    from testbed.net.running import RunningTestbed
 
 __all__ = ["Claim", "Context", "Experiment", "start_mesh"]
-
-from testbed.paths import REPO, child_env
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,8 @@ class Context:
     out: Path
     seed: int
     quick: bool
-    tb: Any = None
-    clock: RunClock | None = None
+    tb: RunningTestbed = None  # type: ignore[assignment]  # the network, once it is up
+    clock: RunClock = field(default_factory=RunClock)   # replaced by the run's when it starts
     history: History | None = None
     rng: random.Random = field(default_factory=random.Random)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -68,7 +74,7 @@ class Context:
     verdicts: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     keylog: Path | None = None
-    nemeses: list[Any] = field(default_factory=list)
+    nemeses: list[Nemesis] = field(default_factory=list)
     closers: list[Callable[[], Any]] = field(default_factory=list)   # run at the end, newest first
     finishers: list[Callable[[], Any]] = field(default_factory=list)  # at the end, history still open
     topology: Any = None
@@ -109,7 +115,7 @@ class Context:
                  name: str = "workload", **options: Any) -> subprocess.Popen:
         """``python -m testbed.run.workload KIND`` in ``host``, writing into this run's history."""
         from testbed.run.workload import workload_argv
-        assert self.clock is not None and self.history is not None and self.history.path is not None
+        assert self.history is not None and self.history.path is not None
         t0 = time.monotonic() - self.clock.now()
         start = self.clock.now() + 0.3 if start_s is None else start_s
         argv = workload_argv(self.python, kind, str(self.history.path), t0, rate, duration_s, start, **options)
@@ -133,18 +139,29 @@ class Context:
             p.wait()
 
     def nemesis(self, processes: Mapping[str, Any] | None = None,
-                restarters: Mapping[str, Callable[[], Any]] | None = None) -> Any:
-        """A :class:`~testbed.faults.schedule.Nemesis` on this testbed, recording into the
-        history; healed at the end of the run whatever happens."""
+                restarters: Mapping[str, Callable[[], Any]] | None = None,
+                target: NemesisTarget | None = None) -> Nemesis:
+        """A :class:`~testbed.faults.schedule.Nemesis` on this testbed (or on ``target``, e.g.
+        ``mesh.fault_target()`` for crashes of mesh processes), recording into the history;
+        healed at the end of the run whatever happens."""
         from testbed.faults.schedule import Nemesis
         from testbed.faults.targets import TestbedTarget
-        assert self.clock is not None
-        nem = Nemesis(TestbedTarget(self.tb, processes, restarters), self.clock, self.history)
+        nem = Nemesis(target if target is not None else TestbedTarget(self.tb, processes, restarters),
+                      self.clock, self.history)
         self.nemeses.append(nem)
         return nem
 
+    def host_link(self, host: str) -> tuple[str, str]:
+        """``(host, peer)``: the ends of the one link of ``host`` in the topology (its switch,
+        say), e.g. for ``LinkChange(*ctx.host_link("web"), {"delay": "50ms"})``."""
+        ends = [(lk.node1, lk.node2) if lk.node1 == host else (lk.node2, lk.node1)
+                for lk in self.topology.links if host in (lk.node1, lk.node2)]
+        if len(ends) != 1:
+            raise ValueError(f"{host} has {len(ends)} links in topology {self.topology.name!r}, "
+                             "not one: name both ends")
+        return ends[0]
+
     def sleep_until(self, t: float) -> None:
-        assert self.clock is not None
         self.clock.sleep_until(t)
 
     def event(self, source: str, kind: str, **details: Any) -> None:
@@ -158,9 +175,10 @@ class Context:
 
 
 def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: str = "",
-               pilot_etcd: tuple[str, ...] = ()) -> Any:
+               pilot_etcd: tuple[str, ...] = ()) -> Mesh:
     """The topology's ``mesh:`` section (or ``spec``, e.g. with other registry timeouts)
-    deployed (testbed.mesh.deploy.mesh.Mesh), ``rules`` (Istio YAML) applied; stopped at the end
+    deployed (testbed.mesh.deploy.mesh.Mesh), ``rules`` (Istio YAML) applied and in force in
+    every sidecar (:func:`~testbed.run.config_sync.wait_for_config`); stopped at the end
     of the run (or by ``mesh.stop()``), ``pilot_etcd``: the members Pilot may use (default all),
     logs kept under <out>/mesh-logs[-tag], Pilot's events
     and the sidecars' outlier ejections (testbed.run.outlier_events) copied into the history
@@ -184,11 +202,13 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     ctx.names.update(mesh_names(mesh.spec, ctx.tb.ip))
 
     def copy_events() -> None:   # Pilot's events, sidecars' outlier logs: from the run dir, else the kept copy
-        assert ctx.history is not None and ctx.clock is not None
+        assert ctx.history is not None
         from testbed.run.outlier_events import import_mesh_logs
-        live = mesh.run_dir is not None and mesh.run_dir.exists()
-        import_mesh_logs(ctx.history, ctx.clock.wall0, mesh.run_dir / "logs" if live else logs,
-                         mesh.events if live else logs / "pilot-events.jsonl", mesh.spec, **extra)
+        run_dir = mesh.run_dir
+        if run_dir is not None and run_dir.exists():
+            import_mesh_logs(ctx.history, ctx.clock.wall0, run_dir / "logs", mesh.events, mesh.spec, **extra)
+        else:
+            import_mesh_logs(ctx.history, ctx.clock.wall0, logs, logs / "pilot-events.jsonl", mesh.spec, **extra)
     ctx.finishers.append(copy_events)
     if rules:
         mesh.apply_text(rules, "rules.yaml")
@@ -196,6 +216,7 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
         docs = [d for d in yaml.safe_load_all(rules) if isinstance(d, dict)]
         names = " ".join(f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}" for d in docs)
         ctx.event("experiment", "rules_applied", rules=names)
+        wait_for_config(mesh, f"the rules ({names})")
     return mesh
 
 
@@ -227,7 +248,7 @@ class Experiment:
         return ap
 
     def main(self, argv: Sequence[str] | None = None) -> int:
-        from testbed.cli.main import require_root, run_testbed
+        from testbed.net.lifecycle import require_root, run_testbed
         from testbed.topology.load import load_topology
         args = self.parser().parse_args(argv)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -251,7 +272,7 @@ class Experiment:
                              lambda tb: self._run(ctx, tb, capture_dir, state), sigint=True)
         return self._finish(ctx, state, status, time.monotonic() - started)
 
-    def _run(self, ctx: Context, tb: Any, capture_dir: Path | None, state: dict[str, Any]) -> int:
+    def _run(self, ctx: Context, tb: RunningTestbed, capture_dir: Path | None, state: dict[str, Any]) -> int:
         from testbed.run.capture import Capture
         ctx.tb, ctx.clock = tb, RunClock()
         for h in tb.host_names:

@@ -3,6 +3,7 @@
     write_results(out, "canary", seed, params, metrics, {"split": split_verdict, ...})
     plot_timeline(out / "timeline.png", hist.requests, hist.faults, window_s=1.0)
     plot_split(out / "split.png", split_verdict)
+    plt = pyplot()                     # an experiment's own figure, on the same backend
 
 results.json: ``{"experiment", "seed", "params", "metrics", "verdicts": {name: {...}},
 "valid", "failed"}`` — ``valid`` is true when every verdict's ``valid`` is true; ``failed``
@@ -23,9 +24,9 @@ from typing import Any, Mapping, Sequence
 
 from testbed.run.checkers.requests import windows
 from testbed.run.checkers.split import SplitVerdict
-from testbed.run.history import Event, FaultRecord, History, Record, Request, fault_windows, jsonable
+from testbed.history import Event, FaultRecord, History, Record, Request, fault_windows, jsonable
 
-__all__ = ["write_results", "read_results", "plot_timeline", "plot_split", "overall_valid", "LiveProgress"]
+__all__ = ["write_results", "read_results", "plot_timeline", "plot_split", "overall_valid", "pyplot", "LiveProgress"]
 
 
 def _valid(v: Any) -> bool:
@@ -67,7 +68,9 @@ def read_results(out_dir: str | Path) -> dict[str, Any]:
 _SHADES = ("tab:red", "tab:purple", "tab:orange", "tab:brown", "tab:gray")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display): for an
+    experiment's own plots."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -83,7 +86,7 @@ def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequenc
                   window_s: float = 1.0, title: str = "") -> Path:
     """Two panels over time: latency p50/p99 of successful requests per window, and the
     success rate per window; fault windows (apply -> revert) shaded on both."""
-    plt = _pyplot()
+    plt = pyplot()
     ws = windows(requests, window_s)
     t = [w.t_start + window_s / 2 for w in ws]
     fig, (ax_lat, ax_ok) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5))
@@ -116,7 +119,7 @@ def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequenc
 def plot_split(path: str | Path, verdict: SplitVerdict, title: str = "") -> Path:
     """Bars: observed share per version with its Wilson interval; a marker at the
     configured share."""
-    plt = _pyplot()
+    plt = pyplot()
     shares = verdict.shares
     fig, ax = plt.subplots(figsize=(6, 4))
     try:

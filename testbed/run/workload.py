@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from testbed.run.history import History
+from testbed.history import History
 
 __all__ = ["send_times", "ResponseInfo", "describe_response", "OffsetClock", "run_http", "run_etcd", "run_registry",
            "workload_argv", "main"]
@@ -132,7 +132,7 @@ async def run_etcd(hist: History, clock: OffsetClock, endpoints: Sequence[str], 
     """Writes ``<process>-<i>`` to ``key`` at ``rate``; after each write attempt, a read
     (``reads``: none | serializable | linearizable | both). Every op is an invoke plus its
     completion in the history (``history.etcd_call``): unknown outcomes are ``info``."""
-    from testbed.mesh.etcd.registry import EtcdClient
+    from testbed.mesh.etcd.client import EtcdClient
     times = send_times(rate, duration_s, start_s)
     kinds = {"none": (), "serializable": (True,), "linearizable": (False,), "both": (False, True)}[reads]
     async with EtcdClient(endpoints, timeout_s=timeout_s) as cli:
@@ -162,7 +162,8 @@ async def run_registry(hist: History, clock: OffsetClock, endpoints: Sequence[st
     ``registrar:<instance>``). ``observe_every_s`` > 0: list the registry (linearizable) at
     that period and record ``endpoint_added`` / ``endpoint_removed`` (source ``observer``)."""
     from testbed.mesh.model import Endpoint
-    from testbed.mesh.etcd.registry import DEFAULT_PREFIX, EtcdClient, EtcdError, Registrar, parse_endpoint
+    from testbed.mesh.etcd.client import EtcdClient, EtcdError
+    from testbed.mesh.etcd.registry import DEFAULT_PREFIX, Registrar, parse_endpoint
     async with EtcdClient(endpoints, timeout_s=timeout_s) as cli:
         reg = None
         if register:

@@ -1,4 +1,4 @@
-"""`minimesh up TOPOLOGY --capture DIR` (issue 6 item 4): tcpdump per host interface for the
+"""`minimesh up TOPOLOGY --capture DIR`: tcpdump per host interface for the
 session's lifetime, stopped at teardown so the files are complete pcapng, names written.
 Root only; userspace link backend; nothing may be left running."""
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_up_capture_gets_the_cli_faults_as_comments(tmp_path):
     """--capture without --out: the history goes next to the captures (DIR/history.jsonl),
     and at exit every capture carries the session's fault ops — the heal at exit included —
     as packet comments (tshark -Y frame.comment), in time order, with the name block kept."""
-    from testbed.run.history import read_history
+    from testbed.history import read_history
     topo = write_topology(tmp_path)
     cap = tmp_path / "pcap"
     before = snapshot()

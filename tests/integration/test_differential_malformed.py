@@ -1,4 +1,4 @@
-"""Bad input (issue 3 item 6), differential: the same raw bytes on a fresh connection to
+"""Bad input, differential: the same raw bytes on a fresh connection to
 real Envoy and to minimesh-proxy (tests/configs/minimal.yaml, every path to an echo
 upstream) give the same status line, the same decision to close the connection, and the
 same thing reaching the upstream (nothing, or the same Host/path). Also a few well-formed

@@ -1,4 +1,4 @@
-"""Envoy's stat names are part of the contract (issue 3 item 5): after the same request
+"""Envoy's stat names are part of the contract: after the same request
 sequence (tests/support/scenarios.py), minimesh-proxy's admin /stats must give the same
 values as real Envoy's for the counters below, per cluster of the scenario's config and
 for the HTTP connection manager (stat_prefix ingress_http). A counter a proxy does not

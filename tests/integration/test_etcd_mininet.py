@@ -40,7 +40,8 @@ class Three(Topo):
 
 CLIENT = r"""
 import asyncio, json, sys, time
-from testbed.mesh.etcd.registry import EtcdClient, EtcdError, WatchError
+from testbed.mesh.etcd.client import EtcdClient, EtcdError
+from testbed.mesh.etcd.wire import WatchError
 mode, eps, value = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
 async def main():
     out = {}

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from testbed.mesh.etcd.cluster import EtcdCluster, EtcdRunner, scan_log
+from testbed.mesh.etcd.client import EtcdClient, EtcdError
+from testbed.mesh.etcd.cluster import EtcdCluster, EtcdRunner
+from testbed.mesh.etcd.registry import Discovery, Registrar, endpoint_json, endpoint_key, list_registry
+from testbed.mesh.etcd.wire import WatchError, scan_log
 from testbed.mesh.model import Endpoint
-from testbed.mesh.etcd.registry import (Discovery, EtcdClient, EtcdError, Registrar, WatchError,
-                                   endpoint_json, endpoint_key, list_registry)
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd binary not installed")
 HB_MS, ELECTION_MS = 50, 500

@@ -1,4 +1,4 @@
-"""Every experiment of issue 6 with --quick, as root, the way users run them: exit status 0
+"""Every experiment with --quick, as root, the way users run them: exit status 0
 only when its checks hold; results.json, history.jsonl, plots and captures with the fault
 comments that Wireshark finds (``tshark -r FILE -Y frame.comment``); nothing left behind."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.run.history import read_history
+from testbed.history import read_history
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Issue 6's "done when", checked at full length: every experiment without --quick writes
+"""The experiments checked at full length: every experiment without --quick writes
 results.json (all checks valid), history.jsonl, PNG plots and one pcapng per host interface
 that Wireshark opens, with the fault (or milestone) comments that ``tshark -Y frame.comment``
 finds and the names embedded. About 15 minutes in all, so opt-in:

@@ -44,7 +44,7 @@ def test_crash_failover_with_and_without_resilience(tmp_path):
     # the sidecars' outlier event logs, imported into the history: c0's sidecar ejected the dead
     # replica within 3 s of the crash (after 1 gateway error: a refused connect counts as a 503)
     # in the resilient phase, never in plain
-    from testbed.run.history import read_history
+    from testbed.history import read_history
     ejections = [e for e in read_history(out / "history.jsonl").events if e.kind == "ejection"]
     assert any(e.source == "sidecar:client@c0" and e.details["instance"] == "echo-v1-0" and e.details["enforced"]
                and e.details["type"] == "CONSECUTIVE_GATEWAY_FAILURE" for e in ejections), ejections

@@ -1,4 +1,4 @@
-"""The tutorial's front-proxy section on Mininet (issue 3 item 2, issue 6): experiments/front_proxy.py
+"""The tutorial's front-proxy section on Mininet: experiments/front_proxy.py
 --quick must pass: the seed's YAML unmodified on h1, DNS inside the testbed, curl from h2 gets the
 stand-in's page and the stand-in saw Host: gwadvnet20.github.io from 10.0.0.1; then an open-loop
 workload through the proxy with a delay on web's link, recorded in history.jsonl, drawn in
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from testbed.run.history import read_history
+from testbed.history import read_history
 from tests.integration.test_experiments import _comments, _nothing_left, _run, _why
 from tests.support.procs import REPO
 

@@ -1,7 +1,7 @@
 """Fidelity of the link backends on a real Mininet h1 - s1 - h2 (root).
 
 The userspace backend runs always; netem runs where the kernel has it (else skipped with
-the probe's reason). Tolerances are those of issue 2: median RTT within +-1 ms, loss
+the probe's reason). Tolerances: median RTT within +-1 ms, loss
 within binomial 99 % bounds, rate within +-10 %, live change within 100 ms.
 """
 import functools

@@ -151,7 +151,7 @@ def wait_first_failure(probe: Probe, since: float, timeout_s: float) -> float:
 
 def play(target, schedule, tmp_path, name: str, until_s: float):
     from testbed.faults.schedule import run_schedule
-    from testbed.run.history import History, RunClock
+    from testbed.history import History, RunClock
     clock = RunClock()
     path = tmp_path / f"{name}.jsonl"
     with History(path, clock) as hist:

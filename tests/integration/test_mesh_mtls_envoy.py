@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.test_mesh_mtls import ALLOW_SLEEP, MtlsMesh, N, _is, counts, peer_auth, run
 from tests.support.ports import unique_base_id
-from testbed.mesh.citadel.server import CertificateRotator
+from proxy.tls.rotator import CertificateRotator
 from testbed.mesh.citadel.envoy import write_sds
 from testbed.mesh.pilot.security import SDS_ROOT_ENV
 from testbed.mesh.pilot.resources import sidecar_bootstrap

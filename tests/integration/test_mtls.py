@@ -15,9 +15,9 @@ from collections import Counter
 import pytest
 
 from testbed.mesh.citadel.ca import CertificateAuthority
-from testbed.mesh.rules.policy import (DISABLE, PERMISSIVE, STRICT, AuthorizationPolicy,
-                                   AuthzRequest, Rule, Source, SpiffeId, decide)
+from testbed.mesh.rules.policy import AuthorizationPolicy, AuthzRequest, Rule, Source, decide
 from proxy.tls.context import Material, MeshTLS, Peer, PeerRejected
+from proxy.tls.identity import DISABLE, PERMISSIVE, STRICT, SpiffeId
 from proxy.tls.sockets import open_mtls_stream, start_inbound
 
 REVIEWS = "spiffe://cluster.local/ns/default/sa/reviews"

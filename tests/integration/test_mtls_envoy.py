@@ -227,7 +227,8 @@ spec:
 def test_envoy_rbac_agrees_with_decide(ca, tmp_path, envoy_bin):
     """Differential: the same Istio policies, translated by security_envoy.rbac_filters,
     give real Envoy the same 200/403 verdicts as security.decide over 64 requests."""
-    from testbed.mesh.rules.policy import AuthzRequest, SpiffeId, decide
+    from testbed.mesh.rules.policy import AuthzRequest, decide
+    from proxy.tls.identity import SpiffeId
     from testbed.mesh.pilot.rbac import rbac_filters
     from testbed.mesh.rules.security import parse_security
     from proxy.tls.context import Material

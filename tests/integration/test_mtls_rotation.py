@@ -10,11 +10,12 @@ import time
 from collections import Counter
 
 from tests.integration.test_mtls import REVIEWS, MiniHTTP, http_get
-from testbed.mesh.citadel.server import CertificateRotator, Citadel
+from testbed.mesh.citadel.server import Citadel
 from cryptography import x509
 
 from testbed.mesh.citadel.ca import CertificateAuthority, signed_by
 from proxy.tls.context import MeshTLS
+from proxy.tls.rotator import CertificateRotator
 from proxy.tls.sockets import open_mtls_stream, start_inbound
 
 RATE_RPS, WORKERS, DURATION_S = 200, 4, 7.0

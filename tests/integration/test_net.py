@@ -246,7 +246,7 @@ def test_pyroute2_fork_helpers_never_run_our_teardown(tmp_path):
     60 rounds (3 of 3 runs failed); the marker file records it."""
     from pyroute2 import IPRoute, netns
 
-    from testbed.cli.main import Terminated, teardown_signals
+    from testbed.net.lifecycle import Terminated, teardown_signals
     parent = os.getpid()
     marker = tmp_path / "child-raised"
     name = f"mmq{parent % 100000}x"

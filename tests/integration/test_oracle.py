@@ -1,7 +1,7 @@
 """Real Envoy is the oracle for configuration: every tests/configs/*.yaml is accepted by
 ``envoy --mode validate`` and by ``python -m proxy --mode validate``; every
 tests/configs/invalid/*.yaml is rejected by both; the seed's v2-style front-proxy YAML is
-rejected by Envoy 1.40 (it dropped ``config:``) and accepted by minimesh-proxy (issue 3 item 1).
+rejected by Envoy 1.40 (it dropped ``config:``) and accepted by minimesh-proxy.
 Also checks that the differential scenarios show, through real Envoy, what they state."""
 from __future__ import annotations
 

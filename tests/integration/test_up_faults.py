@@ -91,7 +91,7 @@ def test_mesh_crash_restart_pause_citadel(tmp_path):
     assert "healed #0: crash citadel (SIGKILL) (restart citadel)" in out
     assert "*** citadel is already paused: resume citadel first" in err
     assert "*** at exit: healed #1: pause citadel" in out
-    from testbed.run.history import read_history                    # the mesh's process faults, recorded
+    from testbed.history import read_history                    # the mesh's process faults, recorded
     recs = read_history(tmp_path / "out" / "history.jsonl").faults
     assert [(r.fault_id, r.phase, r.description, r.actions) for r in recs] == [
         (0, "apply", "crash citadel (SIGKILL)", ("SIGKILL citadel",)),
@@ -130,7 +130,7 @@ def test_out_history_records_every_fault_op_and_the_heal_at_exit(tmp_path):
     """`up --out DIR`: link commands and fault commands are fault ops in DIR/history.jsonl
     (apply/revert pairs with what was done), the heal at exit included; a second session
     on the same DIR is refused (exit 2) and leaves the history alone."""
-    from testbed.run.history import fault_windows, read_history
+    from testbed.history import fault_windows, read_history
     from test_net_support import SW
     topo = write_topology(tmp_path)
     out_dir = tmp_path / "out"
@@ -173,7 +173,7 @@ def test_out_history_is_written_as_it_happens_and_healed_on_sigterm(tmp_path):
     import signal
     import time
 
-    from testbed.run.history import read_history
+    from testbed.history import read_history
     from test_net_support import interactive_up, terminate, type_until
     topo = write_topology(tmp_path)
     hist = tmp_path / "out" / "history.jsonl"

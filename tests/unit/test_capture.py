@@ -12,7 +12,7 @@ import pytest
 
 from testbed.run.capture import (Capture, CaptureFile, comment_plan, event_comments, fault_comments, hosts_text,
                              insert_nrb, nrb_block)
-from testbed.run.history import Event, FaultRecord
+from testbed.history import Event, FaultRecord
 
 
 def test_comment_goes_on_first_frame_at_or_after_its_time():

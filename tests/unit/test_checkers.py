@@ -10,7 +10,7 @@ import pytest
 from testbed.run.checkers import (check_availability, check_failover, check_removed_endpoint_routing, check_split,
                               check_stale_reads, windows)
 from testbed.run.checkers.stats import binomial_two_sided, chi2_sf, percentile, wilson
-from testbed.run.history import EtcdOp, Event, Request
+from testbed.history import EtcdOp, Event, Request
 
 
 def req(t, ok=True, lat=0.01, version="v1", instance="i1"):

@@ -8,9 +8,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from testbed.mesh.citadel.ca import (CertificateAuthority, make_csr, new_key, signed_by,
-                                     uri_sans)
-from testbed.mesh.rules.policy import SpiffeId
+from testbed.mesh.citadel.ca import CertificateAuthority, signed_by
+from proxy.tls.identity import SpiffeId, make_csr, new_key, uri_sans
 
 
 class Clock:

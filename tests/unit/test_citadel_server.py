@@ -8,9 +8,10 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from testbed.mesh.citadel.server import Citadel, CertificateRotator, material_from_json
-from testbed.mesh.citadel.ca import CertificateAuthority, make_csr, new_key, uri_sans
-from testbed.mesh.rules.policy import SpiffeId
+from testbed.mesh.citadel.server import Citadel
+from testbed.mesh.citadel.ca import CertificateAuthority
+from proxy.tls.identity import SpiffeId, make_csr, new_key, uri_sans
+from proxy.tls.rotator import CertificateRotator, material_from_json
 
 NODE = "sidecar~10.0.0.3~reviews-v1-0~reviews"
 

@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 
 from testbed.mesh.citadel.ca import CertificateAuthority
-from testbed.mesh.rules.policy import DISABLE, PERMISSIVE, STRICT, SpiffeId
 from proxy.tls.context import (Material, MeshTLS, PeerRejected, client_context,
                               describe_tls_error, peer_spiffe_id, server_context, verify_peer)
+from proxy.tls.identity import DISABLE, PERMISSIVE, STRICT, SpiffeId
 
 
 def material(ca: CertificateAuthority, service: str, bundle: bytes | None = None,

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from testbed.cli.main import Subcommand, Terminated, build_parser, main, teardown_signals
-from testbed.net.control import ControlError, parse_direction
+from testbed.cli.app import build_parser, main
+from testbed.cli.subcommand import Subcommand
+from testbed.net.lifecycle import Terminated, teardown_signals
+from testbed.shape import ShapeError, parse_direction
 from testbed.cli.shell import (CLIUsageError, LinkSetArgs, parse_drop, parse_link_set, parse_pair,
                            parse_restore)
 
@@ -70,7 +72,7 @@ def test_parse_direction():
     assert parse_direction("h1->s1", "h1", "s1") is True
     assert parse_direction("s1 -> h1", "h1", "s1") is False
     for bad in ("h1->h2", "h1<-s1", "h1", "h1->s1->h1"):
-        with pytest.raises(ControlError, match="use h1->s1 or s1->h1"):
+        with pytest.raises(ShapeError, match="use h1->s1 or s1->h1"):
             parse_direction(bad, "h1", "s1")
 
 
@@ -108,14 +110,14 @@ class RecordingTestbed:
 
 
 def run_cli(commands: str):
-    from testbed.cli.shell import MeshCLI
+    from testbed.cli.shell import TestbedCLI
     r, w = os.pipe()
     os.write(w, commands.encode())
     os.close(w)
     tb = RecordingTestbed()
     out = io.StringIO()
     with os.fdopen(r) as stdin:
-        cli = MeshCLI(tb, stdin=stdin, stdout=out)
+        cli = TestbedCLI(tb, stdin=stdin, stdout=out)
     return tb, cli, out.getvalue()
 
 

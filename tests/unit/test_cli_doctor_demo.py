@@ -166,7 +166,7 @@ def test_format_summary_says_where_everything_is(tmp_path):
 
 
 def test_demo_help_lists_parts_and_out():
-    from testbed.cli.main import build_parser
+    from testbed.cli.app import build_parser
     args = build_parser().parse_args(["demo", "--only", "canary", "--only", "delay", "--out", "x"])
     assert args.only == ["canary", "delay"] and args.out == Path("x")
     with pytest.raises(SystemExit):

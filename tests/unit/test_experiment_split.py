@@ -12,7 +12,7 @@ from testbed.run.experiment import Context
 from lablib.split import (NO_RETRIES, Sides, etcd_claims, first_answer_after, outcome_counts,
                                       pilot_claims, plot_sides, registry_claims, removal_windows, routing_claims,
                                       stream_summary)
-from testbed.run.history import EtcdOp, Event, HistoryData, Request
+from testbed.history import EtcdOp, Event, HistoryData, Request
 
 SIDE = Sides("c2", "c1", "echo-v1-1", "echo-v1-0")
 P0, P1, END = 10.0, 30.0, 45.0

@@ -17,7 +17,7 @@ import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
 from lablib.mesh import (PROBE_SERVICE, keep_etcd_logs, leaders_elected, parse_listing,
                                      pilot_seen_latency, plot_pilot_latency, registry_mesh_spec, window_summary,
                                      write_summary, xds_latency)
-from testbed.run.history import Event
+from testbed.history import Event
 from testbed.topology.load import load_topology
 
 REPO = Path(__file__).resolve().parents[2]

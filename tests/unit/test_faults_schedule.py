@@ -15,7 +15,7 @@ from testbed.faults.grudge import random_halves
 from testbed.faults.schedule import (HealError, Nemesis, Schedule, at, every, flip_flop, run_schedule,
                                      run_schedule_async)
 from testbed.faults.targets import FakeTarget
-from testbed.run.history import FakeClock, History, RunClock, read_history
+from testbed.history import FakeClock, History, RunClock, read_history
 
 NODES = ["e1", "e2", "e3", "h1"]
 

@@ -10,7 +10,7 @@ from testbed.faults.grudge import complete
 from testbed.faults.schedule import run_schedule
 from testbed.faults.targets import FakeTarget
 from testbed.faults.source import ScheduleError, load_schedule, parse_schedule
-from testbed.run.history import FakeClock
+from testbed.history import FakeClock
 
 DOC = textwrap.dedent("""\
     seed: 7

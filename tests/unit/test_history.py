@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.run.history import (EtcdOp, Event, FakeClock, FaultRecord, History, HistoryError, Request, fault_windows,
+from testbed.history import (EtcdOp, Event, FakeClock, FaultRecord, History, HistoryError, Request, fault_windows,
                              jsonable, read_history)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_each_line_is_on_disk_before_close(tmp_path):
 def test_a_killed_writer_keeps_what_it_wrote(tmp_path):
     p = tmp_path / "h.jsonl"
     code = ("import os, signal, sys\n"
-            "from testbed.run.history import History\n"
+            "from testbed.history import History\n"
             f"h = History({str(p)!r})\n"
             "for i in range(500):\n"
             "    h.request(t_start=i, t_end=i + 0.5, status=200, id=i)\n"

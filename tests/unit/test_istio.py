@@ -1,7 +1,8 @@
 """Parsing Istio YAML: values, file:line, schema messages."""
 import pytest
 
-from testbed.mesh.rules.traffic import parse_duration_ms, parse_rules
+from testbed.mesh.rules.traffic import parse_rules
+from testbed.mesh.rules.yamldoc import parse_duration_ms
 from testbed.mesh.model import DestinationRule, StringMatch, VirtualService
 
 TUTORIAL = """\

@@ -12,7 +12,7 @@ import pytest
 
 from testbed.run.checkers.linearizability import (Operation, _step, check_linearizability, check_register,
                                               pair_operations)
-from testbed.run.history import EtcdOp, HistoryError
+from testbed.history import EtcdOp, HistoryError
 
 
 def op(p, f, call, ret, value=None, result=None, kind="ok", key="k", serializable=False):

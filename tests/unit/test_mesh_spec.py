@@ -176,7 +176,7 @@ def test_registry_table():
 
 
 def test_cli_has_mesh_subcommands_and_reports_no_running_mesh(tmp_path, monkeypatch, capsys):
-    from testbed.cli.main import main
+    from testbed.cli.app import main
     monkeypatch.setenv("MINIMESH_STATE_DIR", str(tmp_path))
     assert main(["registry"]) == 1
     assert "no running mesh" in capsys.readouterr().err
@@ -190,7 +190,7 @@ def test_cli_reports_an_unreachable_pilot(tmp_path, monkeypatch, capsys):
     import json
     import os
 
-    from testbed.cli.main import main
+    from testbed.cli.app import main
     from testbed.journal import proc_start
     monkeypatch.setenv("MINIMESH_STATE_DIR", str(tmp_path))
     (tmp_path / "mesh").mkdir()

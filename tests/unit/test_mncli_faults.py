@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
-from testbed.faults.kinds import FakeTarget
+from testbed.faults.targets import FakeTarget
 from testbed.faults.grudge import complete, random_halves
-from testbed.run.history import FakeClock
+from testbed.history import FakeClock
 from testbed.cli.faults import FaultCommandError, FaultCommands, FaultSession, parse_partition
 
 HOSTS = ["h1", "h2", "h3", "h4"]

@@ -14,7 +14,7 @@ from proxy.config.cluster import ClusterSpec, EndpointSpec, OutlierSpec
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.outlier_log import OutlierEventLog, format_event, format_timestamp, upstream_url
 from proxy.stats import Stats
-from testbed.run.history import History, read_history
+from testbed.history import History, read_history
 from testbed.mesh.pilot.resources import NodeInfo, sidecar_bootstrap
 from testbed.run.outlier_events import first_ejection, import_outlier_logs, outlier_records
 
@@ -155,7 +155,8 @@ def test_sidecar_bootstrap_carries_the_path_and_parses():
 
 
 def test_server_start_fails_clearly_on_an_unwritable_path(tmp_path):
-    from proxy.server import Server, StartupError
+    from proxy.errors import StartupError
+    from proxy.server import Server
     b = parse_bootstrap({"cluster_manager": {"outlier_detection": {
         "event_log_path": str(tmp_path / "missing" / "x.log")}}})
 

@@ -8,7 +8,7 @@ import pytest
 from proxy.config.listener import parse_listener
 from proxy.config.reader import ConfigError, Obj
 from proxy.config.route import parse_route_config
-from proxy.access_log_format import LogFormat, compile_format, parse_log_format
+from proxy.access_log import LogFormat, compile_format, parse_log_format
 from proxy.filters.mirror import shadow_host
 from proxy.http.route_table import RouteTable
 from testbed.mesh.pilot import resources as xds

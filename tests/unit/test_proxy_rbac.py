@@ -20,7 +20,8 @@ from proxy.config.reader import ConfigError, Obj
 from proxy.filters.rbac import Request, _parse, compile_filter, evaluate
 from proxy.server import Server
 from tests.support.http_peers import Upstream, http_request
-from testbed.mesh.rules.policy import AuthzRequest, SpiffeId, decide
+from testbed.mesh.rules.policy import AuthzRequest, decide
+from proxy.tls.identity import SpiffeId
 from testbed.mesh.pilot.rbac import rbac_filters
 from testbed.mesh.rules.security import parse_security
 

@@ -23,7 +23,7 @@ from proxy.server import Server
 from tests.support.http_peers import Upstream, http_request
 from testbed.mesh.citadel.ca import CertificateAuthority
 from testbed.mesh.citadel.envoy import inbound_chains, upstream_tls_context
-from testbed.mesh.rules.policy import SpiffeId
+from proxy.tls.identity import SpiffeId
 
 HCM_T = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 SLEEP, ECHO = SpiffeId.make("sleep").uri, SpiffeId.make("echo").uri
@@ -185,7 +185,7 @@ def test_server_refuses_a_client_from_a_foreign_ca(tmp_path: Path, caplog) -> No
 
 
 def test_sds_secret_without_citadel_is_a_clear_startup_error(tmp_path: Path) -> None:
-    from proxy.server import StartupError
+    from proxy.errors import StartupError
     port = free_port()
     b = parse_bootstrap({"static_resources": {"listeners": [
         listener(port, inbound_chains("STRICT", "/sds", [hcm("in", "app")]))],

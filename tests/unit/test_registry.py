@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from testbed.mesh.etcd import cluster as W
+from testbed.mesh.etcd import wire as W
+from testbed.mesh.etcd.client import EtcdClient, EtcdError, RangeResult, Watch, _Retry
+from testbed.mesh.etcd.registry import DEFAULT_PREFIX, endpoint_json, endpoint_key, parse_endpoint, parse_key
+from testbed.mesh.etcd.wire import WatchError
 from testbed.mesh.model import Endpoint
-from testbed.mesh.etcd.registry import (DEFAULT_PREFIX, EtcdClient, EtcdError, RangeResult, WatchError,
-                                   Watch, _Retry, endpoint_json, endpoint_key, parse_endpoint, parse_key)
 
 
 def b64(s: str) -> str:

@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from testbed.mesh.etcd.cluster import EtcdCluster, EtcdMember, EtcdRunner, MemberStatus, scan_log
+from testbed.mesh.etcd.cluster import EtcdCluster, EtcdMember, EtcdRunner
+from testbed.mesh.etcd.wire import MemberStatus, scan_log
 
 M = (EtcdMember("e1", "10.0.0.1"), EtcdMember("e2", "10.0.0.2"), EtcdMember("e3", "10.0.0.3", host="h3"))
 

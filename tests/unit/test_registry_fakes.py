@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from testbed.mesh.etcd.cluster import KV, WatchEvent
+from testbed.mesh.etcd.client import EtcdError, Lease, RangeResult
+from testbed.mesh.etcd.registry import Discovery, Registrar, endpoint_json, endpoint_key
+from testbed.mesh.etcd.wire import KV, WatchError, WatchEvent
 from testbed.mesh.model import Endpoint
-from testbed.mesh.etcd.registry import (Discovery, EtcdError, Lease, RangeResult, Registrar, WatchError,
-                                   endpoint_json, endpoint_key)
 
 
 def ep(i: str, v: str = "v1") -> Endpoint:

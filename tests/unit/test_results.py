@@ -8,7 +8,7 @@ import random
 import pytest
 
 from testbed.run.checkers import check_availability, check_linearizability, check_split
-from testbed.run.history import FaultRecord, Request
+from testbed.history import FaultRecord, Request
 from testbed.run.results import overall_valid, plot_split, plot_timeline, read_results, write_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -76,7 +76,7 @@ def test_live_progress_follows_the_history():
 
     from rich.console import Console
 
-    from testbed.run.history import FakeClock, History
+    from testbed.history import FakeClock, History
     from testbed.run.results import LiveProgress
     clock = FakeClock(10.0)
     out = io.StringIO()

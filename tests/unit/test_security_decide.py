@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from testbed.mesh.rules.policy import (ALLOW, DENY, DISABLE, PERMISSIVE, STRICT, UNSET,
-                                   AuthorizationPolicy, AuthzRequest, Condition, Operation,
-                                   PeerAuthentication, Rule, Source, applicable, decide,
+from testbed.mesh.rules.policy import (ALLOW, DENY, AuthorizationPolicy, AuthzRequest, Condition,
+                                   Operation, PeerAuthentication, Rule, Source, applicable, decide,
                                    peer_mode, wildcard_match)
+from proxy.tls.identity import DISABLE, PERMISSIVE, STRICT, UNSET
 
 PP = "cluster.local/ns/default/sa/productpage"
 EVIL = "cluster.local/ns/test/sa/evil"

@@ -5,8 +5,9 @@ import textwrap
 
 import pytest
 
-from testbed.mesh.rules.policy import (ALLOW, DENY, STRICT, UNSET, AuthorizationPolicy, Condition,
-                                   Operation, PeerAuthentication, Source)
+from testbed.mesh.rules.policy import (ALLOW, DENY, AuthorizationPolicy, Condition, Operation,
+                                   PeerAuthentication, Source)
+from proxy.tls.identity import STRICT, UNSET
 from testbed.mesh.rules.security import parse_security
 
 

@@ -10,9 +10,11 @@ import types
 
 import pytest
 
-from testbed.cli.main import HISTORY, UpOptionError, main, open_history, up_history_path
-from testbed.faults.kinds import FakeTarget, FaultError
-from testbed.run.history import FakeClock, History, RunClock, fault_windows, read_history
+from testbed.cli.app import main
+from testbed.cli.up import HISTORY, UpOptionError, open_history, up_history_path
+from testbed.faults.base import FaultError
+from testbed.faults.targets import FakeTarget
+from testbed.history import FakeClock, History, RunClock, fault_windows, read_history
 from testbed.cli.faults import FaultCommandError, FaultSession
 
 HOSTS = ["h1", "h2", "h3"]
@@ -188,15 +190,15 @@ class FakeTestbed:
         return len(gone)
 
 
-def test_mesh_cli_records_link_and_fault_commands_and_heals_at_exit(tmp_path):
-    from testbed.cli.shell import MeshCLI
+def test_testbed_cli_records_link_and_fault_commands_and_heals_at_exit(tmp_path):
+    from testbed.cli.shell import TestbedCLI
     tb, clock = FakeTestbed(), RunClock()
     r, w = os.pipe()
     os.write(w, b"link-set h1 s1 delay=20ms\ndrop h1 h2 oneway\nlink-down h3 s1\nlink-up h3 s1\n"
                 b"partition h1 h3\nlink-set h1 s9 delay=1ms\nfaults\n")
     os.close(w)
     with History(tmp_path / HISTORY, clock=clock) as hist, os.fdopen(r) as stdin:
-        cli = MeshCLI(tb, stdin=stdin, stdout=io.StringIO(), history=hist, clock=clock)
+        cli = TestbedCLI(tb, stdin=stdin, stdout=io.StringIO(), history=hist, clock=clock)
     assert cli.errors == 1                                   # the link to s9 does not exist
     assert tb.t.pristine, "healed at exit"
     recs = faults(tmp_path)

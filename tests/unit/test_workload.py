@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from testbed.run.history import History, read_history
+from testbed.history import History, read_history
 from testbed.run.workload import OffsetClock, describe_response, run_http, send_times, workload_argv
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.cli.main import build_parser
+from testbed.cli.app import build_parser
 from testbed.cli.run import script_argv
 
 REPO = Path(__file__).resolve().parents[2]

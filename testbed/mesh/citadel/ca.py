@@ -5,10 +5,10 @@
   (no intermediate: one less moving part for students to read in Wireshark).
 * `issue(spiffe_id, csr_pem=None, ttl_s=None)` -> `Issued`: EC P-256 leaf with the SPIFFE
   URI SAN, a random 63-bit serial, digitalSignature+keyEncipherment, serverAuth+clientAuth.
-  With a CSR the private key never leaves the workload (Istio's model, used by
-  `CertificateRotator`); without one the CA generates the key (handy for tests and CLI).
+  With a CSR the private key never leaves the workload (Istio's model, used by the sidecar's
+  `proxy.tls.rotator.CertificateRotator`); without one the CA generates the key (handy for tests and CLI).
 * `revoke(serial)` / `is_revoked(serial)` / `revoked()` -- an in-memory set; sidecars learn it
-  with the trust bundle and check the peer's serial after the handshake (tls.verify_peer).
+  with the trust bundle and check the peer's serial after the handshake (proxy.tls.context.verify_peer).
 * `rotate_root(activate_after_s, overlap_s)` -- a new root joins the trust bundle at once,
   starts signing after `activate_after_s` (time for bundles to reach every sidecar) and the
   old root leaves the bundle after `overlap_s` (by default: activation + the longest lifetime
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from testbed.mesh.rules.policy import SpiffeId
+from proxy.tls.identity import SpiffeId, key_pem, new_key, uri_sans
 
 BACKDATE_S = 5  # not_before lies a little in the past: clocks of hosts differ slightly
 
@@ -59,39 +59,12 @@ class Issued:
     root_generation: int
 
 
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def make_csr(spiffe_id: SpiffeId, key: ec.EllipticCurvePrivateKey) -> bytes:
-    """A PEM CSR carrying the SPIFFE URI SAN, signed with `key`."""
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([]))
-           .add_extension(x509.SubjectAlternativeName(
-               [x509.UniformResourceIdentifier(spiffe_id.uri)]), critical=False)
-           .sign(key, hashes.SHA256()))
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
 def _utc(t: float) -> dt.datetime:
     return dt.datetime.utcfromtimestamp(int(t))  # cryptography 38 takes naive UTC
 
 
 def _ts(d: dt.datetime) -> float:
     return d.replace(tzinfo=dt.timezone.utc).timestamp()
-
-
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return san.get_values_for_type(x509.UniformResourceIdentifier)
 
 
 def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -233,7 +206,7 @@ class CertificateAuthority:
     def longest_ttl_s(self) -> float:
         return self._longest_ttl_s
 
-    # -------------------------------------------------------------- state (citadel_store.py)
+    # -------------------------------------------------------------- state (citadel/store.py)
     def export_state(self) -> dict:
         """Everything needed to resume after a restart: roots (keys included), revocations."""
         return {"trust_domain": self.trust_domain, "longest_ttl_s": self._longest_ttl_s,

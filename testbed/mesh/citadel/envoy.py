@@ -24,8 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from testbed.mesh.citadel.ca import CertificateAuthority
-from testbed.mesh.rules.policy import DISABLE, PERMISSIVE, STRICT
 from proxy.tls.context import Material
+from proxy.tls.identity import DISABLE, PERMISSIVE, STRICT
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 TLS_SOCKET = "envoy.transport_sockets.tls"

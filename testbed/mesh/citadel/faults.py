@@ -1,4 +1,6 @@
-"""Identity faults for the fault model (testbed.faults.kinds): values registered by kind.
+"""Identity faults for the fault model: values registered by kind with the registry of
+:mod:`testbed.faults.base` when this module is imported (the CLI, the experiment runner and
+:mod:`testbed.mesh.deploy.mesh` import it, so fault YAML and fault sessions know these kinds).
 
   cert-revoke     {service, namespace?}        revoke every live certificate of a service
                                                (instant; peers refuse it after their next
@@ -11,7 +13,7 @@
                                                Citadel process (renewals and bundle refreshes
                                                fail: citadel.failures; certificates expire);
                                                revert restarts it (--state-dir keeps roots and
-                                               revocations: citadel_store.py). `pause` on the
+                                               revocations: citadel/store.py). `pause` on the
                                                same process freezes it instead (requests time out)
 
 The faults talk to the target's `citadel(action, body) -> dict` (actions: revoke, block,

@@ -39,7 +39,8 @@ def _log(kind: str, details: dict) -> None:
 
 async def _run(a: argparse.Namespace) -> int:
     from testbed.mesh.model import Endpoint
-    from testbed.mesh.etcd.registry import EtcdClient, EtcdError, Registrar
+    from testbed.mesh.etcd.client import EtcdClient, EtcdError
+    from testbed.mesh.etcd.registry import Registrar
 
     stop = stop_event()
     await _wait_tcp("127.0.0.1", a.app_port, stop)

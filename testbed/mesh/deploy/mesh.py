@@ -1,4 +1,4 @@
-"""Bring a topology's ``mesh:`` section up on a running Testbed.
+"""Bring a topology's ``mesh:`` section up on a running Testbed, and drive it.
 
     with Testbed(topo) as tb, Mesh(tb, topo.sections["mesh"]) as mesh:
         mesh.requests("h0", "http://echo:8080/", n=100)    # through h0's sidecar
@@ -6,43 +6,67 @@
 
 What runs where (every process through ``tb.popen``: journaled, killed on every exit):
 
-* etcd members on ``registry.members``; Citadel (``mesh.security``, deploy_security) on the CP host;
+* etcd members on ``registry.members``; Citadel (``mesh.security``, :mod:`testbed.mesh.deploy.security`)
+  on the CP host;
 * Pilot on the control-plane host (``python -m testbed.mesh.pilot.process``): xDS on
   ``<cp ip>:15010``, admin on the unix socket ``<run dir>/pilot.sock`` (how ``minimesh
   apply``/``registry`` reach it from the root namespace);
 * per instance on its host: the app on ``127.0.0.1:<app_port>``, its sidecar (minimesh
-  proxy or real Envoy) from ``xds.sidecar_bootstrap``, and a registration agent
+  proxy or real Envoy) from ``pilot.resources.sidecar_bootstrap``, and a registration agent
   (``python -m testbed.mesh.deploy.agent``: etcd lease + keep-alive, revoke on SIGTERM);
 * a client-only sidecar on each ``clients:`` host that runs no instance;
 * names, VIP route and iptables capture on the mesh hosts (:mod:`testbed.mesh.deploy.net`).
 
 ``start()`` returns once every instance is registered and every sidecar has ACKed all of its
-xDS subscriptions; the mesh is then published as ``<state dir>/mesh/<pid>.json`` (running_meshes).
+xDS subscriptions; the mesh is then published as ``<state dir>/mesh/<pid>.json``
+(:func:`running_meshes`, what ``minimesh apply``/``registry`` read).
+
+A running mesh takes rules (applied through Pilot's admin socket, all or nothing:
+:class:`ApplyError`), answers status and registry queries, sends requests from mesh hosts
+through their sidecars, reads sidecar admin pages, logs and Pilot's events, and is a fault
+target (:meth:`Mesh.fault_target`: its processes, and Citadel for the identity faults of
+:mod:`testbed.mesh.citadel.faults`, whose kinds importing this module registers).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from testbed.journal import state_dir
+from testbed.faults.targets import TestbedTarget
+from testbed.journal import proc_alive, proc_start, state_dir
+from testbed.mesh.citadel.faults import citadel_curl_argv
 from testbed.mesh.deploy.net import Plumbing
 from testbed.mesh.deploy.security import MeshSecurity
-from testbed.mesh.deploy.traffic import (REPO, ApplyError, MeshError, MeshTraffic, child_env,
-                                        mesh_publish_dir, running_meshes, terminate as _terminate)
 from testbed.mesh.etcd.cluster import EtcdCluster, EtcdMember, EtcdRunner, popen_probe
 from testbed.mesh.pilot.process import AdminClient, AdminUnavailable
-from testbed.mesh.spec import PILOT_PORT, InstanceSpec, MeshSpec, SIDECARS, app_argv
 from testbed.mesh.pilot.resources import NodeInfo, sidecar_bootstrap
+from testbed.mesh.spec import PILOT_PORT, SIDECARS, InstanceSpec, MeshSpec, app_argv
+from testbed.net.running import RunningTestbed
+from testbed.paths import REPO, child_env
 
-__all__ = ["Mesh", "MeshError", "ApplyError", "InstanceInfo", "running_meshes", "REPO"]
+__all__ = ["Mesh", "MeshError", "ApplyError", "InstanceInfo", "running_meshes", "mesh_publish_dir"]
+
+
+class MeshError(RuntimeError):
+    """The mesh could not be brought up or driven (names the process and its log)."""
+
+
+class ApplyError(Exception):
+    """Pilot rejected an apply; ``errors`` are Galley's messages. Nothing changed."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("apply rejected:\n" + "\n".join(errors))
+
 
 @dataclass(frozen=True)
 class InstanceInfo:
@@ -57,10 +81,10 @@ class InstanceInfo:
     pids: dict[str, int]              # app, sidecar, agent (absent: not running)
 
 
-class Mesh(MeshTraffic):
+class Mesh:
     """A ``mesh:`` section deployed on a started Testbed. Context manager."""
 
-    def __init__(self, tb: Any, spec: MeshSpec | None = None, sidecar_default: str = "minimesh",
+    def __init__(self, tb: RunningTestbed, spec: MeshSpec | None = None, sidecar_default: str = "minimesh",
                  run_dir: str | Path | None = None, ready_timeout_s: float = 40.0,
                  hold_s: float = 15.0, python: str = sys.executable, envoy: str | None = None,
                  keep_run_dir: bool = False, publish: bool = True, pilot_etcd: tuple[str, ...] = ()):
@@ -109,6 +133,10 @@ class Mesh(MeshTraffic):
         if self.run_dir is None:
             raise RuntimeError("mesh is not started")
         return self.run_dir
+
+    def log(self, name: str) -> Path:
+        """A process's log, e.g. log('echo-v1-0.sidecar'), log('pilot')."""
+        return self._dir() / "logs" / f"{name}.log"
 
     def sidecar_kind(self, inst: InstanceSpec) -> str:
         return inst.sidecar or self.sidecar_default
@@ -192,7 +220,18 @@ class Mesh(MeshTraffic):
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return errors
 
-    # --- etcd and Pilot ----------------------------------------------------------------
+    def _publish(self) -> None:
+        d = mesh_publish_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{os.getpid()}.json"
+        self._published_eid = self.tb.journal.record("path", path=str(path))  # gone after a crash too
+        path.write_text(json.dumps({
+            "pid": os.getpid(), "start": proc_start(os.getpid()), "topology": self.spec.source,
+            "socket": str(self.socket), "pilot_url": self.pilot_url, "run_dir": str(self._dir()),
+            "etcd": self.etcd_endpoints, "events": str(self.events)}))
+        self._published = path
+
+    # --- etcd, Citadel and Pilot -----------------------------------------------------------
 
     def _start_etcd(self) -> None:
         r = self.spec.registry
@@ -205,6 +244,10 @@ class Mesh(MeshTraffic):
             probe=popen_probe(self.tb.popen))
         self.etcd.start()
 
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        return [f"http://{self.tb.ip(m)}:2379" for m in self.spec.registry.members]
+
     def _start_citadel(self) -> None:
         self.security = sec = MeshSecurity(self.spec.security, self._dir(), self.cp_ip, self.python)
         if sec.enabled:  # in _procs: checked by wait_ready, stopped with the others
@@ -212,14 +255,33 @@ class Mesh(MeshTraffic):
             self._procs["citadel"] = {"server": sec.start(lambda a: self._spawn(cp, "citadel.server", a),
                                                           lambda a: self.tb.host(cp).pexec(a)[2])}
 
-    @property
-    def etcd_endpoints(self) -> list[str]:
-        return [f"http://{self.tb.ip(m)}:2379" for m in self.spec.registry.members]
+    def restart_citadel(self) -> subprocess.Popen:
+        """Kill what is left of the CA process and start it again (same --state-dir: same
+        roots and revocations); returns once it answers."""
+        assert self.security is not None
+        procs = self._procs["citadel"]
+        old = procs["server"]
+        if old.poll() is None:
+            old.kill()
+        old.wait(5)
+        cp = self.spec.control_plane
+        procs["server"] = self.security.start(lambda a: self._spawn(cp, "citadel.server", a),
+                                              lambda a: self.tb.host(cp).pexec(a)[2])
+        return procs["server"]
 
     def start_pilot(self, wait: bool = True) -> None:
         if self._pilot is not None and self._pilot.poll() is None:
             return
-        cfg = {"services": [{"name": s.name, "port": s.port, "run": s.run, "versions": [
+        path = self._dir() / "pilot.json"
+        path.write_text(json.dumps(self._pilot_config(), indent=1))
+        self._pilot = self._spawn(self.spec.control_plane, "pilot",
+                                  [self.python, "-m", "testbed.mesh.pilot.process", str(path)])
+        if wait:
+            self._wait(lambda: self._admin_ok(), 15.0, "Pilot's admin socket")
+
+    def _pilot_config(self) -> dict:
+        """The JSON file ``python -m testbed.mesh.pilot.process`` reads."""
+        return {"services": [{"name": s.name, "port": s.port, "run": s.run, "versions": [
             {"name": v.name, "replicas": v.replicas, "hosts": list(v.hosts)} for v in s.versions]}
             for s in self.spec.services],
             "rules": list(self.spec.rules), "etcd": [f"http://{self.tb.ip(m)}:2379" for m in self.pilot_etcd]
@@ -227,12 +289,6 @@ class Mesh(MeshTraffic):
             "listen": [self.cp_ip, PILOT_PORT], "events": str(self.events),
             "socket": str(self.socket), "applied": str(self._dir() / "applied.jsonl"),
             "hold_s": self.hold_s, "citadel": self.spec.security.citadel, "sds_root": str(self._dir() / "sds")}
-        path = self._dir() / "pilot.json"
-        path.write_text(json.dumps(cfg, indent=1))
-        self._pilot = self._spawn(self.spec.control_plane, "pilot",
-                                  [self.python, "-m", "testbed.mesh.pilot.process", str(path)])
-        if wait:
-            self._wait(lambda: self._admin_ok(), 15.0, "Pilot's admin socket")
 
     def stop_pilot(self) -> None:
         """Stop Pilot (SIGTERM); sidecars keep serving on their last config."""
@@ -325,6 +381,16 @@ class Mesh(MeshTraffic):
             raise RuntimeError(f"{instance} is running; crash() it first")
         self._start_instance(inst)
 
+    def _respawn_instance(self, name: str) -> "_Live":
+        """Restart an instance whatever state a fault left it in (killed, stopped)."""
+        for p in self._procs.get(name, {}).values():
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        self._procs.pop(name, None)
+        self.restart(name)
+        return _Live(lambda: list(self._procs.get(name, {}).values()))
+
     def instances(self) -> list[InstanceInfo]:
         out = []
         for i in self.spec.instances:
@@ -334,7 +400,7 @@ class Mesh(MeshTraffic):
                                     {k: p.pid for k, p in procs.items() if p.poll() is None}))
         return out
 
-    # --- readiness and status ----------------------------------------------------------------
+    # --- readiness -------------------------------------------------------------------------
 
     def wait_ready(self, timeout_s: float = 40.0, instances: list[str] | None = None) -> dict:
         """Until every (given) instance is registered and every running sidecar has ACKed."""
@@ -376,15 +442,188 @@ class Mesh(MeshTraffic):
                                 + (f": {detail()}" if detail else ""))
             time.sleep(0.1)
 
-    def _publish(self) -> None:
-        from testbed.journal import proc_start
-        d = mesh_publish_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{os.getpid()}.json"
-        self._published_eid = self.tb.journal.record("path", path=str(path))  # gone after a crash too
-        path.write_text(json.dumps({
-            "pid": os.getpid(), "start": proc_start(os.getpid()), "topology": self.spec.source,
-            "socket": str(self.socket), "pilot_url": self.pilot_url, "run_dir": str(self._dir()),
-            "etcd": self.etcd_endpoints, "events": str(self.events)}))
-        self._published = path
+    # --- rules, status and registry (Pilot's admin socket) ---------------------------------
 
+    def status(self) -> dict:
+        """Pilot's /status: generation, registered endpoints, per-node sync."""
+        return self.admin.get("/status")
+
+    def registry(self) -> dict:
+        return self.admin.get("/registry")
+
+    def apply_text(self, text: str, name: str = "<text>") -> list[str]:
+        return self.apply_texts([(text, name)])
+
+    def apply_texts(self, files: list[tuple[str, str]]) -> list[str]:
+        """All or nothing; returns warnings, raises ApplyError (nothing changed)."""
+        ok, body = self.admin.apply_texts(files)
+        if not ok:
+            raise ApplyError(list(body["errors"]))
+        return list(body["warnings"])
+
+    def apply_files(self, paths: list[str | Path]) -> list[str]:
+        return self.apply_texts([(Path(p).read_text(), str(p)) for p in paths])
+
+    def iter_events(self) -> Iterator[dict]:
+        """Pilot's events so far (:attr:`events`), one dict per line."""
+        try:
+            with open(self.events) as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)
+        except FileNotFoundError:
+            return
+
+    # --- traffic from mesh hosts, through their sidecars -----------------------------------
+
+    def curl(self, host: str, url: str, headers: dict[str, str] | None = None,
+             timeout_s: float = 5.0) -> tuple[int, str]:
+        """One request with curl inside ``host``: (HTTP status, body); status 0 = failed."""
+        argv = ["curl", "-s", "-m", str(timeout_s), "-o", "-", "-w", "\n%{http_code}"]
+        for k, v in (headers or {}).items():
+            argv += ["-H", f"{k}: {v}"]
+        out, _, _ = self.tb.host(host).pexec(argv + [url])
+        body, _, code = out.rpartition("\n")
+        return (int(code) if code.isdigit() else 0), body
+
+    def requests(self, host: str, url: str, n: int, headers: dict[str, str] | None = None,
+                 timeout_s: float = 5.0) -> dict:
+        """``n`` requests over one keep-alive connection from ``host``
+        (:mod:`testbed.mesh.deploy.load_client`)."""
+        argv = [self.python, "-m", "testbed.mesh.deploy.load_client", url, "-n", str(n),
+                "--timeout", str(timeout_s)]
+        for k, v in (headers or {}).items():
+            argv += ["-H", f"{k}: {v}"]
+        p = self.tb.popen(host, argv, cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          env=child_env())
+        out, err = p.communicate(timeout=60 + n * timeout_s / 10)
+        if p.returncode != 0:
+            raise MeshError(f"load client on {host} failed: {err.decode(errors='replace')[-800:]}")
+        return json.loads(out)
+
+    def sidecar_admin(self, name: str, path: str = "/clusters", timeout_s: float = 3.0) -> str:
+        """GET a sidecar's admin endpoint (``name``: an instance, or ``client@<host>``)."""
+        if name.startswith("client@"):
+            host, port = name.split("@", 1)[1], 15000
+        else:
+            inst = self._spec(name)
+            host, port = inst.host, inst.admin_port
+        out, err, code = self.tb.host(host).pexec(
+            ["curl", "-s", "-m", str(timeout_s), f"http://127.0.0.1:{port}{path}"])
+        if code != 0:
+            raise MeshError(f"sidecar admin of {name} ({host}:{port}{path}): curl exit {code} {err}")
+        return out
+
+    def keylogs(self) -> dict[str, Path]:
+        """Sidecar name (instance or ``client@<host>``) -> its NSS key log file
+        (``mesh.security.keylog``; empty otherwise). For ``editcap --inject-secrets tls,FILE``."""
+        return self.security.keylogs() if self.security is not None else {}
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def citadel_call(self, action: str, body: dict) -> dict:
+        """Citadel's POST /v1/<action> (revoke, block, rotate_root), run with curl on the
+        control-plane host (testbed subnets are not routed to the root namespace)."""
+        sec = self.security
+        if sec is None or not sec.enabled:
+            raise MeshError("no Citadel in this mesh: set mesh.security (docs/topology.md)")
+        cp = self.spec.control_plane
+        out, err, code = self.tb.host(cp).pexec(citadel_curl_argv(sec.url, action, body))
+        if code != 0:
+            raise MeshError(f"Citadel {action} on {cp}: curl exit {code}: {(out or err).strip()}")
+        return json.loads(out)
+
+    def fault_target(self) -> TestbedTarget:
+        """A :class:`~testbed.faults.targets.TestbedTarget` for the fault model. Processes
+        by name — each instance (its app, sidecar and agent together), ``pilot``, every etcd
+        member, and ``citadel`` when security is on — for crash/pause/resume (signals) and
+        restart; plus ``citadel(action, body)`` for the identity faults. Names are looked up
+        live, so a restarted process is the one signalled next."""
+        procs: dict[str, Any] = {}
+        restarters: dict[str, Any] = {}
+        for inst in self.spec.instances:
+            name = inst.instance
+            procs[name] = _Live(lambda n=name: list(self._procs.get(n, {}).values()))
+            restarters[name] = lambda n=name: self._respawn_instance(n)
+        procs["pilot"] = _Live(lambda: [self._pilot] if self._pilot is not None else [])
+        restarters["pilot"] = lambda: self._restart_pilot(procs["pilot"])
+        if self.etcd is not None:
+            for member in self.spec.registry.members:
+                procs[member] = _Live(lambda n=member: self._etcd_member(n))
+                restarters[member] = lambda n=member: self._restart_etcd_member(n, procs[n])
+        if "citadel" in self._procs:
+            procs["citadel"] = _Live(lambda: [self._procs["citadel"]["server"]])
+            restarters["citadel"] = lambda: (self.restart_citadel(), procs["citadel"])[-1]
+        return TestbedTarget(self.tb, processes=procs, restarters=restarters,
+                             citadel=self.citadel_call)
+
+    def _restart_pilot(self, live: "_Live") -> "_Live":
+        self.stop_pilot()
+        self.start_pilot()
+        return live
+
+    def _etcd_member(self, name: str) -> list[Any]:
+        """The etcd member's process while it runs (what a fault signals)."""
+        handles = self.etcd.handles if self.etcd is not None else {}
+        return [handles[name]] if name in handles else []
+
+    def _restart_etcd_member(self, name: str, live: "_Live") -> "_Live":
+        assert self.etcd is not None
+        self.etcd.crash(name)
+        self.etcd.restart(name)
+        return live
+
+
+class _Live:
+    """Popen-like: signals whatever processes ``current()`` names at that moment."""
+
+    def __init__(self, current: Any):
+        self.current = current
+
+    def send_signal(self, sig: int) -> None:
+        alive = [p for p in self.current() if p is not None and p.poll() is None]
+        if not alive:
+            raise ProcessLookupError("not running")
+        for p in alive:
+            p.send_signal(sig)
+
+    def poll(self) -> int | None:
+        ps = [p for p in self.current() if p is not None]
+        return None if any(p.poll() is None for p in ps) else 0
+
+
+def _terminate(procs: list[subprocess.Popen], timeout_s: float) -> None:
+    """SIGTERM every live process, SIGKILL those still alive after ``timeout_s`` (in all)."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    for p in live:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+# --- the index of published meshes (what `minimesh apply`/`registry` read) -----------------
+
+def mesh_publish_dir() -> Path:
+    return state_dir() / "mesh"
+
+
+def running_meshes() -> list[dict]:
+    """Published meshes whose runner is alive: {pid, topology, socket, pilot_url, ...}."""
+    out = []
+    for f in sorted(mesh_publish_dir().glob("*.json")) if mesh_publish_dir().is_dir() else []:
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if proc_alive(int(d.get("pid", 0)), d.get("start")):
+            out.append(d)
+    return out

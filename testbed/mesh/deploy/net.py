@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from testbed.journal import proc_start
 from testbed.mesh.spec import OUTBOUND_PORT, VIP_CIDR
+from testbed.net.running import RunningTestbed
 
 __all__ = ["CAPTURE_COMMENT", "capture_args", "Plumbing"]
 
@@ -30,7 +31,7 @@ def capture_args(port: int = OUTBOUND_PORT, cidr: str = VIP_CIDR) -> list[str]:
 class Plumbing:
     """Installs names, routes and capture rules on a Testbed; ``remove()`` undoes them."""
 
-    def __init__(self, tb: Any):
+    def __init__(self, tb: RunningTestbed):
         self.tb = tb
         self._rules: list[tuple[str, int, list[str]]] = []   # (host, journal id, args)
         self._routes: list[str] = []

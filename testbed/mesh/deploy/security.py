@@ -17,11 +17,11 @@ control-plane host and what each sidecar's bootstrap needs to use it.
   ``<run dir>/keylog/<instance>.keys`` or ``client@<host>.keys``, for
   ``tshark -o tls.keylog_file:FILE`` / ``editcap --inject-secrets tls,FILE``.
 * Real Envoy (``sidecar: envoy``) reads its secrets from SDS files that Pilot names
-  (``pilot_security.sds_dir``: ``$MINIMESH_SDS_ROOT/<node instance>``; the deployer gives
+  (``pilot.security.sds_dir``: ``$MINIMESH_SDS_ROOT/<node instance>``; the deployer gives
   Pilot ``MINIMESH_SDS_ROOT=<run dir>/sds``). An SDS agent next to each Envoy sidecar,
   ``python -m testbed.mesh.deploy.security --citadel URL ...`` (:func:`main`), keeps them
-  current with a :class:`~testbed.mesh.citadel.server.CertificateRotator` and
-  ``citadel_envoy.write_sds``. Envoy sidecars write no key log.
+  current with a :class:`~proxy.tls.rotator.CertificateRotator` and
+  ``citadel.envoy.write_sds``. Envoy sidecars write no key log.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class MeshSecurity:
 
 
 async def _agent(args: argparse.Namespace) -> None:
-    from testbed.mesh.citadel.server import CertificateRotator
+    from proxy.tls.rotator import CertificateRotator
     from testbed.mesh.citadel.envoy import write_sds
     rotator = CertificateRotator(args.citadel, args.service, lambda m: write_sds(m, args.dir),
                                  node_id=args.node_id, ttl_s=args.ttl_s,

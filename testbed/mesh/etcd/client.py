@@ -9,8 +9,8 @@ When the outcome is unknown (timeout, connection lost after sending, "request ti
 it as an unknown outcome. The next call starts at the next endpoint.
 
 Request bodies and response parsing are the pure functions of :mod:`testbed.mesh.etcd.wire`;
-``WatchError``/``WatchCompacted`` are defined there (``parse_watch_message`` raises them) and
-re-exported here. The registry (:mod:`testbed.mesh.etcd.registry`) re-exports this module's names.
+the watch errors ``WatchError``/``WatchCompacted`` are defined there too (``parse_watch_message``
+raises them). The service registry on top of this client is :mod:`testbed.mesh.etcd.registry`.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from testbed.mesh.etcd.wire import (KV, MemberStatus, WatchCompacted, WatchError
                                     delete_request, parse_watch_message, put_request, range_request,
                                     txn_request, watch_request)
 
-__all__ = ["EtcdClient", "EtcdError", "RangeResult", "Lease", "Watch", "WatchError", "WatchCompacted"]
+__all__ = ["EtcdClient", "EtcdError", "RangeResult", "Lease", "Watch"]
 
 HASLEADER = {"Grpc-Metadata-hasleader": "true"}
 _DEFINITE = ("no leader", "too many requests", "not capable")          # not applied: fail over

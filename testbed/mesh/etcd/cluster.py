@@ -13,9 +13,8 @@ the hosts (the root namespace cannot reach them)::
                      probe=popen_probe(tb.popen))
 
 Every member logs JSON lines (``--logger zap``) to ``cluster.log_file(member)``;
-:func:`scan_log` turns them into heartbeat warnings, elections and leader changes. It and
-the wire format (``range_request``, ``KV``, ``MemberStatus`` ...) live in :mod:`testbed.mesh.etcd.wire`
-and are re-exported here (``from testbed.mesh.etcd.cluster import KV, scan_log`` keeps working).
+:func:`~testbed.mesh.etcd.wire.scan_log` turns them into heartbeat warnings, elections and
+leader changes; it and the status format (``MemberStatus``) live in :mod:`testbed.mesh.etcd.wire`.
 """
 from __future__ import annotations
 
@@ -32,9 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from testbed.mesh.etcd.wire import (  # noqa: F401  (re-exported: the old import path)
-    KV, LogEvent, MemberStatus, WatchCompacted, WatchError, WatchEvent, b64d, b64e, compare, delete_request,
-    parse_watch_message, prefix_end, put_request, range_request, scan_log, txn_request, watch_request)
+from testbed.mesh.etcd.wire import LogEvent, MemberStatus, scan_log
 
 DEFAULT_HEARTBEAT_MS = 100    # etcd's own defaults
 DEFAULT_ELECTION_MS = 1000

@@ -1,7 +1,6 @@
 """The service registry on etcd, on top of the async client in
-:mod:`testbed.mesh.etcd.client` (whose names ``EtcdClient``, ``Watch``, ``EtcdError``,
-``WatchError`` ... are re-exported here, so ``from testbed.mesh.etcd.registry import EtcdClient``
-keeps working; failover rules are described there).
+:mod:`testbed.mesh.etcd.client` (``EtcdClient``, ``EtcdError``; its failover rules are
+described there).
 
 Key layout (docs/registry.md)::
 
@@ -19,13 +18,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from testbed.mesh.etcd.client import (EtcdClient, EtcdError, Lease, RangeResult, Watch,  # noqa: F401
-                                      WatchCompacted, WatchError, _Retry)
-from testbed.mesh.etcd.wire import KV, WatchEvent
+from testbed.mesh.etcd.client import EtcdClient, EtcdError
+from testbed.mesh.etcd.wire import KV, WatchError, WatchEvent
 from testbed.mesh.model import Endpoint
 
-__all__ = ["EtcdClient", "EtcdError", "RangeResult", "Lease", "Watch", "WatchError", "WatchCompacted",
-           "DEFAULT_PREFIX", "endpoint_key", "parse_key", "endpoint_json", "Registrar", "Discovery",
+__all__ = ["DEFAULT_PREFIX", "endpoint_key", "parse_key", "endpoint_json", "Registrar", "Discovery",
            "RegistryListing", "list_registry"]
 
 DEFAULT_PREFIX = "/minimesh/services/"

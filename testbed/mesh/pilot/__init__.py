@@ -1,1 +1,23 @@
-"""TODO"""
+"""Pilot, the xDS control plane: what each sidecar is sent, and the server that sends it.
+
+- :mod:`testbed.mesh.pilot.resources`: Envoy v3 resources (LDS, RDS, CDS, EDS) built per
+  sidecar from a ``MeshState``, and the sidecar bootstrap (pure);
+- :mod:`testbed.mesh.pilot.security`: what Citadel adds to them -- mTLS transport sockets and
+  RBAC filters (pure);
+- :mod:`testbed.mesh.pilot.rbac`: AuthorizationPolicy -> Envoy's RBAC HTTP filter (pure);
+- :mod:`testbed.mesh.pilot.server`: ``Pilot``, REST-JSON xDS with long-poll push, ACK/NACK
+  tracking per ``SidecarWatch``, Galley-checked ``apply``;
+- :mod:`testbed.mesh.pilot.process`: Pilot as a process (``python -m
+  testbed.mesh.pilot.process CONFIG.json``) watching the registry, and ``AdminClient`` for
+  its admin socket.
+
+May import testbed.mesh (model, spec), rules, etcd, citadel, proxy and aiohttp; never
+deploy, testbed.run or testbed.cli.
+
+Exported here: ``rbac`` only (pure, no third-party imports). ``resources`` and ``security``
+load cryptography (through citadel.envoy), ``server`` aiohttp, and ``process`` is an entry
+point: import them by module path, e.g. ``from testbed.mesh.pilot.server import Pilot``.
+"""
+from testbed.mesh.pilot.rbac import RBAC_TYPE, rbac_filters
+
+__all__ = ["rbac_filters", "RBAC_TYPE"]

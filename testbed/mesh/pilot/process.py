@@ -133,7 +133,8 @@ async def _run(cfg: dict) -> None:
     from aiohttp import web
 
     from testbed.mesh.pilot.server import ApplyRejected, Pilot
-    from testbed.mesh.etcd.registry import EtcdClient, Discovery, DEFAULT_PREFIX, parse_endpoint
+    from testbed.mesh.etcd.client import EtcdClient
+    from testbed.mesh.etcd.registry import DEFAULT_PREFIX, Discovery, parse_endpoint
     from testbed.mesh.pilot.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, XdsSource
 
     class MeshPilot(Pilot):
@@ -163,7 +164,7 @@ async def _run(cfg: dict) -> None:
                     return False
             return True
 
-    if cfg.get("sds_root"):  # where real-Envoy sidecars find their SDS files (pilot_security)
+    if cfg.get("sds_root"):  # where real-Envoy sidecars find their SDS files (pilot/security.py)
         from testbed.mesh.pilot.security import SDS_ROOT_ENV
         os.environ[SDS_ROOT_ENV] = cfg["sds_root"]
     pilot = MeshPilot(_services(cfg["services"]), events_path=cfg.get("events"),

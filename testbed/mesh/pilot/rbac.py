@@ -5,7 +5,7 @@ inbound listener for a real-Envoy sidecar: one DENY filter (if any DENY rule exi
 one ALLOW filter (only if some ALLOW policy applies: an empty ALLOW filter would deny all).
 Each policy rule becomes one Envoy policy `ns[<ns>]-policy[<name>]-rule[<i>]`:
 permissions = AND(any `to` operation, every `when` condition), principals = any `from`
-source. The semantics equal `security.decide` (a differential test checks it against real
+source. The semantics equal `policy.decide` (a differential test checks it against real
 Envoy). Principals match the peer's URI SAN, so `cluster.local/ns/x/sa/y` becomes
 `spiffe://cluster.local/ns/x/sa/y`.
 """

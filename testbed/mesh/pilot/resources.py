@@ -288,7 +288,7 @@ def build_listeners(state: MeshState, node: NodeInfo, source: XdsSource) -> list
                                          "match": {"prefix": "/"},
                                          "route": {"cluster": inbound, "timeout": "0s"}}]}]}},
                                  node.access_log)))
-    return secure_listeners(state, node, out)     # mTLS chains + RBAC (pilot_security.py)
+    return secure_listeners(state, node, out)     # mTLS chains + RBAC (pilot/security.py)
 
 
 # ---------------------------------------------------------------- CDS / EDS
@@ -339,7 +339,8 @@ def outbound_clusters(state: MeshState) -> dict[str, tuple[ServiceSpec, dict[str
 
 def build_clusters(state: MeshState, node: NodeInfo, source: XdsSource) -> list[dict]:
     out = []
-    for name in outbound_clusters(state):
+    outbound = outbound_clusters(state)
+    for name in outbound:
         subset, host = name.split("|")[2:]
         out.append(_cluster(name, _merged_policy(_first(state.rules, DestinationRule, host),
                                                  subset), source))
@@ -349,7 +350,7 @@ def build_clusters(state: MeshState, node: NodeInfo, source: XdsSource) -> list[
         out.append({"@type": CLUSTER, "name": name, "type": "STATIC", "connect_timeout": "10s",
                     "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
                         {"endpoint": _socket("127.0.0.1", node.app_port)}]}]}})
-    return secure_clusters(state, node, out)      # UpstreamTlsContext for mTLS destinations
+    return secure_clusters(state, node, out, outbound)   # UpstreamTlsContext for mTLS destinations
 
 
 def build_endpoints(state: MeshState, names: list[str]) -> list[dict]:

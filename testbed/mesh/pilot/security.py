@@ -1,14 +1,15 @@
 """What Pilot adds to one sidecar's xDS for Citadel: mTLS transport sockets and RBAC (pure).
 
-xds.py calls :func:`secure_listeners` and :func:`secure_clusters` on the resources it built.
+:mod:`testbed.mesh.pilot.resources` calls :func:`secure_listeners` and :func:`secure_clusters`
+on the resources it built (handing the latter its outbound cluster -> destination map).
 Nothing changes while the mesh has no security resource (plain HTTP, as before Citadel).
 Once any PeerAuthentication or AuthorizationPolicy is applied:
 
-* **inbound listener** (``inbound_<port>``): ``security.peer_mode(peer_auths, labels, ns, port)``
+* **inbound listener** (``inbound_<port>``): ``policy.peer_mode(peer_auths, labels, ns, port)``
   picks STRICT (one TLS chain), PERMISSIVE (``tls_inspector`` + TLS chain + plaintext chain)
-  or DISABLE (plaintext), in real Envoy's shape (citadel_envoy.inbound_chains), so the same
+  or DISABLE (plaintext), in real Envoy's shape (``citadel.envoy.inbound_chains``), so the same
   resources feed Envoy and minimesh-proxy;
-* **inbound HCM**: ``security_envoy.rbac_filters(applicable(auth_policies, ns, labels))``
+* **inbound HCM**: ``rbac.rbac_filters(applicable(auth_policies, ns, labels))``
   before the other HTTP filters (DENY filter, then ALLOW filter);
 * **outbound clusters** (auto mTLS, as Istio): a cluster whose destination workloads are in
   STRICT or PERMISSIVE mode gets an ``UpstreamTlsContext`` that checks the server's SPIFFE ID
@@ -17,16 +18,16 @@ Once any PeerAuthentication or AuthorizationPolicy is applied:
 
 Secrets are Istio's SDS names ``default`` + ``ROOTCA``. minimesh-proxy serves them from its
 Citadel rotator (and ignores ``sds_config``); real Envoy reads them from the files
-``citadel_envoy.write_sds`` keeps in :func:`sds_dir` (``$MINIMESH_SDS_ROOT/<instance>``).
+``citadel.envoy.write_sds`` keeps in :func:`sds_dir` (``$MINIMESH_SDS_ROOT/<instance>``).
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from testbed.mesh.citadel.envoy import inbound_chains, upstream_tls_context
-from testbed.mesh.rules.policy import (DISABLE, AuthorizationPolicy, PeerAuthentication, SpiffeId, applicable,
-                       peer_mode)
+from testbed.mesh.rules.policy import AuthorizationPolicy, PeerAuthentication, applicable, peer_mode
+from proxy.tls.identity import DISABLE, SpiffeId
 from testbed.mesh.pilot.rbac import rbac_filters
 
 __all__ = ["secure_listeners", "secure_clusters", "sds_dir", "citadel_metadata", "NAMESPACE"]
@@ -73,15 +74,15 @@ def secure_listeners(state, node, listeners: list[dict]) -> list[dict]:
     return listeners
 
 
-def secure_clusters(state, node, clusters: list[dict]) -> list[dict]:
-    """Give outbound clusters of mTLS destinations an UpstreamTlsContext (in place)."""
+def secure_clusters(state, node, clusters: list[dict],
+                    destinations: Mapping[str, tuple[Any, Mapping[str, str]]]) -> list[dict]:
+    """Give outbound clusters of mTLS destinations an UpstreamTlsContext (in place).
+    ``destinations``: cluster name -> (service, subset labels) of every outbound cluster."""
     pas, aps = _resources(state)
     if not pas and not aps:
         return clusters
-    from testbed.mesh.pilot.resources import outbound_clusters
-    known = outbound_clusters(state)
     for c in clusters:
-        dest = known.get(c["name"])
+        dest = destinations.get(c["name"])
         if dest is None:
             continue
         svc, subset_labels = dest

@@ -45,8 +45,10 @@ class ApplyRejected(Exception):
 
 
 @dataclass
-class Subscription:
-    """Pilot's view of one (node, type, resource names) xDS subscription."""
+class SidecarWatch:
+    """One xDS watch Pilot serves: a sidecar's (node, type, resource names), with what Pilot
+    last pushed on it and what the sidecar ACKed or NACKed. (The sidecar's own side of
+    the same subscription is ``proxy.xds.protocol.Subscription``.)"""
 
     sent_version: str = ""
     sent_nonce: str = ""
@@ -61,7 +63,7 @@ class Subscription:
 @dataclass
 class NodeState:
     node: NodeInfo
-    subs: dict[tuple[str, tuple[str, ...]], Subscription] = field(default_factory=dict)
+    subs: dict[tuple[str, tuple[str, ...]], SidecarWatch] = field(default_factory=dict)
     last_seen: float = 0.0
 
     def summary(self) -> dict:
@@ -89,7 +91,7 @@ class Pilot:
             raise ValueError(f"hold_s={hold_s} must be shorter than the sidecars' xDS "
                              f"request_timeout ({source.request_timeout_ms} ms)")
         self.source, self.hold_s, self.gate_s, self.clock = source, hold_s, gate_s, clock
-        self._build = builder  # xds.build; tests inject a faulty one to exercise NACKs
+        self._build = builder  # resources.build; tests inject a faulty one to exercise NACKs
         self._events_path = events_path
         self._events_file = None
         self._on_event = on_event
@@ -206,7 +208,7 @@ class Pilot:
                     self._cache[key] = hit
         return hit[0], hit[1], gen
 
-    def _classify(self, ns: NodeState, sub: Subscription, type_url: str,
+    def _classify(self, ns: NodeState, sub: SidecarWatch, type_url: str,
                   req: Mapping[str, Any]) -> None:
         """ACK/NACK of the last push. Envoy's REST client sends neither nonce nor
         error_detail: it ACKs by sending the pushed version_info and NACKs by sending its
@@ -256,7 +258,7 @@ class Pilot:
         if ns is None or ns.node != node:
             ns = self.nodes[node.id] = NodeState(node, ns.subs if ns else {})
         ns.last_seen = self.clock()
-        sub = ns.subs.setdefault((type_url, names), Subscription())
+        sub = ns.subs.setdefault((type_url, names), SidecarWatch())
         self._classify(ns, sub, type_url, req)
         have = req.get("version_info", "")
         loop = asyncio.get_running_loop()
@@ -298,7 +300,7 @@ class Pilot:
                     return True
         return False
 
-    def _push(self, ns: NodeState, sub: Subscription, type_url: str, resources: list[dict],
+    def _push(self, ns: NodeState, sub: SidecarWatch, type_url: str, resources: list[dict],
               version: str) -> web.Response:
         self._nonce += 1
         sub.sent_version, sub.sent_nonce, sub.sent_at = version, str(self._nonce), self.clock()

@@ -30,9 +30,10 @@ from typing import Iterable, Sequence
 
 import yaml
 
-from testbed.mesh.rules.traffic import Y, load_documents, parse_rule
 from testbed.mesh.model import (ERROR, INFO, WARNING, Destination, DestinationRule, Message, ServiceSpec,
-                    VersionSpec, VirtualService)
+                                VersionSpec, VirtualService)
+from testbed.mesh.rules.traffic import parse_rule
+from testbed.mesh.rules.yamldoc import Y, load_documents
 
 MESH_SUFFIX = ".svc.cluster.local"
 

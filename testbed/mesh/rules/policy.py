@@ -1,11 +1,10 @@
-"""Workload identities and Istio security policies: the model and its evaluation.
+"""Istio security policies: the model and its evaluation.
 
-Pure data and pure functions, no I/O:
+Workload identities (`SpiffeId`) and the mTLS mode names (STRICT, PERMISSIVE, DISABLE,
+UNSET) live with the sidecar, in proxy/tls/identity.py. Pure data and pure functions, no I/O:
 
-* `SpiffeId` -- `spiffe://<trust-domain>/ns/<namespace>/sa/<service>` and its Istio
-  *principal* form `<trust-domain>/ns/<namespace>/sa/<service>` (no scheme).
 * `PeerAuthentication` / `AuthorizationPolicy` -- `security.istio.io/v1beta1` resources as
-  frozen values (security_yaml.py parses them from YAML with file:line).
+  frozen values (rules/security.py parses them from YAML with file:line).
 * `peer_mode(policies, labels, namespace, port)` -- STRICT | PERMISSIVE | DISABLE for one
   workload port, with Istio's precedence (workload > namespace > mesh-wide > PERMISSIVE).
 * `applicable(policies, namespace, labels)` and `decide(policies, request)` -- Istio's
@@ -16,54 +15,13 @@ Pure data and pure functions, no I/O:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
-STRICT, PERMISSIVE, DISABLE, UNSET = "STRICT", "PERMISSIVE", "DISABLE", "UNSET"
-MTLS_MODES = (UNSET, STRICT, PERMISSIVE, DISABLE)
+from proxy.tls.identity import PERMISSIVE, UNSET
+
 ALLOW, DENY = "ALLOW", "DENY"
 ROOT_NAMESPACE = "istio-system"  # Istio's default mesh config root namespace
-DEFAULT_TRUST_DOMAIN = "cluster.local"
-
-_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-_SPIFFE = re.compile(rf"^spiffe://({_NAME})/ns/({_NAME})/sa/({_NAME})$")
-
-
-# ---------------------------------------------------------------- identities
-@dataclass(frozen=True)
-class SpiffeId:
-    """A workload identity. `service` plays the role of Istio's service account."""
-
-    trust_domain: str
-    namespace: str
-    service: str
-
-    @property
-    def uri(self) -> str:
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service}"
-
-    @property
-    def principal(self) -> str:
-        """Istio's principal string, as written in AuthorizationPolicy `principals`."""
-        return self.uri[len("spiffe://"):]
-
-    def __str__(self) -> str:
-        return self.uri
-
-    @classmethod
-    def parse(cls, uri: str) -> "SpiffeId":
-        m = _SPIFFE.match(uri)
-        if not m:
-            raise ValueError(f"not a workload SPIFFE ID: {uri!r} (expected "
-                             "spiffe://<trust-domain>/ns/<namespace>/sa/<service>)")
-        return cls(*m.groups())
-
-    @classmethod
-    def make(cls, service: str, namespace: str = "default",
-             trust_domain: str = DEFAULT_TRUST_DOMAIN) -> "SpiffeId":
-        """Build and validate (the same rules as `parse`)."""
-        return cls.parse(f"spiffe://{trust_domain}/ns/{namespace}/sa/{service}")
 
 
 # ---------------------------------------------------------------- resources

@@ -1,7 +1,7 @@
 """Istio `security.istio.io/v1beta1` PeerAuthentication and AuthorizationPolicy from YAML.
 
 `parse_security(text, file)` -> (resources, messages); `parse_security_resource(doc, file)`
-has the same shape as `istio.parse_rule` so Galley can dispatch on `kind`. A resource with
+has the same shape as `traffic.parse_rule`, which dispatches to it on `kind`. A resource with
 any Error is left out, never half-kept. Schema errors (unknown field, wrong type) carry
 Istio's IST0106 like the networking rules; the security-specific ones carry:
 
@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 from typing import Union
 
-from testbed.mesh.rules.traffic import check_header, document_identity
-from testbed.mesh.rules.yamldoc import Reader, Y, read_documents
+from testbed.mesh.rules.yamldoc import Reader, Y, check_header, document_identity, read_documents
 from testbed.mesh.model import ERROR, Message
-from testbed.mesh.rules.policy import (ALLOW, DENY, MTLS_MODES, UNSET, AuthorizationPolicy, Condition,
-                       Operation, PeerAuthentication, Rule, Source)
+from testbed.mesh.rules.policy import (ALLOW, DENY, AuthorizationPolicy, Condition, Operation,
+                                      PeerAuthentication, Rule, Source)
+from proxy.tls.identity import MTLS_MODES, UNSET
 
 API = "security.istio.io/v1beta1"
 API_GROUPS = (API, "security.istio.io/v1")

@@ -3,18 +3,21 @@
 `parse_rules(text, file)` turns a multi-document YAML text into frozen
 `VirtualService` / `DestinationRule` values plus schema `Message`s (IST0106 and
 MM0002). A resource with a schema error is reported and left out, never half-kept.
-Cross-resource checks (unknown hosts, subsets, weights, unreachable matches) live
-in galley.py.
+`parse_rule` hands the security.istio.io kinds (PeerAuthentication, AuthorizationPolicy)
+to :mod:`testbed.mesh.rules.security`, so one rule file may hold both. Cross-resource
+checks (unknown hosts, subsets, weights, unreachable matches) live in
+:mod:`testbed.mesh.rules.galley`.
 """
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from testbed.mesh.rules.yamldoc import Reader, Y, load_documents, parse_duration_ms, read_documents
-from testbed.mesh.model import (ERROR, Destination, DestinationRule, Fault, HTTPMatch, HTTPRoute, Message,
-                    OutlierDetection, Retries, RouteDestination, StringMatch, Subset,
-                    TrafficPolicy, VirtualService)
+from testbed.mesh.model import (ERROR, Destination, DestinationRule, HTTPFault, HTTPMatch, HTTPRoute, Message,
+                                OutlierDetection, Retries, RouteDestination, StringMatch, Subset,
+                                TrafficPolicy, VirtualService)
+from testbed.mesh.rules.security import parse_security_resource
+from testbed.mesh.rules.yamldoc import Reader, Y, check_header, document_identity, read_documents
 
 API_GROUPS = ("networking.istio.io/v1", "networking.istio.io/v1beta1",
               "networking.istio.io/v1alpha3")
@@ -23,8 +26,7 @@ LB_SIMPLE = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 
 
 _RE2_ONLY = re.compile(r"\(\?(?:=|!|<=|<!|>|P=|\()|\\[1-9]")
-__all__ = ["parse_rules", "parse_rule", "parse_duration_ms", "load_documents", "document_identity",
-           "check_header", "Y"]
+__all__ = ["parse_rules", "parse_rule"]
 
 
 # ---------------------------------------------------------------- parsers
@@ -85,22 +87,22 @@ def _match(r: Reader, y: Y, path: str) -> HTTPMatch:
                                                    f"{path}.sourceLabels"), y.line)
 
 
-def _fault(r: Reader, y: Y, path: str) -> Fault:
+def _fault(r: Reader, y: Y, path: str) -> HTTPFault:
     f = r.fields(y, path, ("delay", "abort"))
-    out = Fault()
+    out = HTTPFault()
     if "delay" in f:
         d = r.fields(f["delay"], f"{path}.delay", ("fixedDelay", "percentage"),
                      ("exponentialDelay", "percent"))
         if "fixedDelay" not in d:
             r.err(f["delay"], f"{path}.delay.fixedDelay", "required field missing")
-        out = Fault(r.duration(d.get("fixedDelay"), f"{path}.delay.fixedDelay"),
+        out = HTTPFault(r.duration(d.get("fixedDelay"), f"{path}.delay.fixedDelay"),
                     r.percentage(d.get("percentage"), f"{path}.delay.percentage"))
     if "abort" in f:
         a = r.fields(f["abort"], f"{path}.abort", ("httpStatus", "percentage"),
                      ("grpcStatus", "http2Error"))
         if "httpStatus" not in a:
             r.err(f["abort"], f"{path}.abort.httpStatus", "required field missing")
-        out = Fault(out.delay_ms, out.delay_percent,
+        out = HTTPFault(out.delay_ms, out.delay_percent,
                     r.integer(a.get("httpStatus"), f"{path}.abort.httpStatus", 200, 599),
                     r.percentage(a.get("percentage"), f"{path}.abort.percentage"))
     return out
@@ -230,28 +232,6 @@ def _destination_rule(r: Reader, spec: Y, name: str, ns: str, file: str,
                            file, line)
 
 
-def document_identity(doc: Y) -> tuple[str, str]:
-    """(kind, metadata.name) of an Istio YAML document, "?" where missing."""
-    top = doc.v if isinstance(doc.v, dict) else {}
-    kind = str(top["kind"].v) if "kind" in top else "?"
-    meta = top.get("metadata")
-    name = str(meta.v["name"].v) if meta and isinstance(meta.v, dict) and "name" in meta.v \
-        else "?"
-    return kind, name
-
-
-def check_header(r: "Reader", doc: Y, f: dict, api: Any, groups: tuple[str, ...]) -> str:
-    """Check apiVersion and metadata (errors go to ``r``); returns the namespace."""
-    if api not in groups:
-        r.err(f.get("apiVersion", doc), "apiVersion", f"{api!r} is not one of {', '.join(groups)}")
-    meta = doc.v.get("metadata") if isinstance(doc.v, dict) else None
-    mf = r.fields(meta, "metadata", ("name", "namespace", "labels", "annotations")) \
-        if meta else {}
-    if "name" not in mf:
-        r.err(doc, "metadata.name", "required field missing")
-    return r.string(mf.get("namespace"), "metadata.namespace") or "default"
-
-
 def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | None,
                                            list[Message]]:
     """One YAML document -> (rule or None, messages). None whenever any Error was found."""
@@ -260,7 +240,6 @@ def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | No
     f = r.fields(doc, "<document>", ("apiVersion", "kind", "metadata", "spec"))
     api = f["apiVersion"].v if "apiVersion" in f else None
     if kind in ("PeerAuthentication", "AuthorizationPolicy"):    # security.istio.io (Citadel)
-        from testbed.mesh.rules.security import parse_security_resource
         return parse_security_resource(doc, file)
     if kind in NOT_YET:
         return None, [Message("MM0002", ERROR, f"{api}/{kind} is not supported yet (the security "

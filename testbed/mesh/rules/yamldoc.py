@@ -1,6 +1,7 @@
 """YAML documents that keep their line numbers, and a typed field reader that turns
-schema problems into Istio-style messages (IST0106 / MM0002) with file:line — shared by
-the traffic rules (istio.py) and the security rules (security_yaml.py).
+schema problems into Istio-style messages (IST0106 / MM0002) with file:line, plus the
+document header checks (kind, name, apiVersion, metadata) -- shared by the traffic rules
+(:mod:`testbed.mesh.rules.traffic`) and the security rules (:mod:`testbed.mesh.rules.security`).
 
     r = Reader("rules.yaml", "VirtualService default/reviews")
     for doc in load_documents(text):
@@ -17,7 +18,8 @@ import yaml
 
 from testbed.mesh.model import ERROR, Message
 
-__all__ = ["Y", "load_documents", "read_documents", "parse_duration_ms", "Reader", "kind_of"]
+__all__ = ["Y", "load_documents", "read_documents", "parse_duration_ms", "Reader", "kind_of",
+           "document_identity", "check_header"]
 
 
 @dataclass
@@ -157,3 +159,25 @@ class Reader:
 
 def kind_of(v: Any) -> str:
     return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(v), repr(v))
+
+
+def document_identity(doc: Y) -> tuple[str, str]:
+    """(kind, metadata.name) of an Istio YAML document, "?" where missing."""
+    top = doc.v if isinstance(doc.v, dict) else {}
+    kind = str(top["kind"].v) if "kind" in top else "?"
+    meta = top.get("metadata")
+    name = str(meta.v["name"].v) if meta and isinstance(meta.v, dict) and "name" in meta.v \
+        else "?"
+    return kind, name
+
+
+def check_header(r: Reader, doc: Y, f: dict, api: Any, groups: tuple[str, ...]) -> str:
+    """Check apiVersion and metadata (errors go to ``r``); returns the namespace."""
+    if api not in groups:
+        r.err(f.get("apiVersion", doc), "apiVersion", f"{api!r} is not one of {', '.join(groups)}")
+    meta = doc.v.get("metadata") if isinstance(doc.v, dict) else None
+    mf = r.fields(meta, "metadata", ("name", "namespace", "labels", "annotations")) \
+        if meta else {}
+    if "name" not in mf:
+        r.err(doc, "metadata.name", "required field missing")
+    return r.string(mf.get("namespace"), "metadata.namespace") or "default"

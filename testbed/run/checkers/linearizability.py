@@ -1,7 +1,7 @@
 """Linearizability of a register per key (read / write / cas), Wing & Gong's search with
 Lowe's memoization (the WGL algorithm, as in Knossos' ``wgl`` and Porcupine).
 
-Input: Jepsen-style etcd op events (:class:`testbed.run.history.EtcdOp`): each ``invoke`` is
+Input: Jepsen-style etcd op events (:class:`testbed.history.EtcdOp`): each ``invoke`` is
 completed by the next ``ok`` / ``fail`` / ``info`` of the same process.
 
 - ``ok``: it happened, between invoke and completion. A read's result is the completion's
@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from testbed.run.history import EtcdOp, HistoryError
+from testbed.history import EtcdOp, HistoryError
 
 __all__ = ["Operation", "pair_operations", "check_register", "check_linearizability",
            "KeyResult", "LinearizabilityVerdict"]

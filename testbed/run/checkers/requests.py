@@ -2,7 +2,7 @@
 routed to an endpoint the registry had already removed.
 
 A request's time is its *start* (the open-loop workload's send time); success is
-:attr:`testbed.run.history.Request.ok` (a 2xx/3xx response, no error).
+:attr:`testbed.history.Request.ok` (a 2xx/3xx response, no error).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from testbed.run.checkers.stats import percentile
-from testbed.run.history import Event, Request
+from testbed.history import Event, Request
 
 __all__ = ["WindowStat", "windows", "AvailabilityVerdict", "check_availability", "FailoverVerdict",
            "check_failover", "StaleRoutingVerdict", "check_removed_endpoint_routing"]
@@ -73,7 +73,7 @@ def check_availability(requests: Sequence[Request], window_s: float = 1.0, min_s
     ws = windows(requests, window_s, t0, t1)
     full = [w for w in ws if w.success_rate is not None]
     worst = min(full, key=lambda w: (w.success_rate, w.t_start), default=None)
-    below = sum(1 for w in full if w.success_rate < min_success)  # type: ignore[operator]
+    below = sum(1 for w in full if w.success_rate is not None and w.success_rate < min_success)
     ok = sum(1 for r in requests if r.ok)
     return AvailabilityVerdict(bool(full) and below == 0, len(requests), ok,
                                ok / len(requests) if requests else None, window_s, min_success,

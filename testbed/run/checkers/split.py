@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from testbed.run.checkers.stats import binomial_two_sided, chi2_sf, wilson
-from testbed.run.history import Request
+from testbed.history import Request
 
 __all__ = ["VersionShare", "SplitVerdict", "check_split"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from testbed.run.checkers.linearizability import _freeze, _written, pair_operations
-from testbed.run.history import EtcdOp
+from testbed.history import EtcdOp
 
 __all__ = ["StaleReadsVerdict", "check_stale_reads"]
 

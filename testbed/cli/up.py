@@ -1,0 +1,158 @@
+"""``minimesh up TOPOLOGY``: build a topology and open the shell on it
+(:class:`testbed.cli.shell.TestbedCLI`; reads stdin when it is not a terminal), with the
+mesh of its ``mesh:`` section. ``--out DIR`` records the session's fault operations in
+DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotated at exit.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from testbed.cli.subcommand import BACKENDS, EXIT_FAIL, EXIT_OK, EXIT_USAGE, Subcommand, load_topology_or_exit
+from testbed.net.lifecycle import require_root, run_testbed
+from testbed.net.running import RunningTestbed
+
+__all__ = ["SUBCOMMANDS", "HISTORY", "UP_SOURCE", "UpOptionError", "up_history_path", "open_history"]
+
+HISTORY = "history.jsonl"
+UP_SOURCE = "minimesh-up"        # source of the session's own events in the history
+
+
+class UpOptionError(ValueError):
+    """``--out``/``--capture`` cannot be used as given (nothing has been created)."""
+
+
+def _configure_up(p: argparse.ArgumentParser) -> None:
+    p.add_argument("topology", help="topology YAML file, or a stock topology such as linear,3")
+    p.add_argument("--link-backend", choices=BACKENDS, default="auto",
+                   help="link emulation: kernel netem, userspace emulator, or auto (probe)")
+    p.add_argument("-v", "--verbose", action="store_true", help="Mininet's progress messages")
+    p.add_argument("--out", metavar="DIR", help=f"record the session's fault operations (every link-set, "
+                   f"link-down/up, drop, restore, partition, crash, ..., heal, and the heal at exit) in a new "
+                   f"DIR/{HISTORY}, line by line as they happen, in the experiments' history format; DIR is "
+                   f"created if needed; refused (exit 2) if DIR/{HISTORY} exists: a history is never overwritten")
+    p.add_argument("--capture", metavar="DIR", help="record pcapng per host interface under DIR for the "
+                   "session (tcpdump in each host; Wireshark name file DIR/hosts); at exit each file gets "
+                   f"the fault operations as packet comments and a name block. Without --out the "
+                   f"history is DIR/{HISTORY}, next to the captures")
+
+
+def up_history_path(out: str | None, capture: str | None) -> Path | None:
+    """Where ``up`` writes its history: OUT/history.jsonl, else (with --capture only)
+    CAPTURE/history.jsonl, else nowhere. Raises UpOptionError, in the options' words, when
+    the directory is not one or the history exists already."""
+    option, where = ("--out", out) if out else ("--capture", capture)
+    if not where:
+        return None
+    d = Path(where).expanduser().resolve()
+    if d.exists() and not d.is_dir():
+        raise UpOptionError(f"{option} {where}: not a directory")
+    path = d / HISTORY
+    if path.exists():
+        why = "" if out else " (without --out the history goes next to the captures)"
+        raise UpOptionError(f"{option} {where}: {path} exists{why}; a history is never overwritten: "
+                            f"give another directory or remove the file")
+    return path
+
+
+def open_history(path: Path, clock: Any) -> Any:
+    """A History on ``path``, created now (exclusively: an existing file is an UpOptionError)."""
+    from testbed.history import History
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("x").close()
+    except FileExistsError:
+        raise UpOptionError(f"{path} exists; a history is never overwritten") from None
+    except OSError as e:
+        raise UpOptionError(f"cannot create {path}: {e.strerror or e}") from None
+    return History(path, clock=clock)
+
+
+def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path | None) -> int:
+    """The CLI on a built network, with its history and capture (both closed on every exit
+    path, before teardown: the heal at exit is recorded and captured, tcpdump flushes)."""
+    from testbed.history import RunClock
+    from testbed.cli.shell import TestbedCLI
+    clock, cap, hist, ended, status = RunClock(), None, None, "exit", EXIT_FAIL
+    try:
+        if args.capture:
+            from testbed.run.capture import Capture
+            try:
+                cap = Capture(tb, Path(args.capture).expanduser().resolve()).start()
+            except (RuntimeError, OSError) as e:     # no tcpdump, tcpdump did not start, no directory
+                print(f"minimesh up --capture {args.capture}: {e}", file=sys.stderr)
+                return EXIT_FAIL
+            print(f"*** capture: {len(cap.files)} pcapng files under {cap.dir}", file=sys.stderr)
+        if history_path is not None:
+            hist = open_history(history_path, clock)
+            hist.event(UP_SOURCE, "session_start", topology=getattr(tb.topology, "name", ""), wall0=clock.wall0)
+            print(f"*** history: fault operations go to {history_path}", file=sys.stderr)
+        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock).errors else EXIT_OK
+    except UpOptionError as e:
+        print(f"minimesh up: {e}", file=sys.stderr)
+    except BaseException as e:
+        ended = type(e).__name__
+        raise
+    finally:
+        if hist is not None:
+            hist.event(UP_SOURCE, "session_end", how=ended)
+            hist.close()
+        finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb))
+    return status if finished else EXIT_FAIL
+
+
+def _names(tb: RunningTestbed) -> dict[str, str]:
+    """Host names, and with a mesh: section its instances, Pilot, VIPs and etcd members."""
+    names = {tb.ip(h): h for h in tb.host_names}
+    spec = (getattr(getattr(tb, "topology", None), "sections", None) or {}).get("mesh")
+    if spec is not None:
+        from testbed.mesh.spec import mesh_names
+        names.update(mesh_names(spec, tb.ip))
+    return names
+
+
+def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: dict[str, str]) -> bool:
+    """Stop tcpdump, put the history's fault ops on the packets as comments, then the name
+    block (last: editcap drops name blocks). A failure is reported (False), files are kept."""
+    import subprocess
+
+    from testbed.history import HistoryError, read_history
+    try:
+        cap.stop()
+        if history_path is not None and history_path.exists():
+            added = cap.annotate(read_history(history_path).faults, wall0)
+            if added:
+                print(f"*** capture: fault comments in {len(added)} files "
+                      f"(tshark -r FILE -Y frame.comment)", file=sys.stderr)
+        cap.write_names(names)
+        return True
+    except (subprocess.CalledProcessError, OSError, ValueError, HistoryError) as e:
+        print(f"minimesh up --capture: could not finish the captures under {cap.dir}: {e} "
+              f"{getattr(e, 'stderr', '') or ''}".rstrip(), file=sys.stderr)
+        return False
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    topology = load_topology_or_exit(args.topology)
+    try:
+        history_path = up_history_path(args.out, args.capture)
+    except UpOptionError as e:
+        print(f"minimesh up: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    require_root("up")
+    from mininet.log import setLogLevel
+
+    from testbed.cli.shell import route_output_to_stdout
+
+    setLogLevel("info" if args.verbose else "output")
+    route_output_to_stdout()
+    return run_testbed("up", topology, args.link_backend, lambda tb: _up_session(tb, args, history_path),
+                       sigint=not sys.stdin.isatty())
+
+
+SUBCOMMANDS = [
+    Subcommand("up", "build a topology and open the Mininet CLI (reads stdin if not a terminal)",
+               _configure_up, _run_up),
+]
