@@ -23,16 +23,16 @@ from typing import Any, Iterator
 REPO = str(Path(__file__).resolve().parents[1])
 sys.path.insert(0, REPO)
 
-from mininet.link import Link  # noqa: E402
-from mininet.log import setLogLevel  # noqa: E402
-from mininet.net import Mininet  # noqa: E402
-from mininet.nodelib import LinuxBridge  # noqa: E402
-from mininet.topo import Topo  # noqa: E402
+from mininet.link import Link  # noqa: E402  (sys.path set above)
+from mininet.log import setLogLevel  # noqa: E402  (sys.path set above)
+from mininet.net import Mininet  # noqa: E402  (sys.path set above)
+from mininet.nodelib import LinuxBridge  # noqa: E402  (sys.path set above)
+from mininet.topo import Topo  # noqa: E402  (sys.path set above)
 
-from testbed.journal import Journal  # noqa: E402
-from testbed.links import probe_netem, select_backend  # noqa: E402
-from testbed.links.measure import percentile  # noqa: E402
-from testbed.shape import LinkShape  # noqa: E402
+from testbed.journal import Journal  # noqa: E402  (sys.path set above)
+from testbed.links import probe_netem, select_backend  # noqa: E402  (sys.path set above)
+from testbed.links.measure import percentile  # noqa: E402  (sys.path set above)
+from testbed.shape import LinkShape  # noqa: E402  (sys.path set above)
 
 SWITCH = f"mmb{os.getpid() % 10000}"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -106,16 +106,16 @@ def _drops(net: Mininet) -> dict[str, int]:
             if name.strip().startswith(("h1-", "h2-", SWITCH + "-")):
                 ring += int(counters.split()[11])  # tx drop
     udp = [row.split() for row in h2.cmd("cat /proc/net/snmp").splitlines() if row.startswith("Udp:")]
-    return {"ring": ring, "rcvbuf": int(dict(zip(udp[0], udp[1]))["RcvbufErrors"])}
+    return {"ring": ring, "rcvbuf": int(dict(zip(udp[0], udp[1], strict=True))["RcvbufErrors"])}
 
 
 def _frames(net: Mininet) -> int:
-    return sum(sum(d["sent"] for d in l.stats()["stats"]) for l in net.links if hasattr(l, "stats"))
+    return sum(sum(d["sent"] for d in lk.stats()["stats"]) for lk in net.links if hasattr(lk, "stats"))
 
 
 def iperf(net: Mininet, udp: bool, seconds: float, udp_rate: str = "0") -> dict[str, Any]:
     h1, h2 = net.get("h1", "h2")
-    pids = [l.emulator_pid for l in net.links if getattr(l, "emulator_pid", None)]
+    pids = [lk.emulator_pid for lk in net.links if getattr(lk, "emulator_pid", None)]
     server = h2.popen(["iperf3", "-s", "-1", "-p", "5202"])
     try:
         time.sleep(0.3)
@@ -286,7 +286,8 @@ def main() -> int:
         if all(fmt(rows[c], key) in ("-", "absent") for c, _ in cols):
             continue  # not measured in this run (--udp-only)
         print(f"| {label:36} | " + " | ".join(f"{fmt(rows[c], key):>24}" for c, _ in cols) + " |")
-    print(f"load average before/after: {before} / {os.getloadavg()[0]:.2f} (other work on the machine skews all numbers)")
+    print(f"load average before/after: {before} / {os.getloadavg()[0]:.2f} "
+          "(other work on the machine skews all numbers)")
     print("delay error = RTT - configured one-way delay - baseline, in ms (delay on h1->s1 only);"
           " queue 10000 packets for the throughput rows")
     print("UDP rows: the best of offered loads " + "/".join(f"{p // 1000}k" for p in UDP_OFFERED_PPS)

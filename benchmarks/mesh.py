@@ -37,10 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from testbed.mesh.etcd.cluster import free_ports  # noqa: E402
-from testbed.mesh.model import Endpoint, ServiceSpec, VersionSpec  # noqa: E402
-from testbed.mesh.pilot.server import Pilot  # noqa: E402
-from testbed.mesh.pilot.resources import NodeInfo, sidecar_bootstrap  # noqa: E402
+from testbed.mesh.etcd.cluster import free_ports  # noqa: E402  (sys.path set above)
+from testbed.mesh.model import Endpoint, ServiceSpec, VersionSpec  # noqa: E402  (sys.path set above)
+from testbed.mesh.pilot.server import Pilot  # noqa: E402  (sys.path set above)
+from testbed.mesh.pilot.resources import NodeInfo, sidecar_bootstrap  # noqa: E402  (sys.path set above)
 from tests.support.pilot import SUBSETS, weighted  # noqa: E402  (topologies/mesh-lab rule files)
 
 

@@ -37,12 +37,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.proxy import Load, Result, cpu_s, h2load, nginx, NGINX_ORIGIN  # noqa: E402
-from tests.support.configs import render  # noqa: E402
-from tests.support.ports import free_ports  # noqa: E402
-from tests.support.procs import start_proxy  # noqa: E402
-from testbed.mesh.citadel.ca import CertificateAuthority  # noqa: E402
-from proxy.tls.identity import SpiffeId  # noqa: E402
+from benchmarks.proxy import Load, Result, cpu_s, h2load, nginx, NGINX_ORIGIN  # noqa: E402  (sys.path set above)
+from tests.support.configs import render  # noqa: E402  (sys.path set above)
+from tests.support.ports import free_ports  # noqa: E402  (sys.path set above)
+from tests.support.procs import start_proxy  # noqa: E402  (sys.path set above)
+from testbed.mesh.citadel.ca import CertificateAuthority  # noqa: E402  (sys.path set above)
+from proxy.tls.identity import SpiffeId  # noqa: E402  (sys.path set above)
 
 TARGETS = ("2hop", "2hop-mtls", "envoy-2hop", "envoy-2hop-mtls")
 LOADS = (Load("1000rps", 10, 100), Load("c16", 16))
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--only: allowed: {', '.join(TARGETS)}")
     for tool in ("h2load", "nginx", "taskset"):
         if not shutil.which(tool):
-            print(f"missing {tool}: run the benchmark as `sudo ./minimesh bench mtls`, which installs it", file=sys.stderr)
+            print(f"missing {tool}: run the benchmark as `sudo ./minimesh bench mtls`, which installs it",
+                  file=sys.stderr)
             return 2
     cores = os.cpu_count() or 1
     pin_proxy = [] if a.no_pin or cores < 2 else ["taskset", "-c", str(cores - 1)]
@@ -184,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                                                          client_ctx(certs["client"]) if mtls else None, resume)
                             cpu_ms = 1000 * (cpu_s([server_pid]) - c0) / a.handshakes
                             hs_rows.append((target, label, ms, cpu_ms, reused))
-                except Exception as e:  # noqa: BLE001 - report and go on with the other targets
+                except Exception as e:  # report and go on with the other targets
                     failures += 1
-                    print(f"{target:<17}FAILED: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
-                          flush=True)
+                    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                    print(f"{target:<17}FAILED: {why}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for base, tls in (("2hop", "2hop-mtls"), ("envoy-2hop", "envoy-2hop-mtls")):

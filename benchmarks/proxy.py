@@ -40,9 +40,9 @@ from typing import Iterator, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.configs import render  # noqa: E402
-from tests.support.ports import free_ports  # noqa: E402
-from tests.support.procs import ProxyProcess, start_proxy  # noqa: E402
+from tests.support.configs import render  # noqa: E402  (sys.path set above)
+from tests.support.ports import free_ports  # noqa: E402  (sys.path set above)
+from tests.support.procs import ProxyProcess, start_proxy  # noqa: E402  (sys.path set above)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "envoy", "nginx", "minimesh", "minimesh-2hop")
@@ -131,7 +131,8 @@ def wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode}: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+            err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+            raise RuntimeError(f"exited with {proc.returncode}: {err}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return
@@ -240,7 +241,7 @@ async def _python_cost(n: int) -> list[float]:
     cluster.cx_count += 1
     pool.idle.append(up)
     rounds = []
-    for r in range(6):           # round 0 warms up
+    for _ in range(6):           # round 0 warms up
         t0 = time.process_time()
         for _ in range(n):
             down.data_received(_REQUEST)
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--loads: unknown load(s) {', '.join(sorted(unknown))}; allowed: {', '.join(x.name for x in LOADS)}")
     for tool in ("h2load", "nginx", "taskset"):
         if not shutil.which(tool):
-            print(f"missing {tool}: run the benchmark as `sudo ./minimesh bench proxy`, which installs it", file=sys.stderr)
+            print(f"missing {tool}: run the benchmark as `sudo ./minimesh bench proxy`, which installs it",
+                  file=sys.stderr)
             return 2
     cores = os.cpu_count() or 1
     pin_proxy = [] if a.no_pin or cores < 2 else ["taskset", "-c", str(cores - 1)]
@@ -330,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{cpu_k}{rss}{r.errors:7d}{spread}", flush=True)
                 except Exception as e:  # a target that cannot run is reported, the others go on
                     failures += 1
-                    print(f"{target:<14}FAILED: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}", flush=True)
+                    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                    print(f"{target:<14}FAILED: {why}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = results.get(("direct", "1000rps"))

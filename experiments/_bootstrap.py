@@ -2,7 +2,7 @@
 interpreter lacks what minimesh needs (Debian's /usr/bin/python3 has no pyroute2/aiohttp),
 re-exec the script under the project's interpreter: $MINIMESH_PYTHON if set, else
 <repo>/.venv/bin/python (``sudo ./minimesh test`` or ``sudo ./minimesh demo`` creates that
-venv). Import it first: ``import _bootstrap  # noqa``."""
+venv). Import it first: ``import _bootstrap  # noqa: F401  (re-exec ...)``."""
 from __future__ import annotations
 
 import importlib.util

@@ -88,7 +88,7 @@ def run(ctx: Context) -> None:
 
 def analyze(ctx: Context, data: HistoryData) -> None:
     ops = [o for o in etcd_ops(data.etcd) if o["f"] == "write"]
-    f = lambda v: f"{v:8.0f}" if v is not None else "       -"  # noqa: E731
+    f = lambda v: f"{v:8.0f}" if v is not None else "       -"  # noqa: E731  (a table cell, kept to one line)
     for tag, r in ctx.metrics["runs"].items():
         mine = [o for o in ops if str(o["process"]).startswith(tag + "-")]
         changes = xds_latency(data.events, tag, r["nodes"], r["others"])

@@ -81,7 +81,7 @@ def analyze(ctx: Context, data: HistoryData) -> None:
     ctx.metrics["steps"] = rows
     print(f"\n{'delay':>6} {'reqs':>5} {'ok':>5} {'UT':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'retries':>7}")
     for r in rows:
-        f = lambda v: f"{v:7.1f}" if v is not None else "      -"  # noqa: E731
+        f = lambda v: f"{v:7.1f}" if v is not None else "      -"  # noqa: E731  (a table cell, kept to one line)
         print(f"{r['delay_ms']:6g} {r['requests']:5d} {r['ok']:5d} {r['ut']:4d} {f(r['p50_ms'])} "
               f"{f(r['p90_ms'])} {f(r['p99_ms'])} {r['upstream_rq_retry']:7d}")
     base = rows[0]["p50_ms"] or 0.0

@@ -12,7 +12,7 @@ health), ``tls`` (mTLS and workload identity) and ``xds`` (dynamic configuration
 A module imports its siblings by module path (``from proxy.http.codec import ...``); the
 package ``__init__`` files only name the public API and load it on first use.
 """
-from proxy._lazy import lazy_exports
+from proxy.lazy import lazy_exports
 
 __version__ = "0.1.0"
 

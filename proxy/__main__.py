@@ -7,6 +7,10 @@ import logging
 import signal
 import sys
 
+from proxy.config.bootstrap import Bootstrap, ConfigError, load_bootstrap
+from proxy.errors import StartupError
+from proxy.server import Server
+
 __all__ = ["main", "build_parser"]
 
 LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -33,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=LEVELS[args.log_level], stream=sys.stderr,
                         format="[%(asctime)s][%(levelname)s][%(name)s] %(message)s")
     log = logging.getLogger("proxy")
-    from proxy.config.bootstrap import ConfigError, load_bootstrap
     try:
         bootstrap = load_bootstrap(args.config, args.service_node, args.service_cluster)
     except ConfigError as e:
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     loop_factory = None             # asyncio's default event loop
     if not args.no_uvloop:
         try:
-            import uvloop
+            import uvloop        # late: optional; without it asyncio's own loop serves
             loop_factory = uvloop.new_event_loop
         except ImportError:
             pass
@@ -58,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-async def _serve(bootstrap, config_path: str, log: logging.Logger) -> int:
-    from proxy.errors import StartupError
-    from proxy.server import Server
+async def _serve(bootstrap: Bootstrap, config_path: str, log: logging.Logger) -> int:
     server = Server(bootstrap)
     server.config_path = config_path
     loop = asyncio.get_running_loop()
@@ -72,10 +73,10 @@ async def _serve(bootstrap, config_path: str, log: logging.Logger) -> int:
         print(f"error: {e}", file=sys.stderr)
         await server.stop()
         return 1
-    names = ", ".join(f"{l.spec.name}@{l.spec.address}:{l.server.sockets[0].getsockname()[1]}"
-                      for l in server.listener_manager.listeners.values())
+    names = ", ".join(f"{lst.spec.name}@{lst.spec.address}:{lst.server.sockets[0].getsockname()[1]}"
+                      for lst in server.listener_manager.listeners.values())
     log.info("minimesh-proxy ready (1 worker): listeners %s%s", names or "(none)",
-             f"; admin {bootstrap.admin.address}:{server.admin.port}" if server.admin else "")
+             f"; admin {server.admin.spec.address}:{server.admin.port}" if server.admin else "")
     await server.wait_stopped()
     await server.stop()
     return 0

@@ -285,6 +285,14 @@ OPERATORS: dict[str, Callable[[str], Callable]] = {
 }
 
 
+def _truncated(op: Callable, n: int) -> Callable:
+    """``op`` with a string value cut to ``n`` characters (``%OPERATOR(...):n%``)."""
+    def cut(s, w, d):
+        v = op(s, w, d)
+        return v[:n] if isinstance(v, str) else v
+    return cut
+
+
 def _template(text: str, path: str) -> list:
     """Literal strings and operator callables, in order."""
     parts: list = []
@@ -302,8 +310,7 @@ def _template(text: str, path: str) -> list:
         except ValueError as e:
             raise ConfigError(path, f"%{name}({arg})%: {e}") from None
         if maxlen:
-            n = int(maxlen)
-            op = (lambda f, n: lambda s, w, d: (lambda v: v[:n] if isinstance(v, str) else v)(f(s, w, d)))(op, n)
+            op = _truncated(op, int(maxlen))
         parts.append(op)
         pos = m.end()
     if pos < len(text):

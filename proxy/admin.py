@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Collection, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from proxy import __version__
@@ -28,19 +28,38 @@ _JSON = b"application/json"
 
 
 class _Listeners(Protocol):
-    listeners: dict[str, Any]     # name -> listener with .spec and .server (an asyncio server)
+    @property
+    def listeners(self) -> dict[str, Any]:
+        """name -> listener with .spec and .server (an asyncio server)"""
+        ...
 
 
 class AdminTarget(Protocol):
     """What the admin endpoints read and control; :class:`proxy.server.Server` provides it."""
 
-    bootstrap: Bootstrap
-    stats: Stats
-    cluster_manager: ClusterManager
-    listener_manager: _Listeners
-    connections: set
-    ready: bool
-    start_time: float
+    @property
+    def bootstrap(self) -> Bootstrap: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def cluster_manager(self) -> ClusterManager: ...
+
+    @property
+    def listener_manager(self) -> _Listeners: ...
+
+    @property
+    def connections(self) -> Collection[object]: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def start_time(self) -> float: ...
+
+    @property
+    def config_path(self) -> str: ...
 
     def request_stop(self) -> None: ...
 
@@ -50,7 +69,7 @@ class _AdminConn(asyncio.Protocol):
         self.admin = admin
         self.codec = ServerCodec()
         self.head: RequestHead | None = None
-        self.transport = None
+        self.transport: asyncio.Transport | None = None      # set by connection_made
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -68,7 +87,7 @@ class _AdminConn(asyncio.Protocol):
                 head, self.head = self.head, None
                 try:
                     status, body, ctype = self.admin.handle(head.method.decode(), head.target.decode("latin-1"))
-                except Exception as e:  # noqa: BLE001 - an admin bug must not kill the proxy
+                except Exception as e:  # an admin bug must not kill the proxy
                     status, body, ctype = 500, f"admin error: {e}\n".encode(), _TEXT
                 self._send(status, body, ctype, close=not head.keep_alive)
 
@@ -77,16 +96,20 @@ class _AdminConn(asyncio.Protocol):
                    (b"cache-control", b"no-cache, max-age=0"), (b"x-content-type-options", b"nosniff")]
         if close:
             headers.append((b"connection", b"close"))
-        self.transport.write(encode_response_head(status, headers) + body)
+        t = self.transport
+        assert t is not None          # answers go out while handling received data
+        t.write(encode_response_head(status, headers) + body)
         if close:
-            self.transport.close()
+            t.close()
 
 
 class AdminServer:
     def __init__(self, server: AdminTarget):
         self.server = server
-        self.spec = server.bootstrap.admin
-        self._srv: asyncio.AbstractServer | None = None
+        spec = server.bootstrap.admin
+        assert spec is not None, "the bootstrap has no admin section"
+        self.spec = spec
+        self._srv: asyncio.Server | None = None
         self.health_failed = False
 
     async def start(self) -> None:
@@ -224,7 +247,7 @@ class AdminServer:
                 "uptime_current_epoch": f"{int(time.time() - s.start_time)}s",
                 "uptime_all_epochs": f"{int(time.time() - s.start_time)}s",
                 "node": {"id": n.id, "cluster": n.cluster, "metadata": n.metadata},
-                "command_line_options": {"concurrency": 1, "config_path": getattr(s, "config_path", "")}}
+                "command_line_options": {"concurrency": 1, "config_path": s.config_path}}
         return 200, json.dumps(info, indent=2).encode(), _JSON
 
     def _listeners(self, q) -> tuple[int, bytes, bytes]:

@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 from proxy.access_log import AccessLogs, write_entries
+from proxy.admin import AdminServer
 from proxy.config.bootstrap import Bootstrap
 from proxy.config.listener import HcmSpec, ListenerSpec
+from proxy.config.route import RouteConfigSpec
 from proxy.errors import StartupError
 from proxy.http.hcm import DownstreamConnection, HcmConfig
-from proxy.stats import Stats
+from proxy.http.stream import Stream
+from proxy.stats import GaugeItem, Stats
 from proxy.tcp_proxy import TcpDownstream, TcpProxyConfig
 from proxy.upstream.cluster import ClusterManager
+from proxy.upstream.outlier_log import OutlierEventLog
+from proxy.xds.client import XdsClient
+
+if TYPE_CHECKING:
+    from proxy.tls.sds import SidecarSecurity
 
 __all__ = ["Server", "ServerContext", "ListenerManager"]
 log = logging.getLogger("proxy")
@@ -37,13 +47,14 @@ class ServerContext:
         self.stats = Stats(_source_workload(bootstrap))
         self.cluster_manager = ClusterManager(self.stats)
         self.access_logs = AccessLogs()
+        self.security: SidecarSecurity | None = None      # mTLS and RBAC state, made on first use (proxy/tls/sds.py)
         self._dest: dict[str, tuple[str, str]] = {}
         self.stats.gauge_sources.append(self._breaker_gauges)
         md = bootstrap.node.metadata or {}
         self.default_version = str((md.get("LABELS") or {}).get("version", "unknown")) if isinstance(
             md.get("LABELS"), dict) else "unknown"
 
-    def _breaker_gauges(self):
+    def _breaker_gauges(self) -> Iterator[GaugeItem]:
         """cluster.<name>.circuit_breakers.default.{cx,rq_pending,rq,rq_retry}_open (0/1) and remaining_*."""
         for name, c in self.cluster_manager.clusters.items():
             th = c.spec.thresholds
@@ -68,7 +79,7 @@ class ServerContext:
             self._dest[cluster_name] = d
         return d
 
-    def record(self, stream) -> None:
+    def record(self, stream: Stream) -> None:
         """A stream ended: Istio metrics and access logs."""
         now = time.monotonic()
         dur_ms = (now - stream.t0) * 1000.0
@@ -80,15 +91,25 @@ class ServerContext:
             write_entries(loggers, stream, time.time() - (now - stream.t0), int(dur_ms))
 
 
+class BoundServer(Protocol):
+    """A listening socket's server: an ``asyncio.Server`` or, for a TLS listener, a
+    :class:`proxy.tls.sockets.InboundServer`."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+
+    def close(self) -> None: ...
+
+
 class _Listener:
-    def __init__(self, spec: ListenerSpec, config, server: asyncio.AbstractServer):
+    def __init__(self, spec: ListenerSpec, config: HcmConfig | TcpProxyConfig, server: BoundServer):
         self.spec = spec
         self.config = config
         self.server = server
 
 
 class ListenerManager:
-    def __init__(self, owner: "Server"):
+    def __init__(self, owner: Server):
         self.owner = owner
         self.listeners: dict[str, _Listener] = {}
 
@@ -103,15 +124,22 @@ class ListenerManager:
         lstats = ctx.stats.listener(lname)
         owner = self.owner
         limit = spec.per_connection_buffer_limit_bytes
+        config: HcmConfig | TcpProxyConfig
         if isinstance(spec.filter, HcmSpec):
-            config = HcmConfig(spec.filter, ctx, spec.name)
-            factory = lambda: DownstreamConnection(config, owner, lstats, limit)  # noqa: E731
+            hcm = config = HcmConfig(spec.filter, ctx, spec.name)
+
+            def factory() -> asyncio.Protocol:
+                return DownstreamConnection(hcm, owner, lstats, limit)
         else:
-            config = TcpProxyConfig(spec.filter, ctx, spec.name)
-            factory = lambda: TcpDownstream(config, owner, lstats, limit)  # noqa: E731
+            tcp = config = TcpProxyConfig(spec.filter, ctx, spec.name)
+
+            def factory() -> asyncio.Protocol:
+                return TcpDownstream(tcp, owner, lstats, limit)
         loop = asyncio.get_event_loop()
+        srv: BoundServer
         try:
             if spec.tls is not None:     # transport_socket tls: STRICT/PERMISSIVE (proxy/tls/sds.py)
+                # late: proxy.tls.sds loads cryptography, which a plaintext sidecar does not need
                 from proxy.tls.sds import security_of
                 srv = await security_of(ctx).start_listener(spec, lname, factory)
             else:
@@ -130,14 +158,14 @@ class ListenerManager:
         # drain the old listener's connections (Envoy's listener drain): idle ones close now,
         # busy ones after their response (Connection: close), so new config/policy applies
         for conn in list(self.owner.connections):
-            if getattr(conn, "cfg", None) is lst.config and hasattr(conn, "stream"):
+            if isinstance(conn, DownstreamConnection) and conn.cfg is lst.config:
                 if conn.stream is None:
                     conn.close()
                 else:
                     conn.closing = True
         return True
 
-    def replace_route_config(self, route_config_spec, listener_name: str | None = None) -> int:
+    def replace_route_config(self, route_config_spec: RouteConfigSpec, listener_name: str | None = None) -> int:
         """Install a route configuration on every HCM whose RDS name matches (or on
         ``listener_name``); returns how many connection managers took it."""
         n = 0
@@ -162,8 +190,10 @@ class Server:
         self.stats = self.ctx.stats
         self.cluster_manager = self.ctx.cluster_manager
         self.listener_manager = ListenerManager(self)
-        self.connections: set = set()
-        self.admin = None
+        self.connections: set[DownstreamConnection | TcpDownstream] = set()
+        self.admin: AdminServer | None = None
+        self.xds: XdsClient | None = None
+        self.config_path = ""              # the bootstrap's file (admin /server_info), if any
         self.start_time = time.time()
         self.ready = False
         self._stopped = asyncio.Event()
@@ -172,7 +202,6 @@ class Server:
     async def start(self) -> None:
         path = self.bootstrap.outlier_event_log_path
         if path:                         # before any cluster: every detector gets the log
-            from proxy.upstream.outlier_log import OutlierEventLog
             try:
                 self.cluster_manager.outlier_log = OutlierEventLog(path)
             except OSError as e:
@@ -181,15 +210,14 @@ class Server:
         md = self.bootstrap.node.metadata or {}
         if md.get("CITADEL") or md.get("KEYLOG") or any(
                 c.tls is not None for c in self.bootstrap.clusters) or any(
-                l.tls is not None for l in self.bootstrap.listeners):
-            # Citadel certificates before sockets; imported only when used (cryptography
+                lst.tls is not None for lst in self.bootstrap.listeners):
+            # Citadel certificates before sockets; late: imported only when used (cryptography
             # costs ~18 MB of RSS that a plaintext sidecar does not need)
             from proxy.tls.sds import attach_security
             await attach_security(self)
         for c in self.bootstrap.clusters:
             self.cluster_manager.add_or_update_cluster(c)
         if self.bootstrap.admin is not None:
-            from proxy.admin import AdminServer
             self.admin = AdminServer(self)
             await self.admin.start()
         await self.cluster_manager.initialize()
@@ -198,7 +226,6 @@ class Server:
         self.ctx.access_logs.start()
         self._sweeper = asyncio.get_event_loop().call_later(1.0, self._sweep)
         if self.bootstrap.dynamic_resources:        # xDS: CDS, EDS, LDS, RDS before ready
-            from proxy.xds.client import XdsClient
             self.xds = XdsClient(self)
             await self.xds.start()
         self.ready = True
@@ -211,7 +238,7 @@ class Server:
                 conn.deadline = 0.0
                 try:
                     conn.timed_out()
-                except Exception:    # noqa: BLE001 - a broken connection must not stop the sweeper
+                except Exception:    # a broken connection must not stop the sweeper
                     log.exception("timeout handling failed")
         self._sweeper = asyncio.get_event_loop().call_later(1.0, self._sweep)
 
@@ -223,7 +250,7 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
-        if getattr(self, "xds", None) is not None:
+        if self.xds is not None:
             await self.xds.stop()      # no further config while the listeners close
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -237,5 +264,5 @@ class Server:
         self.ctx.access_logs.close()
         if self.cluster_manager.outlier_log is not None:
             self.cluster_manager.outlier_log.close()
-        if getattr(self.ctx, "security", None) is not None:
+        if self.ctx.security is not None:
             await self.ctx.security.stop()

@@ -4,32 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
+
+from proxy.config.listener import TcpProxySpec
+
+if TYPE_CHECKING:
+    from proxy.upstream.cluster import Cluster, Host
 
 __all__ = ["TcpProxyConfig", "TcpDownstream"]
 
 
 class TcpProxyConfig:
-    def __init__(self, spec, ctx, listener_name: str):
+    def __init__(self, spec: TcpProxySpec, ctx, listener_name: str):
         self.spec = spec
         self.ctx = ctx
         self.listener_name = listener_name
 
 
 class _Upstream(asyncio.Protocol):
-    def __init__(self, down: "TcpDownstream"):
+    # Set by connection_made, which runs before the connect returns: TcpDownstream reads it
+    # only once the connect succeeded (self.up is set then), so it is never None when read.
+    transport: asyncio.Transport
+
+    def __init__(self, down: TcpDownstream, down_transport: asyncio.Transport):
         self.down = down
-        self.transport = None
+        self.down_transport = down_transport
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.down.touch()
-        self.down.transport.write(data)
+        self.down_transport.write(data)
 
     def eof_received(self) -> bool:
-        if self.down.transport.can_write_eof():
-            self.down.transport.write_eof()
+        if self.down_transport.can_write_eof():
+            self.down_transport.write_eof()
             return True
         return False
 
@@ -37,10 +47,10 @@ class _Upstream(asyncio.Protocol):
         self.down.upstream_gone()
 
     def pause_writing(self) -> None:
-        self.down.transport.pause_reading()
+        self.down_transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.down.transport.resume_reading()
+        self.down_transport.resume_reading()
 
 
 class TcpDownstream(asyncio.Protocol):
@@ -49,13 +59,13 @@ class TcpDownstream(asyncio.Protocol):
         self.server = server
         self.lstats = lstats
         self.buffer_limit = buffer_limit
-        self.transport = None
-        self.up: _Upstream | None = None
+        self.transport: asyncio.Transport | None = None      # set by connection_made
+        self.up: _Upstream | None = None     # once connected upstream
         self.pending: list[bytes] = []
         self.closing = False
         self.deadline = 0.0
-        self.host = None
-        self.cluster = None
+        self.host: Host | None = None
+        self.cluster: Cluster | None = None
 
     def touch(self) -> None:
         t = self.cfg.spec.idle_timeout_s
@@ -84,9 +94,12 @@ class TcpDownstream(asyncio.Protocol):
         cluster.stats.upstream_cx_total += 1
         asyncio.get_event_loop().create_task(self._connect(cluster, host))
 
-    async def _connect(self, cluster, host) -> None:
+    async def _connect(self, cluster: Cluster, host: Host) -> None:
         loop = asyncio.get_event_loop()
-        up = _Upstream(self)
+        down = self.transport
+        if TYPE_CHECKING:
+            assert down is not None         # connection_made scheduled this
+        up = _Upstream(self, down)
         try:
             await asyncio.wait_for(loop.create_connection(lambda: up, host.address, host.port),
                                    cluster.spec.connect_timeout_s)
@@ -107,7 +120,7 @@ class TcpDownstream(asyncio.Protocol):
         if self.pending:
             up.transport.write(b"".join(self.pending))
             self.pending = []
-            self.transport.resume_reading()
+            down.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.touch()
@@ -116,6 +129,8 @@ class TcpDownstream(asyncio.Protocol):
         else:
             self.pending.append(data)
             if sum(map(len, self.pending)) > self.buffer_limit:
+                if TYPE_CHECKING:
+                    assert self.transport is not None     # data arrives after connection_made
                 self.transport.pause_reading()
 
     def eof_received(self) -> bool:
@@ -135,6 +150,8 @@ class TcpDownstream(asyncio.Protocol):
     def upstream_gone(self) -> None:
         c, h = self.cluster, self.host
         if c is not None:
+            if TYPE_CHECKING:
+                assert h is not None        # set together with the cluster
             c.cx_count -= 1
             c.stats.upstream_cx_active -= 1
             c.stats.upstream_cx_destroy += 1

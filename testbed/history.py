@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Awaitable, Callable, ClassVar, Iterable, Mapping, Union
+from typing import IO, Any, Awaitable, Callable, ClassVar, Iterable, Mapping, TypeVar, Union
 
 __all__ = ["Request", "FaultRecord", "Event", "EtcdOp", "Record", "History", "HistoryData",
            "HistoryError", "read_history", "RunClock", "FakeClock", "fault_windows", "jsonable"]
@@ -117,6 +117,7 @@ class EtcdOp:
 
 
 Record = Union[Request, FaultRecord, Event, EtcdOp]
+_R = TypeVar("_R", Request, FaultRecord, Event, EtcdOp)
 _TYPES: dict[str, type] = {c.type: c for c in (Request, FaultRecord, Event, EtcdOp)}
 
 
@@ -138,14 +139,24 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+def _marked_indeterminate(e: BaseException) -> bool:
+    """The default of ``etcd_call``: the error marks its outcome unknown (``EtcdError.indeterminate``)."""
+    return bool(getattr(e, "indeterminate", False))
+
+
 class History:
     """Append-only writer. Use as a context manager, or call ``close()``."""
 
     def __init__(self, path: str | Path | None = None, clock: Any = None, stream: IO[str] | None = None):
-        if (path is None) == (stream is None):
+        self.path: Path | None
+        self._file: IO[str]
+        if path is not None and stream is None:
+            self.path = Path(path)
+            self._file = open(self.path, "a", encoding="utf-8")
+        elif stream is not None and path is None:
+            self.path, self._file = None, stream
+        else:
             raise ValueError("History needs a path or a stream (one of them)")
-        self.path = Path(path) if path is not None else None
-        self._file = stream if stream is not None else open(self.path, "a", encoding="utf-8")  # type: ignore[arg-type]
         self.clock = clock
         self._lock = threading.Lock()
         self._listeners: list[Callable[[Record], None]] = []
@@ -162,7 +173,7 @@ class History:
             raise ValueError("History has no clock: pass clock= or give times explicitly")
         return self.clock.now()
 
-    def append(self, record: Record) -> Record:
+    def append(self, record: _R) -> _R:
         line = json.dumps(jsonable(record), allow_nan=False, separators=(",", ":"))
         with self._lock:
             self._file.write(line + "\n")
@@ -173,17 +184,17 @@ class History:
         return record
 
     def request(self, **fields: Any) -> Request:
-        return self.append(Request(**fields))  # type: ignore[return-value]
+        return self.append(Request(**fields))
 
     def fault(self, **fields: Any) -> FaultRecord:
-        return self.append(FaultRecord(**fields))  # type: ignore[return-value]
+        return self.append(FaultRecord(**fields))
 
     def event(self, source: str, kind: str, t: float | None = None, **details: Any) -> Event:
-        return self.append(Event(self.now() if t is None else t, source, kind, details))  # type: ignore[return-value]
+        return self.append(Event(self.now() if t is None else t, source, kind, details))
 
     def etcd(self, process: int | str, op_type: str, f: str, key: str, value: Any = None,
              t: float | None = None, **extra: Any) -> EtcdOp:
-        return self.append(EtcdOp(self.now() if t is None else t, process, op_type, f, key, value,  # type: ignore[return-value]
+        return self.append(EtcdOp(self.now() if t is None else t, process, op_type, f, key, value,
                                   **extra))
 
     def import_events(self, source: str, path: "os.PathLike[str] | str", wall0: float, **extra: Any) -> int:
@@ -228,8 +239,7 @@ class History:
 
     async def etcd_call(self, process: int | str, f: str, key: str, value: Any, call: Callable[[], Awaitable[Any]],
                         *, serializable: bool = False,
-                        indeterminate: Callable[[BaseException], bool] = lambda e: bool(getattr(e, "indeterminate", False)),
-                        ) -> Any:
+                        indeterminate: Callable[[BaseException], bool] = _marked_indeterminate) -> Any:
         """Record ``invoke``, await ``call()``, record its completion; returns the result or
         re-raises. Completion: a read is ``ok`` with the value returned; a write ``ok``;
         a cas ``ok`` when ``call()`` returned true, ``fail`` when false (compare failed);

@@ -276,13 +276,14 @@ def _libc() -> ctypes.CDLL:
 
 
 def _remove_netns(e: dict[str, Any]) -> None:
-    from pyroute2 import netns
+    from pyroute2 import netns      # late: pyroute2 (~150 ms) only when there is a namespace to remove
     if e["name"] in netns.listnetns():
         netns.remove(e["name"])
 
 
 def _remove_link(e: dict[str, Any]) -> None:
     """Delete an interface; ``netns`` is a named netns, a /proc/PID/ns/net path, or None (root)."""
+    # late: pyroute2 (~150 ms) only when there is an interface to remove
     from pyroute2 import IPRoute
     from pyroute2 import netns as _netns
     ns = e.get("netns")

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from typing import TYPE_CHECKING, Any, Sequence
@@ -40,7 +41,6 @@ def etcd_log_events(ctx: Context, runner: Any, tag: str) -> list[Any]:
     """Each member's log events (heartbeat_late, slow_request, leader, lost_leader,
     campaign) appended to the history as ``event`` records (source etcd:<member>, run
     time from the log's timestamp); returns them."""
-    import datetime
     assert ctx.history is not None
     out = []
     for m in runner.cluster.members:

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from testbed.apps.website import PAGE_MARKER
 from testbed.history import Request
+from testbed.net.dns import DnsServer
 from testbed.net.running import RunningTestbed
 from testbed.paths import REPO
 from testbed.run.experiment import Context
@@ -76,10 +77,9 @@ def start_website(ctx: Context, host: str, probe_from: str, site: str = SITE, po
     return log
 
 
-def start_dns(ctx: Context, host: str, records: dict[str, str], clients: Sequence[str]) -> Any:
+def start_dns(ctx: Context, host: str, records: dict[str, str], clients: Sequence[str]) -> DnsServer:
     """dnsmasq on ``host`` answering ``records``; ``clients``' resolv.conf point at it.
     Stopped at the end of the run; its query log is under <out>/dns/."""
-    from testbed.net.dns import DnsServer
     dns = DnsServer(ctx.tb, host, records, ctx.out / "dns")
     ctx.closers.append(dns.stop)
     dns.start()

@@ -21,14 +21,19 @@ change is counted in etcd's commit order (create revisions from the changer's fi
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import subprocess
 import threading
+from dataclasses import replace
 from typing import Any, Sequence
 
 from testbed.mesh.etcd.registry import DEFAULT_PREFIX, endpoint_json
 from testbed.mesh.model import Endpoint, VersionSpec
+from testbed.mesh.pilot.process import AdminClient
+from testbed.mesh.spec import ServiceDecl
 from testbed.run.checkers.stats import percentile
 from testbed.run.experiment import Context
 from testbed.run.results import pyplot
@@ -49,7 +54,6 @@ class PilotWatcher:
     either changes, and ``pilot``/``status_error`` when the socket does not answer."""
 
     def __init__(self, ctx: Context, socket: "str | os.PathLike[str]", every_s: float = 0.25):
-        from testbed.mesh.pilot.process import AdminClient
         self.ctx, self.every_s = ctx, every_s
         self.client = AdminClient(str(socket), timeout_s=1.0)
         self._stop = threading.Event()
@@ -155,7 +159,6 @@ class RegistryChanger:
 
 def parse_listing(text: str) -> dict[str, int]:
     """``etcdctl -w json get --prefix`` output -> {instance (last key segment): create revision}."""
-    import base64
     kvs = json.loads(text).get("kvs") or []
     return {base64.b64decode(kv["key"]).decode().rstrip("/").rsplit("/", 1)[-1]: int(kv["create_revision"])
             for kv in kvs}
@@ -167,8 +170,6 @@ def registry_mesh_spec(spec: Any, heartbeat_ms: int, election_ms: int, probe_por
     only endpoints, so each change is one EDS push (of the probe cluster) to every sidecar and
     the other services' traffic is unaffected. Raises ValueError for timeouts etcd (or the
     lease TTL) would not accept, or a probe port another service uses."""
-    from dataclasses import replace
-    from testbed.mesh.spec import ServiceDecl
     reg = spec.registry
     if not 1 <= heartbeat_ms or not 5 * heartbeat_ms <= election_ms <= 50000:
         raise ValueError(f"election_ms {election_ms} must be between 5 x heartbeat_ms ({5 * heartbeat_ms}) "
@@ -294,7 +295,6 @@ def leaders_elected(events: Sequence[Any], tag: str, t0: float, t1: float) -> li
 def keep_etcd_logs(ctx: Context, runner: Any, tag: str) -> list[str]:
     """Copy each member's log to <out>/etcd-logs-<tag>/<member>.log (a mesh's etcd lives in
     its run dir, removed when it stops); returns the copied paths."""
-    import shutil
     d = ctx.out / f"etcd-logs-{tag}"
     d.mkdir(parents=True, exist_ok=True)
     out = []

@@ -23,11 +23,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 from lablib.etcd import etcd_ops
+from lablib.mesh import PilotWatcher
 from testbed.history import HistoryData
 from testbed.run.checkers.linearizability import check_linearizability
 from testbed.run.checkers.requests import check_failover, check_removed_endpoint_routing
 from testbed.run.checkers.stale import check_stale_reads
 from testbed.run.experiment import Context
+from testbed.run.outlier_events import first_ejection
 from testbed.run.results import pyplot
 
 __all__ = ["Sides", "NO_RETRIES", "pilot_watcher", "outcome_counts", "removal_windows", "stream_summary",
@@ -46,11 +48,10 @@ class Sides:
     majority_instance: str        # e.g. "echo-v1-0"
 
 
-def pilot_watcher(ctx: Context, socket: Any) -> Any:
+def pilot_watcher(ctx: Context, socket: Any) -> PilotWatcher:
     """A started :class:`~lablib.mesh.PilotWatcher` polling the Pilot at ``socket``
     (a deployed mesh's ``mesh.socket``); stopped at the end of the run (history still open)
     whatever happens, or earlier by ``.stop()``."""
-    from lablib.mesh import PilotWatcher
     w = PilotWatcher(ctx, socket)
     ctx.finishers.insert(0, w.stop)
     return w.start()
@@ -236,7 +237,6 @@ def routing_claims(ctx: Context, data: HistoryData, side: Sides, p0: float, p1: 
 def ejections_in_cut(events: Any, side: Sides, p0: float, p1: float) -> dict[str, Any]:
     """Per client sidecar: when (s after the cut) it first ejected the instance across the
     cut (from the sidecars' outlier event logs in the history; None: not ejected)."""
-    from testbed.run.outlier_events import first_ejection
     out = {}
     for client, other in ((side.majority_client, side.minority_instance),
                           (side.minority_client, side.majority_instance)):

@@ -7,7 +7,7 @@ the parsers that live with their feature: ``proxy.filters.factory`` (HTTP filter
 ``proxy.tls.transport`` (TLS transport sockets) and ``proxy.access_log`` (``log_format``);
 never the server, connection managers, upstreams or xDS.
 """
-from proxy._lazy import lazy_exports
+from proxy.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "proxy.config.reader": ("ConfigError", "Obj"),

@@ -8,8 +8,9 @@ from typing import Any
 import yaml
 
 from proxy.config.cluster import ClusterSpec, parse_cluster, parse_socket_address
-from proxy.config.listener import ListenerSpec, parse_listener
+from proxy.config.listener import HcmSpec, ListenerSpec, parse_listener
 from proxy.config.reader import ConfigError, Obj
+from proxy.config.route import RouteAction
 
 __all__ = ["NodeSpec", "AdminSpec", "Bootstrap", "load_bootstrap", "parse_bootstrap", "ConfigError"]
 
@@ -108,7 +109,7 @@ def parse_bootstrap(data: Any, service_node: str = "", service_cluster: str = ""
     listeners: list[ListenerSpec] = []
     clusters: list[ClusterSpec] = []
     if sr is not None:
-        listeners = [parse_listener(l, i) for i, l in enumerate(sr.objs("listeners"))]
+        listeners = [parse_listener(lo, i) for i, lo in enumerate(sr.objs("listeners"))]
         clusters = [parse_cluster(c) for c in sr.objs("clusters")]
         sr.done()
     dyn = _dynamic(o.obj("dynamic_resources"))
@@ -126,15 +127,14 @@ def _check_names(listeners: list[ListenerSpec], clusters: list[ClusterSpec], dyn
             raise ConfigError(f"static_resources.clusters[{i}].name", f"duplicate cluster {c.name!r}")
         seen[c.name] = i
     names: set[str] = set()
-    for i, l in enumerate(listeners):
-        if l.name in names:
-            raise ConfigError(f"static_resources.listeners[{i}].name", f"duplicate listener {l.name!r}")
-        names.add(l.name)
+    for i, lst in enumerate(listeners):
+        if lst.name in names:
+            raise ConfigError(f"static_resources.listeners[{i}].name", f"duplicate listener {lst.name!r}")
+        names.add(lst.name)
     if dynamic:
         return       # clusters may arrive by CDS later
-    from proxy.config.listener import HcmSpec
-    for i, l in enumerate(listeners):
-        f = l.filter
+    for i, lst in enumerate(listeners):
+        f = lst.filter
         refs: list[tuple[str, str]] = []
         if isinstance(f, HcmSpec) and f.route_config is not None:
             base = f"static_resources.listeners[{i}].filter_chains[0].filters[0]"
@@ -142,7 +142,7 @@ def _check_names(listeners: list[ListenerSpec], clusters: list[ClusterSpec], dyn
                 for ri, r in enumerate(vh.routes):
                     a = r.action
                     p = f"{base}.route_config.virtual_hosts[{vi}].routes[{ri}].route"
-                    if a is not None and hasattr(a, "cluster"):
+                    if isinstance(a, RouteAction):
                         refs += [(a.cluster, p)] if a.cluster else [(w.name, p) for w in a.weighted_clusters]
         elif not isinstance(f, HcmSpec):
             refs.append((f.cluster, f"static_resources.listeners[{i}].filter_chains[0].filters[0].cluster"))

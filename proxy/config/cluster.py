@@ -5,6 +5,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from proxy.config.reader import ConfigError, Obj, percent
+from proxy.tls.transport import TlsContextSpec, parse_upstream
 
 __all__ = ["EndpointSpec", "Thresholds", "OutlierSpec", "HealthCheckSpec", "ClusterSpec",
            "parse_cluster", "parse_socket_address", "parse_load_assignment"]
@@ -75,7 +76,7 @@ class ClusterSpec:
     ring_size: int = 1024
     choice_count: int = 2
     max_requests_per_connection: int = 0
-    tls: object = None         # proxy.tls.transport.TlsContextSpec (UpstreamTlsContext), None: plaintext
+    tls: TlsContextSpec | None = None      # the UpstreamTlsContext; None: plaintext
 
 
 def _upper(value: str) -> str:
@@ -180,13 +181,14 @@ def _health_check(o: Obj) -> HealthCheckSpec:
     healthy = o.take("healthy_threshold", kind=int)
     jitter = o.duration("interval_jitter", 0.0)
     kind = o.one_of(("http_health_check", "tcp_health_check"))
-    path, host, statuses = None, "", ((200, 201),)
+    path, host = None, ""
+    statuses: tuple[tuple[int, int], ...] = ((200, 201),)
     if kind == "http_health_check":
         h = o.obj("http_health_check")
         assert h is not None
         path = h.take("path", kind=str)
         host = h.take("host", "", str)
-        ranges = []
+        ranges: list[tuple[int, int]] = []
         for r in h.objs("expected_statuses"):
             ranges.append((r.take("start", kind=int), r.take("end", kind=int)))
             r.done()
@@ -233,7 +235,7 @@ def parse_cluster(o: Obj) -> ClusterSpec:
         eds.done()
     # EDS with a load_assignment: those endpoints serve until the control plane sends its own
     if ctype == "STATIC":
-        for i, e in enumerate(eps):
+        for e in eps:
             try:
                 ipaddress.ip_address(e.address)
             except ValueError:
@@ -276,7 +278,6 @@ def parse_cluster(o: Obj) -> ClusterSpec:
     if hpo is not None:
         mrpc = hpo.take("max_requests_per_connection", mrpc, int)
         hpo.done()
-    from proxy.tls.transport import parse_upstream
     tls = parse_upstream(o)
     o.ignore("alt_stat_name", "metadata")
     o.done()

@@ -9,7 +9,7 @@ so a field that would change behaviour is never silently ignored.  Errors read
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal, overload
 
 __all__ = ["ConfigError", "Obj", "duration_s", "percent", "MISSING"]
 
@@ -53,7 +53,7 @@ class Obj:
         return key in self.data
 
     def take(self, key: str, default: Any = MISSING, kind: type | tuple[type, ...] | None = None,
-             choices: tuple[str, ...] | None = None, aliases: tuple[str, ...] = ()) -> Any:
+             choices: tuple[object, ...] | None = None, aliases: tuple[str, ...] = ()) -> Any:
         """The value of ``key`` (or of one alias); ``default`` if absent, error if required."""
         found = [k for k in (key, *aliases) if k in self.data]
         if len(found) > 1:
@@ -74,10 +74,16 @@ class Obj:
                 want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
                 raise ConfigError(path, f"expected {want}, got {type(value).__name__} {value!r}")
         if choices is not None and value not in choices:
-            raise ConfigError(path, f"unsupported value {value!r}; allowed: {', '.join(choices)}")
+            raise ConfigError(path, f"unsupported value {value!r}; allowed: {', '.join(map(str, choices))}")
         return value
 
-    def obj(self, key: str, required: bool = False) -> "Obj | None":
+    @overload
+    def obj(self, key: str, required: Literal[True]) -> Obj: ...
+
+    @overload
+    def obj(self, key: str, required: bool = False) -> Obj | None: ...
+
+    def obj(self, key: str, required: bool = False) -> Obj | None:
         if key not in self.data and not required:
             self._taken.add(key)
             return None
@@ -111,6 +117,12 @@ class Obj:
         for key in self.data:
             if key not in self._taken:
                 raise ConfigError(self.path, f"unsupported field {key!r}")
+
+    @overload
+    def one_of(self, keys: tuple[str, ...], required: Literal[True] = True) -> str: ...
+
+    @overload
+    def one_of(self, keys: tuple[str, ...], required: bool) -> str | None: ...
 
     def one_of(self, keys: tuple[str, ...], required: bool = True) -> str | None:
         present = [k for k in keys if k in self.data]

@@ -360,7 +360,8 @@ def _route(o: Obj, index: int) -> RouteSpec:
 def parse_route_config(o: Obj) -> RouteConfigSpec:
     raw = o.data
     name = o.take("name", "", str)
-    vhosts, seen = [], {}
+    vhosts: list[VirtualHostSpec] = []
+    seen: dict[str, str] = {}           # domain -> the virtual host that has it
     for v in o.objs("virtual_hosts"):
         vname = v.take("name", kind=str)
         domains = v.strings("domains")

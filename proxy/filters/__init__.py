@@ -6,7 +6,7 @@ Filters may import ``proxy.config`` (their config parsers), ``proxy.http`` (code
 sets, route tables), ``proxy.upstream`` (connection pools) and, for RBAC, ``proxy.tls.sds``
 (the peer's identity, imported when an RBAC filter is built); never the server or xDS.
 """
-from proxy._lazy import lazy_exports
+from proxy.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "proxy.filters.base": ("HttpFilter", "CONTINUE", "STOP_ITERATION"),

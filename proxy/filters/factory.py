@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from proxy.config.reader import ConfigError
+from proxy.config.reader import ConfigError, Obj
 
 __all__ = ["FilterInfo", "register", "http_filter", "per_route_config", "BUILTIN_MODULES"]
 
@@ -57,7 +57,6 @@ def http_filter(name: str, path: str = "") -> FilterInfo:
 
 def per_route_config(name: str, raw: Any, path: str) -> tuple[str, Any]:
     """One entry of ``typed_per_filter_config``: (canonical filter name, parsed config)."""
-    from proxy.config.reader import Obj
     info = http_filter(name, path)
     if info.parse_per_route is None:
         raise ConfigError(path, f"filter {name!r} takes no per-route configuration in minimesh-proxy")

@@ -15,6 +15,7 @@ import proxy.filters.factory as registry
 from proxy.config.reader import ConfigError, Obj, percent
 from proxy.config.route import parse_header_match
 from proxy.filters.base import CONTINUE, STOP_ITERATION, HttpFilter
+from proxy.http.route_table import header_predicate
 
 __all__ = ["FaultConfig", "FaultFilter"]
 
@@ -35,7 +36,6 @@ class FaultConfig:
     matchers: tuple[Callable[[list], bool], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        from proxy.http.route_table import header_predicate
         object.__setattr__(self, "matchers", tuple(header_predicate(h) for h in self.headers))
 
 

@@ -26,7 +26,7 @@ def shadow_host(host: bytes) -> bytes:
     return host + b"-shadow"
 
 
-def start_mirrors(router, stream, route, head_for) -> list:
+def start_mirrors(router, stream, route, head_for) -> list[ShadowRequest]:
     """Start one shadow per mirror policy whose percentage rolls; returns the live shadows.
     ``head_for(suffix)`` builds the request head with the Host suffixed (or not)."""
     shadows = []

@@ -19,6 +19,7 @@ request headers; ``string_match``, ``exact_match``, ``prefix_match``, ``suffix_m
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -72,12 +73,13 @@ def _string_matcher(o: Obj) -> Callable[[str], bool]:
             raise ConfigError(o.sub("safe_regex.regex"), f"bad regex {pattern!r}: {e}") from None
         o.done()
         return lambda s: rx.fullmatch(s) is not None
-    want = o.take(str(kind), kind=str)
+    want = o.take(kind, kind=str)
     o.done()
     if ic:
         want = want.lower()
-    op = {"exact": str.__eq__, "prefix": str.startswith, "suffix": str.endswith,
-          "contains": lambda s, w: w in s}[str(kind)]
+    ops: dict[str, Callable[[str, str], bool]] = {
+        "exact": str.__eq__, "prefix": str.startswith, "suffix": str.endswith, "contains": lambda s, w: w in s}
+    op = ops[kind]
     return (lambda s: op(s.lower(), want)) if ic else (lambda s: op(s, want))
 
 
@@ -86,15 +88,17 @@ def _header(o: Obj) -> Pred:
     invert = o.take("invert_match", False, bool)
     kind = o.one_of(("string_match", "exact_match", "prefix_match", "suffix_match", "present_match"))
     if kind == "string_match":
-        m = _string_matcher(o.obj("string_match"))   # type: ignore[arg-type]
-        test: Callable[[str | None], bool] = lambda v: v is not None and m(v)   # noqa: E731
+        m = _string_matcher(o.obj("string_match", required=True))
+        test: Callable[[str | None], bool] = lambda v: v is not None and m(v)   # noqa: E731  (the compiled predicate)
     elif kind == "present_match":
         want = o.take("present_match", kind=bool)
-        test = lambda v: (v is not None) == want   # noqa: E731
+        test = lambda v: (v is not None) == want   # noqa: E731  (the compiled predicate)
     else:
-        val = o.take(str(kind), kind=str)
-        op = {"exact_match": str.__eq__, "prefix_match": str.startswith, "suffix_match": str.endswith}[str(kind)]
-        test = lambda v: v is not None and op(v, val)   # noqa: E731
+        val = o.take(kind, kind=str)
+        ops: dict[str, Callable[[str, str], bool]] = {
+            "exact_match": str.__eq__, "prefix_match": str.startswith, "suffix_match": str.endswith}
+        op = ops[kind]
+        test = lambda v: v is not None and op(v, val)   # noqa: E731  (the compiled predicate)
     o.done()
     return (lambda r: not test(r.header(name))) if invert else (lambda r: test(r.header(name)))
 
@@ -110,39 +114,36 @@ def _any(ps: list[Pred]) -> Pred:
 def _compile(o: Obj, kind: str) -> Pred:
     """One Permission (kind 'rules') or Principal (kind 'ids')."""
     many, neg = ("rules", "not_rule") if kind == "rules" else ("ids", "not_id")
-    keys = ("any", f"and_{many}", f"or_{many}", neg, "header")
+    keys: tuple[str, ...] = ("any", f"and_{many}", f"or_{many}", neg, "header")
     keys += ("url_path", "destination_port") if kind == "rules" else ("authenticated",)
     which = o.one_of(keys)
     if which == "any":
-        o.take("any", kind=bool, choices=(True,))   # type: ignore[arg-type]
-        p: Pred = lambda r: True   # noqa: E731
+        o.take("any", kind=bool, choices=(True,))
+        p: Pred = lambda r: True   # noqa: E731  (the compiled predicate)
     elif which in (f"and_{many}", f"or_{many}"):
-        s = o.obj(which)
-        assert s is not None
+        s = o.obj(which, required=True)
         subs = [_compile(x, kind) for x in s.objs(many)]
         s.done()
         p = _all(subs) if which.startswith("and") else _any(subs)
     elif which == neg:
-        inner = _compile(o.obj(neg), kind)     # type: ignore[arg-type]
-        p = lambda r: not inner(r)   # noqa: E731
+        inner = _compile(o.obj(neg, required=True), kind)
+        p = lambda r: not inner(r)   # noqa: E731  (the compiled predicate)
     elif which == "header":
-        p = _header(o.obj("header"))   # type: ignore[arg-type]
+        p = _header(o.obj("header", required=True))
     elif which == "url_path":
-        u = o.obj("url_path")
-        assert u is not None
-        m = _string_matcher(u.obj("path", required=True))   # type: ignore[arg-type]
+        u = o.obj("url_path", required=True)
+        m = _string_matcher(u.obj("path", required=True))
         u.done()
-        p = lambda r: m(r.path.split("?", 1)[0])   # noqa: E731
+        p = lambda r: m(r.path.split("?", 1)[0])   # noqa: E731  (the compiled predicate)
     elif which == "destination_port":
         port = o.take("destination_port", kind=int)
-        p = lambda r: r.port == port   # noqa: E731
+        p = lambda r: r.port == port   # noqa: E731  (the compiled predicate)
     else:
-        a = o.obj("authenticated")
-        assert a is not None
+        a = o.obj("authenticated", required=True)
         pn = a.obj("principal_name")
         m2 = _string_matcher(pn) if pn is not None else (lambda s: True)
         a.done()
-        p = lambda r: r.principal_uri is not None and m2(r.principal_uri)   # noqa: E731
+        p = lambda r: r.principal_uri is not None and m2(r.principal_uri)   # noqa: E731  (the compiled predicate)
     o.done()
     return p
 
@@ -225,7 +226,7 @@ class RbacFilter(HttpFilter):
                       peer.spiffe_id if peer is not None and peer.tls else None,
                       sock[1] if sock else 0)
         allowed, _ = evaluate(self.config, req)
-        c = self.sec.rbac.setdefault(stream.cfg.spec.stat_prefix, _counter())
+        c = self.sec.rbac.setdefault(stream.cfg.spec.stat_prefix, Counter())
         if allowed:
             c["allowed"] += 1
             return CONTINUE
@@ -234,12 +235,9 @@ class RbacFilter(HttpFilter):
         return STOP_ITERATION
 
 
-def _counter():
-    from collections import Counter
-    return Counter()
-
-
 def _factory(config: RbacConfig, ctx):
+    # late: proxy.tls.sds loads cryptography, which a sidecar without an RBAC filter (this
+    # module is imported with every built-in filter) need not load
     from proxy.tls.sds import security_of
     sec = security_of(ctx)
     if not config.policies and config.action == "DENY":

@@ -19,14 +19,19 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import proxy.filters.factory as registry
 from proxy.http.codec import LAST_CHUNK, encode_chunk
 from proxy.filters.base import STOP_ITERATION, HttpFilter
-from proxy.filters.mirror import start_mirrors
+from proxy.filters.mirror import ShadowRequest, start_mirrors
 from proxy.filters.request_head import build_request_head
+from proxy.http.lazy_timer import LazyTimer
 from proxy.http.route_table import apply_ops
-from proxy.upstream.pool import OVERFLOW
+from proxy.upstream.pool import OVERFLOW, UpstreamConnection
+
+if TYPE_CHECKING:
+    from proxy.upstream.cluster import Cluster, ClusterManager, Host
 
 __all__ = ["RouterConfig", "Router", "retry_conditions"]
 
@@ -68,13 +73,21 @@ class Router(HttpFilter):
                  "hash_key", "retrying", "wc_edits", "retry_timer", "paused", "retry_outstanding", "retry_declined",
                  "mirrors")
 
-    def __init__(self, cm, config: RouterConfig, loop):
+    # Set by decode_headers once the route names a known cluster (host: by each attempt),
+    # like stream, policy and head_bytes: the methods that read them run only after that.
+    cluster: Cluster
+    host: Host
+    conn: UpstreamConnection | None          # the pooled connection of the current attempt
+    global_timer: LazyTimer | None
+    try_timer: asyncio.TimerHandle | None
+    retry_timer: asyncio.TimerHandle | None
+    mirrors: list[ShadowRequest] | None
+
+    def __init__(self, cm: ClusterManager, config: RouterConfig, loop: asyncio.AbstractEventLoop):
         self.cm = cm
         self.config = config
         self.loop = loop
         self.conn = None
-        self.host = None
-        self.cluster = None
         self.active = False
         self.done = False
         self.headers_sent = False
@@ -251,6 +264,8 @@ class Router(HttpFilter):
             self._request_sent()
 
     def _request_sent(self) -> None:
+        if TYPE_CHECKING:
+            assert self.conn is not None      # both callers have a connection
         self.conn.request_complete()
         per_try = self.policy.per_try_timeout_s if self.policy else None
         if per_try:
@@ -456,7 +471,9 @@ class Router(HttpFilter):
         if self.conn is not None:
             self.conn.detach_and_close()
             self.conn = None
-        elif self.active and self.host is not None:
+        elif self.active:                    # an attempt waits in its host's pool
+            if TYPE_CHECKING:
+                assert self.host.pool is not None     # Cluster.set_hosts gives every host a pool
             self.host.pool.cancel(self)
         self._release()
         self._end_retry()

@@ -6,7 +6,7 @@ only. The connection manager (``hcm``, ``stream``, ``route_table``) may import
 ``proxy.config`` (specs) and ``proxy.filters`` (the filter chain it runs); never the
 server, upstreams, TLS or xDS.
 """
-from proxy._lazy import lazy_exports
+from proxy.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "proxy.http.codec": ("RequestHead", "ResponseHead", "Data", "END", "ProtocolError", "ServerCodec",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from proxy.http.codec import (END, ClientCodec, Data, LAST_CHUNK, ResponseHead, encode_chunk,
                               encode_request_head)
@@ -30,7 +31,8 @@ class HttpClient:
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
-        self.reader = self.writer = None
+        self.reader: asyncio.StreamReader | None = None     # set by connect()
+        self.writer: asyncio.StreamWriter | None = None
         self.codec = ClientCodec(max_header_bytes=1 << 20, max_headers=1000)
 
     async def connect(self) -> "HttpClient":
@@ -38,6 +40,8 @@ class HttpClient:
         return self
 
     async def send_raw(self, data: bytes) -> None:
+        if TYPE_CHECKING:
+            assert self.writer is not None       # connect() first
         self.writer.write(data)
         await self.writer.drain()
 
@@ -56,11 +60,16 @@ class HttpClient:
                 hs.append((b"content-length", b"%d" % len(body)))
             data = encode_request_head(method.encode(), target.encode(), hs) + body
         self.codec.expect_response(method == "HEAD")
+        if TYPE_CHECKING:
+            assert self.writer is not None       # connect() first
         self.writer.write(data)
         return await asyncio.wait_for(self.read_response(), timeout)
 
     async def read_response(self) -> Response:
-        head, body = None, []
+        head: ResponseHead | None = None
+        body: list[bytes] = []
+        if TYPE_CHECKING:
+            assert self.reader is not None       # connect() first
         while True:
             data = await self.reader.read(65536)
             events = self.codec.receive_data(data) if data else self.codec.feed_eof()
@@ -70,6 +79,8 @@ class HttpClient:
                 elif type(ev) is Data:
                     body.append(ev.data)
                 elif ev is END:
+                    if TYPE_CHECKING:
+                        assert head is not None      # the codec yields the head before END
                     hd = {k.decode(): v.decode("latin-1") for k, v in head.headers}
                     return Response(head.status, hd, b"".join(body), head.headers)
             if not data:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
-from proxy.http.codec import REASONS, Data, ProtocolError, RequestHead, encode_response_head
+import proxy.filters.factory as registry
+from proxy.config.listener import HcmSpec
+from proxy.http.codec import REASONS, Data, ProtocolError, RequestHead, ServerCodec, encode_response_head
 from proxy.http.lazy_timer import LazyTimer
 from proxy.http.route_table import RouteTable
 from proxy.http.stream import Stream, http_date
@@ -24,8 +27,7 @@ log = logging.getLogger("proxy.http.hcm")
 class HcmConfig:
     """One listener's HTTP connection manager: spec compiled once, shared by connections."""
 
-    def __init__(self, spec, ctx, listener_name: str):
-        import proxy.filters.factory as registry
+    def __init__(self, spec: HcmSpec, ctx, listener_name: str):
         self.spec = spec
         self.ctx = ctx
         self.listener_name = listener_name
@@ -50,12 +52,11 @@ class DownstreamConnection(asyncio.Protocol):
                  "deadline", "lstats", "server", "peer", "write_paused", "_route_timer", "__weakref__")
 
     def __init__(self, cfg: HcmConfig, server, lstats, buffer_limit: int):
-        from proxy.http.codec import ServerCodec
         self.cfg = cfg
         self.server = server
         self.lstats = lstats
         self.codec = ServerCodec(cfg.max_header_bytes, cfg.max_headers)
-        self.transport = None
+        self.transport: asyncio.Transport | None = None     # set by connection_made
         self.stream: Stream | None = None
         self.queue: list = []
         self.closing = False
@@ -100,7 +101,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         try:
             self._feed(events)
-        except Exception:     # noqa: BLE001 - a bug must cost one connection, not the process
+        except Exception:     # a bug must cost one connection, not the process
             log.exception("internal error while handling a request; closing the connection")
             self.internal_error()
 
@@ -110,7 +111,7 @@ class DownstreamConnection(asyncio.Protocol):
             s.flags.append("DPE")
             try:
                 s.send_local_reply(500, b"internal error")
-            except Exception:  # noqa: BLE001
+            except Exception:  # the connection closes below in any case
                 pass
         self.close()
 
@@ -191,6 +192,8 @@ class DownstreamConnection(asyncio.Protocol):
         if self.paused_by & bit:
             self.paused_by &= ~bit
             if not self.paused_by and not self.closing:
+                if TYPE_CHECKING:
+                    assert self.transport is not None    # data and write callbacks: connected
                 self.transport.resume_reading()
 
     def protocol_error(self, status: int, body: bytes | None = None) -> None:
@@ -205,6 +208,8 @@ class DownstreamConnection(asyncio.Protocol):
             if body:
                 head.append((b"content-type", b"text/plain"))
             head += ((b"date", http_date()), (b"server", self.cfg.server_header), (b"connection", b"close"))
+            if TYPE_CHECKING:
+                assert self.transport is not None        # called while handling received data
             self.transport.write(encode_response_head(status, head) + body)
         self.close()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from proxy.config.route import (DirectResponse, HeaderEdits, HeaderMatch, RetryPolicy, RouteAction,
-                             RouteConfigSpec, RouteSpec, StringMatch, VirtualHostSpec)
+from proxy.config.route import (DirectResponse, HeaderEdits, HeaderMatch, HeaderOp, MirrorPolicy, RetryPolicy,
+                                RouteAction, RouteConfigSpec, RouteSpec, StringMatch, VirtualHostSpec)
 
 __all__ = ["RouteTable", "Route", "VirtualHost", "compile_string_match", "header_predicate", "Edits",
            "apply_ops"]
@@ -22,7 +22,8 @@ class Edits:
     __slots__ = ("req_add", "req_remove", "resp_add", "resp_remove")
 
     def __init__(self, e: HeaderEdits):
-        enc = lambda ops: tuple((o.key.encode(), o.value.encode(), o.action) for o in ops)  # noqa: E731
+        def enc(ops: tuple[HeaderOp, ...]) -> tuple[tuple[bytes, bytes, str], ...]:
+            return tuple((o.key.encode(), o.value.encode(), o.action) for o in ops)
         self.req_add = enc(e.request_add)
         self.req_remove = frozenset(h.encode() for h in e.request_remove)
         self.resp_add = enc(e.response_add)
@@ -115,7 +116,7 @@ class Route:
         # typed_per_filter_config by canonical filter name; the route's entry wins over the
         # virtual host's; None when empty (filters test it on every request)
         self.per_filter = dict(vh.per_filter + spec.per_filter) or None
-        self.mirrors = ()
+        self.mirrors: tuple[MirrorPolicy, ...] = ()
         a = spec.action
         self.action = a
         self.direct = a if isinstance(a, DirectResponse) else None

@@ -6,10 +6,12 @@ response for the downstream HTTP version and coalesces its writes.
 """
 from __future__ import annotations
 
+import ipaddress
 import random
 import time
+from typing import Sequence
 
-from proxy.filters.base import FLAG_ORDER
+from proxy.filters.base import FLAG_ORDER, HttpFilter
 from proxy.http.codec import LAST_CHUNK, RequestHead, encode_chunk, encode_response_head
 from proxy.http.headers import ABSOLUTE_FORM, HOP_BY_HOP
 
@@ -100,7 +102,7 @@ class Stream:
         self.request_id = rid or b""
         table = cfg.route_table
         self.route = table.route(host, self.path, headers) if table is not None else None
-        self.filters = [f() for f in cfg.factories]
+        self.filters: Sequence[HttpFilter] = [f() for f in cfg.factories]
         self.touch()
         self._decode_headers(0)
 
@@ -349,7 +351,6 @@ def _absolute_form(target: bytes, headers: list) -> bytes:
 
 def _external(ip: str) -> bool:
     """Envoy's notion of an external client: not loopback, RFC 1918 or link-local."""
-    import ipaddress
     try:
         a = ipaddress.ip_address(ip)
     except ValueError:
@@ -363,12 +364,12 @@ def _request_id() -> bytes:
     return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
-_date_cache = [0, b""]
+_date_cache: tuple[int, bytes] = (0, b"")       # (second, its Date header value)
 
 
 def http_date() -> bytes:
+    global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
+        _date_cache = (now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode())
     return _date_cache[1]

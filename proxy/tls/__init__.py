@@ -8,7 +8,7 @@ Modules here may import ``proxy.config``, ``proxy.errors`` and (for type hints)
 ``proxy.stats``; never the server: ``sds`` wires into it through the ``SecurityTarget``
 protocol.
 """
-from proxy._lazy import lazy_exports
+from proxy.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "proxy.tls.identity": ("SpiffeId", "UNSET", "STRICT", "PERMISSIVE", "DISABLE", "MTLS_MODES",

@@ -21,7 +21,7 @@ import ssl
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from typing import Collection
+from typing import Collection, TypeVar
 
 from cryptography import x509
 
@@ -68,7 +68,10 @@ class PeerRejected(Exception):
 
 
 # ---------------------------------------------------------------- contexts
-def _load(ctx: ssl.SSLContext, m: Material, keylog_filename: str | None) -> ssl.SSLContext:
+_Context = TypeVar("_Context", bound=ssl.SSLContext)
+
+
+def _load(ctx: _Context, m: Material, keylog_filename: str | None) -> _Context:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols(ALPN)
     ctx.load_verify_locations(cadata=m.trust_bundle_pem.decode())
@@ -97,15 +100,17 @@ def server_context(material: Material, mode: str = STRICT,
     return _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), material, keylog_filename)
 
 
-class _ClientContext(ssl.SSLContext):
+class ClientContext(ssl.SSLContext):
+    """An outbound context that carries the server SPIFFE IDs it accepts."""
+
     expected_spiffe_ids: frozenset[str] = frozenset()
 
 
 def client_context(material: Material, expected_spiffe_id: str | Collection[str] | None = None,
-                   keylog_filename: str | None = None) -> ssl.SSLContext:
+                   keylog_filename: str | None = None) -> ClientContext:
     """Outbound context; `expected_spiffe_id` (one or several URIs) is checked by
     `verify_peer` after the handshake (stored on the context as `expected_spiffe_ids`)."""
-    ctx = _ClientContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     if isinstance(expected_spiffe_id, str):
         expected_spiffe_id = [expected_spiffe_id]
@@ -200,7 +205,7 @@ class MeshTLS:
         self.stats: Counter[str] = Counter()
         self.material: Material | None = None
         self._server: ssl.SSLContext | None = None
-        self._clients: dict[frozenset[str], ssl.SSLContext] = {}
+        self._clients: dict[frozenset[str], ClientContext] = {}
         if material is not None:
             self.update(material)
 
@@ -217,9 +222,11 @@ class MeshTLS:
 
     def server_ctx(self) -> ssl.SSLContext:
         self._need()
-        return self._server  # type: ignore[return-value]
+        ctx = self._server
+        assert ctx is not None        # update() sets it with the material (STRICT: never None)
+        return ctx
 
-    def client_ctx(self, expected: str | Collection[str] | None = None) -> ssl.SSLContext:
+    def client_ctx(self, expected: str | Collection[str] | None = None) -> ClientContext:
         key = frozenset([expected] if isinstance(expected, str) else expected or ())
         ctx = self._clients.get(key)
         if ctx is None:

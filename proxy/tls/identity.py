@@ -69,20 +69,21 @@ class SpiffeId:
 
 
 # ---------------------------------------------------------------- keys, CSRs, SANs
+# late imports: cryptography (~18 MB of RSS) only when a helper runs (see the module docstring)
 def new_key() -> ec.EllipticCurvePrivateKey:
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec       # late: cryptography
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import serialization      # late: cryptography
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def make_csr(spiffe_id: SpiffeId, key: ec.EllipticCurvePrivateKey) -> bytes:
     """A PEM CSR carrying the SPIFFE URI SAN, signed with `key`."""
-    from cryptography import x509
+    from cryptography import x509                                   # late: cryptography
     from cryptography.hazmat.primitives import hashes, serialization
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([]))
@@ -93,7 +94,7 @@ def make_csr(spiffe_id: SpiffeId, key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def uri_sans(cert: x509.Certificate | x509.CertificateSigningRequest) -> list[str]:
-    from cryptography import x509
+    from cryptography import x509                                   # late: cryptography
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

@@ -86,7 +86,9 @@ class CertificateRotator:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
         self._task = asyncio.ensure_future(self._run())
-        return self.material  # type: ignore[return-value]
+        material = self.material
+        assert material is not None       # renew() published it
+        return material
 
     async def stop(self) -> None:
         if self._task is not None:

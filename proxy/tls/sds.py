@@ -47,14 +47,23 @@ class _Shared(Protocol):
     """The server's shared context (filters see it too); ``security`` is set on first use."""
 
     stats: Stats
+    security: SidecarSecurity | None
 
 
 class SecurityTarget(Protocol):
     """What :func:`attach_security` wires into; :class:`proxy.server.Server` provides it."""
 
-    bootstrap: Bootstrap
-    ctx: _Shared
-    cluster_manager: Any      # gets ``.security``: outbound connects of TLS clusters go through it
+    @property
+    def bootstrap(self) -> Bootstrap: ...
+
+    @property
+    def ctx(self) -> _Shared: ...
+
+    @property
+    def cluster_manager(self) -> Any:
+        """Gets ``.security``: outbound connects of TLS clusters go through it (a
+        proxy.upstream.cluster.ClusterManager, which this package does not import)."""
+        ...
 
 
 def material_from_files(chain: str, key: str, ca: str) -> Material:
@@ -78,6 +87,7 @@ class SidecarSecurity:
         self.rotator: CertificateRotator | None = None
         self.sds_users: dict[str, MeshTLS] = {}     # "listener.<addr>" / "cluster.<name>"
         self.file_users: dict[str, MeshTLS] = {}
+        self._files: dict[str, tuple[str, str, str]] = {}    # file_users key -> (chain, key, ca) paths
         self.peers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # connection -> Peer
         self.rbac: dict[str, Counter] = {}          # HCM stat prefix -> allowed/denied/shadow
         self.served = {"default", "ROOTCA"}
@@ -93,9 +103,9 @@ class SidecarSecurity:
         if spec.cert_files is not None:
             m = self.file_users.get(key)
             files = (*spec.cert_files, spec.ca_file)
-            if m is None or getattr(m, "files", None) != files:    # new listener/cluster or new paths
+            if m is None or self._files.get(key) != files:    # new listener/cluster or new paths
                 m = self.file_users[key] = MeshTLS(material_from_files(*files), self.keylog)
-                m.files = files     # type: ignore[attr-defined]
+                self._files[key] = files
             return m
         for name in (spec.cert_secret, spec.ca_secret):
             if name not in self.served:
@@ -182,7 +192,7 @@ def security_of(ctx: _Shared) -> SidecarSecurity:
     """The ServerContext's SidecarSecurity (created on first use, e.g. by the RBAC filter)."""
     sec = getattr(ctx, "security", None)
     if sec is None:
-        sec = ctx.security = SidecarSecurity()      # type: ignore[attr-defined]
+        sec = ctx.security = SidecarSecurity()
         ctx.stats.gauge_sources.append(sec.stat_items)
     return sec
 
@@ -198,7 +208,9 @@ async def attach_security(server: SecurityTarget) -> SidecarSecurity:
     server.cluster_manager.security = sec
     url = md.get("CITADEL")
     if url and sec.rotator is None:
-        labels = md.get("LABELS") if isinstance(md.get("LABELS"), dict) else {}
+        labels = md.get("LABELS")
+        if not isinstance(labels, dict):
+            labels = {}
         service = str(md.get("SERVICE_ACCOUNT") or md.get("WORKLOAD_NAME") or labels.get("app")
                       or server.bootstrap.node.cluster or "client")
         ttl = md.get("CERT_TTL_S")

@@ -36,7 +36,7 @@ class _Gate(asyncio.Protocol):
         self._ssl = transport.get_extra_info("ssl_object") is not None
         try:
             peer = self._check(transport)
-        except Exception as e:  # noqa: BLE001 -- any failed check closes the connection
+        except Exception as e:  # any failed check closes the connection
             transport.abort()
             self.checked.set_exception(e if isinstance(e, PeerRejected) else PeerRejected(
                 "handshake_error", f"peer check failed: {type(e).__name__}: {e}"))
@@ -73,8 +73,12 @@ class _Gate(asyncio.Protocol):
 async def _first_byte(sock: socket.socket, timeout_s: float) -> bytes | None:
     """Peek at the first byte without consuming it; None on timeout."""
     loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+    loop.add_reader(sock.fileno(), readable)
     try:
         await asyncio.wait_for(ready, timeout_s)
     except asyncio.TimeoutError:
@@ -140,7 +144,7 @@ async def start_inbound(factory: Callable[[Peer], asyncio.Protocol], host: str, 
                 tls.stats["ssl.plaintext_accepted"] += 1
             await loop.connect_accepted_socket(lambda: _Gate(lambda t: Peer(False), factory),
                                                sock)
-        except Exception:  # noqa: BLE001 -- one bad connection must not stop the listener
+        except Exception:  # one bad connection must not stop the listener
             log.exception("mtls: inbound connection from %s failed", addr_str(addr))
             sock.close()
 
@@ -188,7 +192,7 @@ async def connect_outbound(factory: Callable[[Peer], asyncio.Protocol], host: st
     Raises PeerRejected (also logged and counted) when the server fails a check."""
     loop = asyncio.get_running_loop()
     ctx = tls.client_ctx(expected)
-    exp = ctx.expected_spiffe_ids  # type: ignore[attr-defined]
+    exp = ctx.expected_spiffe_ids
 
     def check(transport) -> Peer:
         return tls.check(transport.get_extra_info("ssl_object"), exp)

@@ -70,7 +70,7 @@ def _sans(v: Obj) -> tuple[str, ...]:
     out = []
     for m in v.objs("match_typed_subject_alt_names"):
         m.take("san_type", kind=str, choices=("URI",))
-        out.append(_exact(m.obj("matcher", required=True)))     # type: ignore[arg-type]
+        out.append(_exact(m.obj("matcher", required=True)))
         m.done()
     for m in v.objs("match_subject_alt_names"):
         out.append(_exact(m))
@@ -108,9 +108,9 @@ def _common(c: Obj) -> dict:
     if alpn and "http/1.1" not in alpn:
         raise ConfigError(c.sub("alpn_protocols"), f"minimesh-proxy speaks http/1.1 only, got {list(alpn)}")
     which = c.one_of(("tls_certificates", "tls_certificate_sds_secret_configs"))
-    certs = list(c.objs(which))      # type: ignore[arg-type]
+    certs = list(c.objs(which))
     if len(certs) != 1:
-        raise ConfigError(c.sub(str(which)), f"exactly one certificate is supported, got {len(certs)}")
+        raise ConfigError(c.sub(which), f"exactly one certificate is supported, got {len(certs)}")
     if which == "tls_certificates":
         spec["cert_files"] = (_datasource(certs[0], "certificate_chain"), _datasource(certs[0], "private_key"))
         certs[0].done()
@@ -119,14 +119,13 @@ def _common(c: Obj) -> dict:
     which = c.one_of(("validation_context", "validation_context_sds_secret_config",
                       "combined_validation_context"))
     if which == "validation_context":
-        _validation(c.obj(which), spec)       # type: ignore[arg-type]
+        _validation(c.obj(which, required=True), spec)
     elif which == "validation_context_sds_secret_config":
-        spec["ca_secret"] = _sds_name(c.obj(which))   # type: ignore[arg-type]
+        spec["ca_secret"] = _sds_name(c.obj(which, required=True))
     else:
-        cv = c.obj(which)
-        assert cv is not None
-        _validation(cv.obj("default_validation_context", required=True), spec)   # type: ignore[arg-type]
-        spec["ca_secret"] = _sds_name(cv.obj("validation_context_sds_secret_config", required=True))  # type: ignore
+        cv = c.obj(which, required=True)
+        _validation(cv.obj("default_validation_context", required=True), spec)
+        spec["ca_secret"] = _sds_name(cv.obj("validation_context_sds_secret_config", required=True))
         cv.done()
     c.done()
     if bool(spec.get("cert_secret")) != bool(spec.get("ca_secret")):
@@ -205,15 +204,15 @@ def pick_chain(listener: Obj, chains: list[Obj]) -> tuple[Obj, DownstreamTls | N
     if len(parsed) == 1:
         ch, tls = parsed[0]
         return ch, (DownstreamTls(STRICT, tls) if tls is not None else None)
-    tls_chains = [p for p in parsed if p[1] is not None]
+    tls_chains = [(ch, tls) for ch, tls in parsed if tls is not None]
     if len(tls_chains) != 1:
         raise ConfigError(listener.sub("filter_chains"), "with two filter chains one must be TLS and "
                           "the other plaintext (PERMISSIVE)")
-    (tch, tls), (pch, _) = tls_chains[0], next(p for p in parsed if p[1] is None)
+    (tch, tch_tls), (pch, _) = tls_chains[0], next(p for p in parsed if p[1] is None)
     if tch.data.get("filters") != pch.data.get("filters"):
         raise ConfigError(pch.sub("filters"), "the TLS and plaintext chains must carry the same "
                           "network filters in minimesh-proxy")
     pch.take("filters")
     pch.ignore("name")
     pch.done()
-    return tch, DownstreamTls(PERMISSIVE, tls)   # type: ignore[arg-type]
+    return tch, DownstreamTls(PERMISSIVE, tch_tls)

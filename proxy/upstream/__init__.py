@@ -5,7 +5,7 @@ checks (``health``) and the outlier event log (``outlier_log``).
 Modules here may import ``proxy.config`` (cluster specs), ``proxy.http.codec`` and
 ``proxy.stats``; never the server, the connection manager, filters or xDS.
 """
-from proxy._lazy import lazy_exports
+from proxy.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "proxy.upstream.cluster": ("ClusterManager", "Cluster", "Host"),

@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Iterable
+from typing import Iterable, Protocol
 
 from proxy.config.cluster import ClusterSpec, EndpointSpec
 from proxy.upstream.lb import make_lb
 from proxy.upstream.health import HealthChecker, OutlierDetector
+from proxy.upstream.outlier_log import OutlierEventLog
 from proxy.stats import Stats
-from proxy.upstream.pool import ConnPool
+from proxy.upstream.pool import ConnPool, UpstreamConnection
 
-__all__ = ["Host", "Cluster", "ClusterManager"]
+__all__ = ["Host", "Cluster", "ClusterManager", "UpstreamSecurity"]
 log = logging.getLogger("proxy.upstream.cluster")
 
 
@@ -58,8 +59,14 @@ class Host:
         return f"Host({self.address}:{self.port})"
 
 
+class UpstreamSecurity(Protocol):
+    """mTLS for the clusters with a transport_socket (:class:`proxy.tls.sds.SidecarSecurity`)."""
+
+    async def connect(self, cluster: Cluster, conn: UpstreamConnection, address: str, port: int) -> None: ...
+
+
 class Cluster:
-    def __init__(self, spec: ClusterSpec, stats: Stats, outlier_log=None):
+    def __init__(self, spec: ClusterSpec, stats: Stats, outlier_log: OutlierEventLog | None = None):
         self.spec = spec
         self.name = spec.name
         self.stats = stats.cluster(spec.name)
@@ -74,6 +81,7 @@ class Cluster:
         self._dns_task: asyncio.Task | None = None
         self.initialized = asyncio.Event()
         self.dns_hostname = ""
+        self.security: UpstreamSecurity | None = None    # the manager's, for a cluster with TLS
 
     # --- membership ------------------------------------------------------------------------
     def set_hosts(self, endpoints: Iterable[tuple[str, int, EndpointSpec]]) -> None:
@@ -144,9 +152,10 @@ class Cluster:
         infos = await asyncio.get_event_loop().getaddrinfo(ep.address, ep.port, family=family,
                                                             type=socket.SOCK_STREAM)
         addrs: list[str] = []
-        for fam, _, _, _, sa in infos:
-            if sa[0] not in addrs:
-                addrs.append(sa[0])
+        for _, _, _, _, sa in infos:
+            addr = str(sa[0])       # AF_INET / AF_INET6: already a str
+            if addr not in addrs:
+                addrs.append(addr)
         if self.spec.dns_lookup_family == "V4_PREFERRED":
             addrs.sort(key=lambda a: ":" in a)
         return addrs
@@ -200,8 +209,9 @@ class ClusterManager:
     def __init__(self, stats: Stats):
         self.stats = stats
         self.clusters: dict[str, Cluster] = {}
-        self.security = None        # proxy.tls.sds.SidecarSecurity: mTLS for clusters with a transport_socket
-        self.outlier_log = None     # proxy.upstream.outlier_log.OutlierEventLog (bootstrap cluster_manager.outlier_detection)
+        self.security: UpstreamSecurity | None = None     # mTLS for clusters with a transport_socket
+        # bootstrap cluster_manager.outlier_detection.event_log_path
+        self.outlier_log: OutlierEventLog | None = None
         self.version_info = "static"
 
     def get(self, name: str) -> Cluster | None:

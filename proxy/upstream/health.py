@@ -156,7 +156,7 @@ class HealthChecker:
             hosts = list(self.cluster.hosts)
             results = await asyncio.gather(*(self.check(h) for h in hosts))
             changed = False
-            for h, ok in zip(hosts, results):
+            for h, ok in zip(hosts, results, strict=True):       # one result per host
                 changed |= self._record(h, ok)
             if changed:
                 self.cluster.refresh()

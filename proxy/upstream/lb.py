@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+from math import gcd
 from typing import Callable, Sequence
 
 __all__ = ["make_lb", "RoundRobin", "LeastRequest", "RandomLb", "RingHash", "ring_hash"]
@@ -17,7 +18,6 @@ def _expand(hosts: Sequence) -> list:
     """Hosts repeated by weight (gcd-reduced) so plain rotation honours weights."""
     if all(h.weight == hosts[0].weight for h in hosts):
         return list(hosts)
-    from math import gcd
     g = 0
     for h in hosts:
         g = gcd(g, h.weight)

@@ -12,12 +12,38 @@ import asyncio
 import collections
 import logging
 import socket
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.http.codec import END, ClientCodec, Data, ProtocolError, ResponseHead
 
-__all__ = ["UpstreamConnection", "ConnPool", "OVERFLOW"]
+__all__ = ["UpstreamConnection", "ConnPool", "PoolHandler", "OVERFLOW"]
 
 OVERFLOW = "overflow"
+
+
+class PoolHandler(Protocol):
+    """The handler of one upstream request (see the module docstring): the router
+    (:class:`proxy.filters.router.Router`) or a mirror's :class:`proxy.filters.mirror.ShadowRequest`."""
+
+    stream: Any         # the downstream stream (its connection gets internal_error() on a bug)
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None: ...
+
+    def on_pool_failure(self, reason: str) -> None: ...
+
+    def on_upstream_headers(self, head: ResponseHead) -> None: ...
+
+    def on_upstream_data(self, data: bytes) -> None: ...
+
+    def on_upstream_end(self) -> None: ...
+
+    def on_upstream_reset(self, reason: str) -> None: ...
+
+    def on_upstream_pause(self) -> None: ...
+
+    def on_upstream_resume(self) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -27,8 +53,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: "ConnPool"):
         self.pool = pool
         self.codec = ClientCodec(max_header_bytes=96 * 1024, max_headers=200)
-        self.handler = None
-        self.transport = None
+        self.handler: PoolHandler | None = None
+        self.transport: asyncio.Transport | None = None      # set by connection_made
         self.keep_alive = True
         self.requests = 0
         self.closed = False
@@ -49,7 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._received(data)
-        except Exception:     # noqa: BLE001 - a bug must cost one stream, not the process
+        except Exception:     # a bug must cost one stream, not the process
             logging.getLogger("proxy.upstream.pool").exception("internal error on an upstream connection")
             h, self.handler = self.handler, None
             self.close()
@@ -104,15 +130,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.handler.on_upstream_resume()
 
     # --- used by the router -----------------------------------------------------------
-    def attach(self, handler, head_request: bool) -> None:
+    def attach(self, handler: PoolHandler, head_request: bool) -> None:
         self.handler = handler
         self.requests += 1
         self._resp_done = False
         self._req_done = False
         self.codec.expect_response(head_request)
 
+    # write, pause_reading and resume_reading: only for a connection the pool handed out,
+    # so connected (its connection_made ran)
     def write(self, data: bytes) -> None:
         self.pool.stats.upstream_cx_tx_bytes_total += len(data)
+        if TYPE_CHECKING:
+            assert self.transport is not None
         self.transport.write(data)
 
     def request_complete(self) -> None:
@@ -131,10 +161,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if not self.closed:
+            if TYPE_CHECKING:
+                assert self.transport is not None
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if not self.closed:
+            if TYPE_CHECKING:
+                assert self.transport is not None
             self.transport.resume_reading()
 
     def detach_and_close(self) -> None:
@@ -160,17 +194,17 @@ class ConnPool:
 
     __slots__ = ("cluster", "host", "stats", "idle", "pending", "connecting", "conns", "loop")
 
-    def __init__(self, cluster, host):
+    def __init__(self, cluster, host) -> None:
         self.cluster = cluster
         self.host = host
         self.stats = cluster.stats
         self.idle: list[UpstreamConnection] = []
-        self.pending: collections.deque = collections.deque()
+        self.pending: collections.deque[PoolHandler] = collections.deque()      # waiting for a connection
         self.connecting = 0
         self.conns: set[UpstreamConnection] = set()
         self.loop = asyncio.get_event_loop()
 
-    def request(self, handler) -> str | None:
+    def request(self, handler: PoolHandler) -> str | None:
         """Attach ``handler`` to a connection now or later; OVERFLOW if a breaker trips."""
         while self.idle:
             conn = self.idle.pop()
@@ -195,7 +229,7 @@ class ConnPool:
         self.stats.upstream_rq_pending_active += 1
         return None
 
-    def cancel(self, handler) -> None:
+    def cancel(self, handler: PoolHandler) -> None:
         try:
             self.pending.remove(handler)
         except ValueError:

@@ -7,7 +7,7 @@ client, the transport), ``proxy.errors``, and for type hints ``proxy.stats`` and
 ``proxy.upstream``; never the server itself: the client drives it through the
 ``XdsTarget`` protocol.
 """
-from proxy._lazy import lazy_exports
+from proxy.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "proxy.xds.protocol": ("Subscription", "ConfigSource", "XdsError"),

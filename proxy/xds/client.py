@@ -58,7 +58,10 @@ class ApplyError(Exception):
 
 
 class _ListenerManager(Protocol):
-    listeners: dict[str, Any]      # name -> listener with .spec (a ListenerSpec)
+    @property
+    def listeners(self) -> dict[str, Any]:
+        """name -> listener with .spec (a ListenerSpec)"""
+        ...
 
     async def add_or_update_listener(self, spec: ListenerSpec) -> None: ...
 
@@ -70,10 +73,17 @@ class _ListenerManager(Protocol):
 class XdsTarget(Protocol):
     """What the xDS client reads and drives; :class:`proxy.server.Server` provides it."""
 
-    bootstrap: Bootstrap
-    stats: Stats
-    cluster_manager: ClusterManager
-    listener_manager: _ListenerManager
+    @property
+    def bootstrap(self) -> Bootstrap: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def cluster_manager(self) -> ClusterManager: ...
+
+    @property
+    def listener_manager(self) -> _ListenerManager: ...
 
 
 class Transport(Protocol):
@@ -130,7 +140,7 @@ class XdsClient:
         self.node = {"id": b.node.id, "cluster": b.node.cluster, "metadata": dict(b.node.metadata or {}),
                      "user_agent_name": "minimesh-proxy", "user_agent_version": __version__}
         self.static_clusters = frozenset(c.name for c in b.clusters)
-        self.static_listeners = frozenset(l.name for l in b.listeners)
+        self.static_listeners = frozenset(lst.name for lst in b.listeners)
         self.cds: _Sub | None = None
         self.lds: _Sub | None = None
         self.eds: dict[str, _Sub] = {}          # cluster name -> subscription
@@ -244,7 +254,7 @@ class XdsClient:
         prev = {n: self.cm.clusters[n].spec for n in self.dynamic_clusters if n in self.cm.clusters}
         try:
             self._apply_clusters(upd)
-        except Exception as e:  # noqa: BLE001 - roll back whatever failed, then NACK
+        except Exception as e:  # roll back whatever failed, then NACK
             for spec in upd.clusters:
                 if spec.name not in prev:
                     self.cm.remove_cluster(spec.name)
@@ -302,7 +312,7 @@ class XdsClient:
         prev_warming = dict(self.warming)
         try:
             await self._apply_listeners(upd)
-        except Exception as e:  # noqa: BLE001 - e.g. StartupError (port taken): roll back, NACK
+        except Exception as e:  # e.g. StartupError (port taken): roll back, NACK
             for spec in upd.listeners:
                 if spec.name not in prev:
                     await lm.remove_listener(spec.name)
@@ -310,7 +320,7 @@ class XdsClient:
                 try:
                     await lm.add_or_update_listener(spec)
                     self._install_routes(spec)
-                except Exception:  # noqa: BLE001
+                except Exception:  # keep restoring the others
                     log.exception("xDS lds: could not restore listener %s", spec.name)
             self.warming = prev_warming
             self.dynamic_listeners = set(prev) | set(prev_warming)
@@ -343,7 +353,7 @@ class XdsClient:
             try:
                 await self.lm.add_or_update_listener(spec)
                 self._install_routes(spec)
-            except Exception as e:  # noqa: BLE001 - e.g. the port got taken meanwhile
+            except Exception as e:  # e.g. the port got taken meanwhile
                 log.error("xDS lds: listener %s failed to open after warming: %s", spec.name, e)
                 self.dynamic_listeners.discard(spec.name)
 

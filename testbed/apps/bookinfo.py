@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -91,26 +91,27 @@ def make_app(cfg: Config) -> web.Application:
             body.update(id=0, ratings={"Reviewer1": 5, "Reviewer2": 4})
         else:
             color = STARS.get(cfg.version)
-            reviews = [{"reviewer": "Reviewer1", "text": "An extremely entertaining play by "
-                        "Shakespeare. The slapstick humour is refreshing!"},
-                       {"reviewer": "Reviewer2", "text": "Absolutely fun and entertaining. The "
-                        "play lacks thematic depth when compared to other plays by Shakespeare."}]
+            book_reviews: list[dict[str, Any]] = [
+                {"reviewer": "Reviewer1", "text": "An extremely entertaining play by "
+                 "Shakespeare. The slapstick humour is refreshing!"},
+                {"reviewer": "Reviewer2", "text": "Absolutely fun and entertaining. The "
+                 "play lacks thematic depth when compared to other plays by Shakespeare."}]
             if color is not None:
                 ratings = await _call(session, cfg.url("ratings"), hdrs)
                 body["ratings_from"] = {k: ratings.get(k) for k in ("version", "instance", "error")
                                         if k in ratings}
-                for r in reviews:
+                for r in book_reviews:
                     stars = (ratings.get("ratings") or {}).get(r["reviewer"])
                     r["rating"] = {"stars": stars, "color": color} if stars is not None else \
                         {"error": "Ratings service is currently unavailable"}
-            body["reviews"] = reviews
+            body["reviews"] = book_reviews
             body["stars"] = color
         return web.Response(status=200, text=json.dumps(body) + "\n",
                             content_type="application/json",
                             headers={"x-echo-service": cfg.app, "x-echo-version": cfg.version,
                                      "x-echo-instance": cfg.instance})
 
-    async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SESSION] = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=cfg.timeout_s), auto_decompress=True,
             skip_auto_headers=("User-Agent",))

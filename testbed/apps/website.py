@@ -58,10 +58,10 @@ def make_server(bind: str, port: int, site: str, log: IO[str] | None) -> Threadi
             if with_body:
                 self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:  # http.server's name
             self._answer(True)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._answer(False)
 
         def log_message(self, format: str, *args: object) -> None:  # quiet; --log has it

@@ -34,10 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from testbed.cli.subcommand import BACKENDS, EXIT_FAIL, EXIT_OK, Subcommand, load_topology_or_exit
 from testbed.net.lifecycle import Terminated, require_root, run_testbed, teardown_signals
 from testbed.net.running import RunningTestbed
 from testbed.paths import REPO
+from testbed.run.results import read_results, write_results
 
 __all__ = ["SUBCOMMANDS", "parse_ping", "path_between", "Measurement", "Part", "delay_part",
            "front_proxy_part", "canary_part", "format_summary", "PARTS"]
@@ -94,11 +98,11 @@ def path_between(links: list[tuple[str, str]], a: str, b: str) -> list[tuple[str
                 queue.append(m)
     if b not in prev:
         raise ValueError(f"no path from {a} to {b}")
-    hops = []
-    node = b
-    while prev[node] is not None:
-        hops.append((prev[node], node))  # type: ignore[arg-type]
-        node = prev[node]  # type: ignore[assignment]
+    hops: list[tuple[str, str]] = []
+    node, back = b, prev[b]
+    while back is not None:
+        hops.append((back, node))
+        node, back = back, prev[back]
     return hops[::-1]
 
 
@@ -177,7 +181,6 @@ def _missing(name: str, out: Path, status: int | None) -> Part:
 def front_proxy_part(out: Path, status: int | None = 0) -> Part:
     """From experiments/front_proxy.py's results.json (testbed.run.results.write_results:
     ``verdicts`` named after the tutorial's steps, ``valid``, ``failed``)."""
-    from testbed.run.results import read_results
     if not (out / "results.json").exists():
         return _missing("front_proxy", out, status)
     doc = read_results(out)
@@ -242,9 +245,6 @@ def format_summary(parts: list[Part], out: Path) -> str:
 
 
 def _print(results: list[Measurement], tolerance_ms: float, backend: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"minimesh demo: ping RTT, configured vs measured (link backend: {backend})")
     for col in ("measurement", "configured ms", "measured median ms", "samples", "within ±%g ms" % tolerance_ms):
         table.add_column(col)
@@ -266,7 +266,6 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 
 def _run_delay(args: argparse.Namespace, topology: Any, fallback: bool, out: Path) -> Part:
-    from testbed.run.results import write_results
     parts: list[Part] = []
 
     def demo(tb: RunningTestbed) -> int:
@@ -329,7 +328,7 @@ def _run(args: argparse.Namespace) -> int:
     fallback = not Path(args.topology).exists() and args.topology == str(DEFAULT_TOPOLOGY)
     topology = load_topology_or_exit("single,3" if fallback else args.topology) if "delay" in parts_wanted else None
     require_root("demo")
-    from mininet.log import setLogLevel
+    from mininet.log import setLogLevel     # late: Mininet (--help and the unit tests do without it)
     setLogLevel("output")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = (args.out or Path("results") / f"demo-{stamp}").resolve()

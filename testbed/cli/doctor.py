@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rich.console import Console
+from rich.table import Table
+
 from testbed.cli.subcommand import Subcommand
+from testbed.journal import Journal
+from testbed.links import probe_netem, probe_tun
 
 __all__ = ["Check", "run_checks", "report", "SUBCOMMANDS"]
 
@@ -57,7 +62,7 @@ def check_namespaces(journal: Any = None) -> Check:
 
 def check_mininet(journal: Any = None) -> Check:
     try:
-        from mininet.net import VERSION
+        from mininet.net import VERSION     # late: Mininet is what this checks (and it may be missing)
     except ImportError as e:
         return Check("mininet", "Mininet", False, f"cannot import mininet ({e}): apt install mininet", True)
     mnexec = shutil.which("mnexec")
@@ -67,7 +72,6 @@ def check_mininet(journal: Any = None) -> Check:
 
 
 def check_netem(journal: Any = None) -> Check:
-    from testbed.links import probe_netem
     ok, why = probe_netem(journal)
     return Check("netem", "kernel netem", ok, why)
 
@@ -85,7 +89,6 @@ def check_ovs(journal: Any = None) -> Check:
 
 
 def check_tun(journal: Any = None) -> Check:
-    from testbed.links import probe_tun
     ok, why = probe_tun()
     return Check("tun", "TUN/TAP", ok, why)
 
@@ -157,9 +160,6 @@ def report(checks: list[Check]) -> dict[str, Any]:
 
 
 def _print_table(checks: list[Check], data: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="minimesh doctor")
     table.add_column("check")
     table.add_column("status")
@@ -181,7 +181,6 @@ def _configure(p: argparse.ArgumentParser) -> None:
 def _run_doctor(args: argparse.Namespace) -> int:
     journal = None
     if os.geteuid() == 0:  # the netem probe creates a scratch namespace: journal it
-        from testbed.journal import Journal
         journal = Journal()
     try:
         checks = run_checks(journal)

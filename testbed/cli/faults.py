@@ -29,7 +29,8 @@ from testbed.faults.kinds import (Crash, Cut, Fault, FaultError, LinkChange, Lin
                             Restart)
 from testbed.faults.grudge import GRUDGE_BUILDERS, Grudge, GrudgeError, complete
 from testbed.faults.schedule import HealError, Nemesis
-from testbed.faults.targets import TargetError
+from testbed.faults.targets import TargetError, TestbedTarget
+from testbed.history import RunClock
 import testbed.mesh.citadel.faults  # noqa: F401  (registers the identity fault kinds: cert-revoke, ca-stop, ...)
 from testbed.net.running import RunningTestbed
 
@@ -126,7 +127,7 @@ class FaultSession:
             raise FaultCommandError("usage: crash NAME [SIGNAL]  (default SIGKILL)")
         name = self._process(words[0], "crash", free=True)
         try:
-            fault = Crash(name, *(words[1:]))
+            fault = Crash(name, words[1]) if len(words) == 2 else Crash(name)
         except FaultError as e:
             raise FaultCommandError(str(e)) from None
         return self._apply(fault, f"  (restart {name} or heal brings it back)")
@@ -204,7 +205,7 @@ class FaultSession:
 
         def mine(pair: tuple[str, str]) -> bool:
             return set(pair) == wanted if b is not None else (a is None or a in pair)
-        blocks = [(fid, op.fault.pairs()) for fid, op in self.nemesis.outstanding.items()   # type: ignore[attr-defined]
+        blocks = [(fid, op.fault.pairs()) for fid, op in self.nemesis.outstanding.items()
                   if hasattr(op.fault, "pairs")]
         chosen = [fid for fid, pairs in blocks if all(mine(p) for p in pairs)]
         partly = [fid for fid, pairs in blocks if fid not in chosen and any(mine(p) for p in pairs)]
@@ -233,9 +234,9 @@ class FaultSession:
             raise FaultCommandError(f"undo {op.fault.describe()} failed: {op.error}")
         return f"healed #{fid}: {op.fault.describe()} ({', '.join(op.actions) or 'nothing to do'})\n"
 
-    def _outstanding(self, kind: type, name: str) -> int | None:
+    def _outstanding(self, kind: type[Crash] | type[Pause], name: str) -> int | None:
         for fid, op in self.nemesis.outstanding.items():
-            if isinstance(op.fault, kind) and op.fault.process == name:   # type: ignore[attr-defined]
+            if isinstance(op.fault, kind) and op.fault.process == name:
                 return fid
         return None
 
@@ -287,8 +288,6 @@ def session_for(testbed: RunningTestbed, mesh: Any, clock: Any = None, history: 
     """The session for ``minimesh up``: the mesh's fault target (its processes) when there is
     a mesh, else a TestbedTarget with no processes (partitions only). Ops are recorded in
     ``history`` (if given) on ``clock`` (default: a RunClock started now)."""
-    from testbed.faults.targets import TestbedTarget
-    from testbed.history import RunClock
     target = mesh.fault_target() if mesh is not None else TestbedTarget(testbed)
     return FaultSession(target, clock or RunClock(), lambda: testbed.host_names, lambda: target.processes,
                         no_processes=NO_PROCESSES if mesh is None else NO_MESH_PROCESSES, history=history)
@@ -302,7 +301,7 @@ class FaultCommands:
     errors: int
 
     def _fault(self, method: str, line: str) -> None:
-        from mininet.log import error, output
+        from mininet.log import error, output   # late: Mininet (the sessions above are tested without it)
         try:
             output(getattr(self.faults_session, method)(line))
         except (FaultCommandError, FaultError, TargetError) as e:

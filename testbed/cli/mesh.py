@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+import yaml
 
 import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
 from testbed.cli.shell_commands import (CLIUsageError, ShellCommand, register_command,
                                         register_mesh_session)
 from testbed.cli.subcommand import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Subcommand
+from testbed.mesh.model import ERROR, INFO, Message
+from testbed.mesh.pilot.process import AdminClient, AdminUnavailable
+from testbed.mesh.rules.galley import analyze, load_files
 from testbed.net.running import RunningTestbed
+from testbed.run.outlier_events import import_mesh_logs
+from testbed.topology.load import TopologyError, load_topology
 
 __all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "analyze_paths",
            "format_registry", "default_sidecar"]
@@ -33,10 +42,6 @@ __all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "analyze_
 def analyze_paths(paths: Sequence[str]) -> tuple[list[str], int]:
     """Galley over topologies (their mesh.services and mesh.rules files, fully validated by
     the topology loader) and rule files: (formatted messages, exit code 1 on any Error)."""
-    from testbed.mesh.rules.galley import analyze, load_files
-    from testbed.mesh.model import ERROR, INFO, Message
-    from testbed.topology.load import TopologyError, load_topology
-
     services: list | None = None
     rule_files: list[str] = []
     msgs: list[Message] = []
@@ -64,7 +69,6 @@ def analyze_paths(paths: Sequence[str]) -> tuple[list[str], int]:
 
 def _is_topology(path: str) -> bool:
     """A YAML mapping with hosts: (and no Istio apiVersion/kind) is a topology."""
-    import yaml
     try:
         with open(path) as f:
             doc = next(iter(yaml.safe_load_all(f)), None)
@@ -84,9 +88,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 # --- apply / registry against a running mesh -----------------------------------------------
 
-def _admin(run: int | None) -> Any:
-    from testbed.mesh.deploy.mesh import running_meshes
-    from testbed.mesh.pilot.process import AdminClient
+def _admin(run: int | None) -> AdminClient:
+    from testbed.mesh.deploy.mesh import running_meshes     # late: the deployment loads cryptography
     meshes = running_meshes()
     if run is not None:
         meshes = [m for m in meshes if m["pid"] == run]
@@ -127,7 +130,7 @@ def format_registry(body: dict) -> str:
             rows.append((svc, e["version"], e["instance"], e["host"], f"{e['ip']}:{e['port']}",
                          f"{e['lease']:x}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     d = body.get("discovery", {})
     out.append(f"{len(rows) - 1} endpoint(s) at etcd revision {body['revision']}; Pilot's watch: "
                + ("healthy" if d.get("healthy") else f"UNHEALTHY ({d.get('last_error')})"))
@@ -137,8 +140,6 @@ def format_registry(body: dict) -> str:
 
 
 def _run_registry(args: argparse.Namespace) -> int:
-    import json
-    from testbed.mesh.pilot.process import AdminUnavailable
     try:
         status, body = _admin(args.run).request("GET", "/registry")
     except AdminUnavailable as e:
@@ -194,9 +195,9 @@ def mesh_session(tb: RunningTestbed, history: Any = None, clock: Any = None) -> 
     if spec is None:
         yield None
         return
+    # late: Mininet, and the deployment's cryptography, only when the topology has a mesh
     from mininet.log import error
     from testbed.mesh.deploy.mesh import Mesh, MeshError
-    import time
     t0 = time.monotonic()
     mesh = Mesh(tb, spec, sidecar_default=default_sidecar())
     try:
@@ -212,7 +213,6 @@ def mesh_session(tb: RunningTestbed, history: Any = None, clock: Any = None) -> 
     finally:
         try:
             if history is not None and clock is not None:
-                from testbed.run.outlier_events import import_mesh_logs
                 assert mesh.run_dir is not None                # set by mesh.start()
                 import_mesh_logs(history, clock.wall0, mesh.run_dir / "logs", mesh.events, mesh.spec)
         finally:
@@ -221,7 +221,7 @@ def mesh_session(tb: RunningTestbed, history: Any = None, clock: Any = None) -> 
 
 def cli_apply(mesh: Any, line: str) -> str:
     """The Mininet CLI's ``apply FILE...``; raises CLIUsageError on usage or rejection."""
-    from testbed.mesh.deploy.mesh import ApplyError
+    from testbed.mesh.deploy.mesh import ApplyError     # late: the deployment loads cryptography
     if mesh is None:
         raise CLIUsageError("apply: this topology has no mesh: section")
     paths = line.split()
@@ -230,7 +230,6 @@ def cli_apply(mesh: Any, line: str) -> str:
     for p in paths:
         if not Path(p).is_file():
             raise CLIUsageError(f"apply: {p}: no such file")
-    from testbed.mesh.pilot.process import AdminUnavailable
     try:
         warnings = mesh.apply_files(paths)
     except ApplyError as e:
@@ -247,7 +246,6 @@ def cli_registry(mesh: Any, line: str) -> str:
         raise CLIUsageError("registry: this topology has no mesh: section")
     if line.strip() not in ("", "list"):
         raise CLIUsageError("usage: registry [list]")
-    from testbed.mesh.pilot.process import AdminUnavailable
     try:
         _, body = mesh.admin.request("GET", "/registry")
     except AdminUnavailable as e:

@@ -103,7 +103,7 @@ def parse_restore(line: str) -> tuple[str | None, str | None]:
     words = line.split()
     if len(words) > 2:
         raise CLIUsageError("usage: restore [HOST1 [HOST2]]")
-    return (words + [None, None])[0], (words + [None, None])[1]  # type: ignore[return-value]
+    return (words + [None, None])[0], (words + [None, None])[1]
 
 
 def route_output_to_stdout() -> None:
@@ -118,7 +118,7 @@ def route_output_to_stdout() -> None:
     out = StreamHandlerNoNewline(sys.stdout)
     out.setFormatter(lg.handlers[0].formatter if lg.handlers else None)
     out.addFilter(lambda rec: rec.levelno == level)
-    out._minimesh_stdout = True  # type: ignore[attr-defined]
+    out._minimesh_stdout = True
     lg.addHandler(out)
 
 
@@ -227,7 +227,7 @@ class TestbedCLI(FaultCommands, CLI):
             if self.onecmd(self.precmd(line)):
                 break
 
-    def waitForNode(self, node: Any) -> None:  # noqa: N802 (Mininet's name)
+    def waitForNode(self, node: Any) -> None:  # Mininet's name
         if self.isatty():
             super().waitForNode(node)
             return

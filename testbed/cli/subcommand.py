@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
+from testbed.topology.load import TopologyError, resolve_topology
 
 __all__ = ["Subcommand", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "BACKENDS", "load_topology_or_exit"]
 
@@ -35,7 +36,6 @@ class Subcommand:
 
 def load_topology_or_exit(arg: str) -> Any:
     """Resolve a topology, or print ``file:line: message`` and exit 2 (nothing created)."""
-    from testbed.topology.load import TopologyError, resolve_topology
     try:
         return resolve_topology(arg)
     except TopologyError as e:

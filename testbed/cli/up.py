@@ -6,13 +6,17 @@ DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotate
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from testbed.cli.subcommand import BACKENDS, EXIT_FAIL, EXIT_OK, EXIT_USAGE, Subcommand, load_topology_or_exit
+from testbed.history import History, HistoryError, RunClock, read_history
+from testbed.mesh.spec import mesh_names
 from testbed.net.lifecycle import require_root, run_testbed
 from testbed.net.running import RunningTestbed
+from testbed.run.capture import Capture
 
 __all__ = ["SUBCOMMANDS", "HISTORY", "UP_SOURCE", "UpOptionError", "up_history_path", "open_history"]
 
@@ -59,7 +63,6 @@ def up_history_path(out: str | None, capture: str | None) -> Path | None:
 
 def open_history(path: Path, clock: Any) -> Any:
     """A History on ``path``, created now (exclusively: an existing file is an UpOptionError)."""
-    from testbed.history import History
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.open("x").close()
@@ -73,12 +76,10 @@ def open_history(path: Path, clock: Any) -> Any:
 def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path | None) -> int:
     """The CLI on a built network, with its history and capture (both closed on every exit
     path, before teardown: the heal at exit is recorded and captured, tcpdump flushes)."""
-    from testbed.history import RunClock
-    from testbed.cli.shell import TestbedCLI
+    from testbed.cli.shell import TestbedCLI    # late: Mininet's CLI (--help and the unit tests do without it)
     clock, cap, hist, ended, status = RunClock(), None, None, "exit", EXIT_FAIL
     try:
         if args.capture:
-            from testbed.run.capture import Capture
             try:
                 cap = Capture(tb, Path(args.capture).expanduser().resolve()).start()
             except (RuntimeError, OSError) as e:     # no tcpdump, tcpdump did not start, no directory
@@ -108,7 +109,6 @@ def _names(tb: RunningTestbed) -> dict[str, str]:
     names = {tb.ip(h): h for h in tb.host_names}
     spec = (getattr(getattr(tb, "topology", None), "sections", None) or {}).get("mesh")
     if spec is not None:
-        from testbed.mesh.spec import mesh_names
         names.update(mesh_names(spec, tb.ip))
     return names
 
@@ -116,9 +116,6 @@ def _names(tb: RunningTestbed) -> dict[str, str]:
 def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: dict[str, str]) -> bool:
     """Stop tcpdump, put the history's fault ops on the packets as comments, then the name
     block (last: editcap drops name blocks). A failure is reported (False), files are kept."""
-    import subprocess
-
-    from testbed.history import HistoryError, read_history
     try:
         cap.stop()
         if history_path is not None and history_path.exists():
@@ -142,6 +139,7 @@ def _run_up(args: argparse.Namespace) -> int:
         print(f"minimesh up: {e}", file=sys.stderr)
         return EXIT_USAGE
     require_root("up")
+    # late: Mininet (--help and the unit tests do without it)
     from mininet.log import setLogLevel
 
     from testbed.cli.shell import route_output_to_stdout

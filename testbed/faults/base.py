@@ -87,6 +87,8 @@ class Fault:
 
     kind: ClassVar[str] = ""
     instant: ClassVar[bool] = False   # nothing to revert (e.g. restart)
+    # declared, not set: each subclass's @dataclass sets it (and for mypy, a Fault is a dataclass)
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def apply(self, target: NemesisTarget) -> Op:
         raise NotImplementedError
@@ -99,21 +101,21 @@ class Fault:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             out[f.name] = v.to_dict() if isinstance(v, Grudge) else v
         return out
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> "Fault":
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        names = [f.name for f in dataclasses.fields(cls)]
         for k in fields:
             if k not in names:
                 raise FaultError(f"unknown field for a {cls.kind} fault; allowed: {', '.join(names)}", k)
         try:
             return cls(**fields)
         except TypeError as e:
-            missing = [n for f in dataclasses.fields(cls) if (n := f.name) not in fields  # type: ignore[arg-type]
+            missing = [n for f in dataclasses.fields(cls) if (n := f.name) not in fields
                        and f.default is dataclasses.MISSING]
             raise FaultError(f"a {cls.kind} fault needs: {', '.join(missing) or e}", "kind") from None
 

@@ -187,15 +187,16 @@ class Nemesis:
         assert isinstance(fault, LinkChange)
         link = {fault.a, fault.b}
         same = [i for i in order if i != fault_id and i in self.outstanding
-                and isinstance(self.outstanding[i].fault, LinkChange)
-                and {self.outstanding[i].fault.a, self.outstanding[i].fault.b} == link]  # type: ignore[attr-defined]
+                and isinstance(other := self.outstanding[i].fault, LinkChange) and {other.a, other.b} == link]
         if not same:
             return fault.revert(self.target, applied)
         first = applied if order.index(fault_id) < order.index(same[0]) else self.outstanding[same[0]]
         if "before" not in first.state:
             return Op(fault, "revert", ok=False, error="an overlapping link fault on this link never applied")
         before = list(first.state["before"])
-        if first.fault.a != fault.a:         # type: ignore[attr-defined]
+        first_fault = first.fault
+        assert isinstance(first_fault, LinkChange)      # `applied` or one of `same`: link changes
+        if first_fault.a != fault.a:
             before.reverse()
         both = dataclasses.replace(fault, direction=None)
         back = both.revert(self.target, Op(fault, "apply", state={"before": before}))

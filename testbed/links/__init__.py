@@ -10,6 +10,7 @@ raises :class:`BackendUnavailable`; there is no silent fallback.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from typing import Any
@@ -44,7 +45,7 @@ class NetemBackend(_Backend):
     name = "netem"
 
     def _cls(self) -> type:
-        from testbed.links.netem import NetemLink
+        from testbed.links.netem import NetemLink   # late: the backends' link classes are Mininet's
         return NetemLink
 
 
@@ -52,7 +53,7 @@ class UserspaceBackend(_Backend):
     name = "userspace"
 
     def _cls(self) -> type:
-        from testbed.links.userspace import UserspaceLink
+        from testbed.links.userspace import UserspaceLink   # late: Mininet
         return UserspaceLink
 
 
@@ -60,7 +61,7 @@ class FakeBackend(_Backend):
     name = "fake"
 
     def _cls(self) -> type:
-        from testbed.links.fake import FakeLink
+        from testbed.links.fake import FakeLink     # late: Mininet
         return FakeLink
 
 
@@ -84,8 +85,7 @@ def probe_netem(journal: Journal | None = None, *, refresh: bool = False) -> tup
 
 
 def _probe_netem(journal: Journal | None) -> tuple[bool, str]:
-    import errno
-
+    # late: pyroute2 (~150 ms) only when the kernel is probed, not for `minimesh --help`
     from pyroute2 import IPRoute, netns
     from pyroute2.netlink.exceptions import NetlinkError
 

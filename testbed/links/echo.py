@@ -31,7 +31,7 @@ def client(host: str, port: int, count: int, interval: float, wait: float = 2.0)
     rtts: dict[int, float] = {}
     start = time.monotonic()
     sent = 0
-    end = None
+    end: float | None = None
     while True:
         now = time.monotonic()
         if sent < count and now >= start + sent * interval:
@@ -40,9 +40,13 @@ def client(host: str, port: int, count: int, interval: float, wait: float = 2.0)
             if sent == count:
                 end = time.monotonic() + wait
             continue
-        next_send = start + sent * interval if sent < count else end
         if end is not None and (now >= end or len(rtts) == count):
             break
+        if sent < count:
+            next_send = start + sent * interval
+        else:
+            assert end is not None      # set when the last probe was sent
+            next_send = end
         r, _, _ = select.select([s], [], [], max(0.0, next_send - now))
         if r:
             while True:

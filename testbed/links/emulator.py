@@ -67,7 +67,7 @@ class Emulator:
         op = req.get("op")
         if op == "set":
             shapes = [LinkShape(**d) if d is not None else None for d in req["shapes"]]
-            for model, shape in zip(self.models, shapes):
+            for model, shape in zip(self.models, shapes, strict=True):   # one shape per direction
                 if shape is not None:
                     model.set_shape(shape)
             self._apply_offload()

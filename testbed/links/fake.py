@@ -57,7 +57,7 @@ class FakeLink(Link):
         params["fast"] = True
         super().__init__(node1, node2, **params)
 
-    def makeIntfPair(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802
+    def makeIntfPair(self, *args: Any, **kwargs: Any) -> None:  # Mininet's name
         return None
 
     def get_shapes(self) -> tuple[LinkShape, LinkShape]:

@@ -51,13 +51,13 @@ def netem_options(shape: LinkShape) -> dict[str, Any]:
 
 
 def _ipr(netns: str | None) -> Any:
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute    # late: pyroute2 (~150 ms); netem_options is used without it
     return IPRoute(netns=netns) if netns else IPRoute()
 
 
 def apply_netem(ifname: str, netns: str | None, shape: LinkShape) -> None:
     """Install (or change in place) the root netem qdisc of ``ifname``."""
-    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.exceptions import NetlinkError    # late: pyroute2, as in _ipr
     opts = netem_options(shape)
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
@@ -103,7 +103,7 @@ class NetemLink(Link):
 
     def makeIntfPair(self, intfname1: str, intfname2: str, addr1: str | None = None,
                      addr2: str | None = None, node1: Any = None, node2: Any = None,
-                     deleteIntfs: bool = True) -> Any:  # noqa: N802 (Mininet's name)
+                     deleteIntfs: bool = True) -> Any:  # Mininet's name
         if self._journal:
             # deleting either end of a veth removes both; the record names both anyway
             self._eids = [self._journal.record("link", name=n, netns=netns_path(node))
@@ -116,7 +116,7 @@ class NetemLink(Link):
                 (self.intf2.name, netns_path(self.intf2.node))]
 
     def _apply(self, shapes: tuple[LinkShape | None, LinkShape | None]) -> None:
-        for (ifname, ns), shape in zip(self._ends(), shapes):
+        for (ifname, ns), shape in zip(self._ends(), shapes, strict=True):
             if shape is not None:
                 apply_netem(ifname, ns, shape)
 

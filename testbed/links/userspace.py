@@ -13,18 +13,17 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from mininet.link import Link
 
 from testbed.journal import Journal, proc_start
 from testbed.links.nodes import netns_path
+from testbed.paths import child_env
 from testbed.shape import LinkShape
 
 READY_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 2.0
-from testbed.paths import child_env
 
 
 class EmulatorError(RuntimeError):
@@ -48,12 +47,12 @@ class EmulatorProcess:
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()
-            if journal:
+            if journal and self._eid is not None:
                 journal.forget(self._eid)
             raise
         finally:
             theirs.close()
-        if journal:
+        if journal and self._eid is not None:
             journal.update(self._eid, pid=self.proc.pid, start=proc_start(self.proc.pid))
         self._sock = ours
         self._buf = b""
@@ -138,7 +137,7 @@ class UserspaceLink(Link):
 
     def makeIntfPair(self, intfname1: str, intfname2: str, addr1: str | None = None,
                      addr2: str | None = None, node1: Any = None, node2: Any = None,
-                     deleteIntfs: bool = True) -> None:  # noqa: N802 (Mininet's name)
+                     deleteIntfs: bool = True) -> None:  # Mininet's name
         if node1 is None or node2 is None:
             raise ValueError("UserspaceLink needs both nodes (Mininet's fast=True path)")
         ends = [{"name": intfname1, "netns": netns_path(node1)},

@@ -6,6 +6,7 @@ holds a `MeshState` it hands to the xDS builder.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -221,8 +222,6 @@ class MeshState:
 def service_vips(names: "list[str] | tuple[str, ...]",
                  cidr: str = "10.96.0.0/16") -> dict[str, str]:
     """Deterministic virtual IPs: the i-th service by sorted name gets network + i + 1."""
-    import ipaddress
-
     net = ipaddress.ip_network(cidr)
     names = sorted(set(names))
     if len(names) > net.num_addresses - 2:

@@ -16,37 +16,42 @@ journal, history, paths, aio); never testbed.faults, testbed.mesh, testbed.run o
 testbed.cli. Modules here import each other by module path, not through this package.
 
 Importing this package is cheap (``minimesh --help`` imports it, and must not import
-Mininet): only :mod:`~testbed.net.lifecycle` and :mod:`~testbed.net.running` load with it;
-the other names load on first use (those of network and hosts import Mininet).
+Mininet): each name below loads its module on first use (those of network and hosts
+import Mininet).
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from testbed.net.lifecycle import (EXIT_FAIL, EXIT_OK, Terminated, clean_stale_report, require_root,
-                                   run_testbed, startup_errors, teardown_signals)
-from testbed.net.running import RunningTestbed
+from proxy.lazy import lazy_exports
 
-if TYPE_CHECKING:
-    from testbed.net.control import Control, ControlError, DropRule
-    from testbed.net.dns import DnsError, DnsServer
-    from testbed.net.hosts import JournaledBridge, NameTaken, TestbedHost
-    from testbed.net.network import Testbed, TestbedNet
+if TYPE_CHECKING:   # the names for mypy ("X as X": re-exported); at run time each loads on first use
+    from testbed.net.control import Control as Control
+    from testbed.net.control import ControlError as ControlError
+    from testbed.net.control import DropRule as DropRule
+    from testbed.net.dns import DnsError as DnsError
+    from testbed.net.dns import DnsServer as DnsServer
+    from testbed.net.hosts import JournaledBridge as JournaledBridge
+    from testbed.net.hosts import NameTaken as NameTaken
+    from testbed.net.hosts import TestbedHost as TestbedHost
+    from testbed.net.lifecycle import EXIT_FAIL as EXIT_FAIL
+    from testbed.net.lifecycle import EXIT_OK as EXIT_OK
+    from testbed.net.lifecycle import Terminated as Terminated
+    from testbed.net.lifecycle import clean_stale_report as clean_stale_report
+    from testbed.net.lifecycle import require_root as require_root
+    from testbed.net.lifecycle import run_testbed as run_testbed
+    from testbed.net.lifecycle import startup_errors as startup_errors
+    from testbed.net.lifecycle import teardown_signals as teardown_signals
+    from testbed.net.network import Testbed as Testbed
+    from testbed.net.network import TestbedNet as TestbedNet
+    from testbed.net.running import RunningTestbed as RunningTestbed
 
-__all__ = ["Testbed", "TestbedNet", "TestbedHost", "JournaledBridge", "NameTaken", "RunningTestbed",
-           "Control", "ControlError", "DropRule", "DnsServer", "DnsError", "EXIT_OK", "EXIT_FAIL",
-           "Terminated", "teardown_signals", "require_root", "startup_errors", "clean_stale_report",
-           "run_testbed"]
-
-_ON_FIRST_USE = {"Testbed": "testbed.net.network", "TestbedNet": "testbed.net.network",
-                 "TestbedHost": "testbed.net.hosts", "JournaledBridge": "testbed.net.hosts",
-                 "NameTaken": "testbed.net.hosts", "Control": "testbed.net.control",
-                 "ControlError": "testbed.net.control", "DropRule": "testbed.net.control",
-                 "DnsServer": "testbed.net.dns", "DnsError": "testbed.net.dns"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ON_FIRST_USE:
-        return getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "testbed.net.network": ("Testbed", "TestbedNet"),
+    "testbed.net.hosts": ("TestbedHost", "JournaledBridge", "NameTaken"),
+    "testbed.net.running": ("RunningTestbed",),
+    "testbed.net.control": ("Control", "ControlError", "DropRule"),
+    "testbed.net.dns": ("DnsServer", "DnsError"),
+    "testbed.net.lifecycle": ("EXIT_OK", "EXIT_FAIL", "Terminated", "teardown_signals", "require_root",
+                              "startup_errors", "clean_stale_report", "run_testbed"),
+})

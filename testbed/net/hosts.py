@@ -26,6 +26,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
+from mininet.moduledeps import pathCheck
 from mininet.node import Host
 from mininet.nodelib import LinuxBridge
 
@@ -43,7 +44,7 @@ def refuse_taken_name(ifname: str, what: str) -> None:
     """Mininet deletes an existing interface of the same name before creating its own,
     which would silently break another run (root-namespace names are global). Refuse
     instead; call it *before* journaling the name, so cleanup never touches the other's."""
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute    # late: pyroute2 (~150 ms) only when a network is built
     with IPRoute() as ipr:
         if ipr.link_lookup(ifname=ifname):
             raise NameTaken(f"{what} {ifname!r} already exists in the root namespace (another "
@@ -57,21 +58,21 @@ class JournaledNode:
     journal: Journal
     name: str             # provided by the Mininet Node this is mixed into
     pid: int
-    inNamespace: bool     # noqa: N815 (Mininet's name)
+    inNamespace: bool     # Mininet's name
 
     def _init_journal(self, journal: Journal) -> None:
         self.journal = journal
         self._spawning_shell = False
         self._ns_eid: int | None = None
 
-    def startShell(self, mnopts: Any = None) -> None:  # noqa: N802 (Mininet's name)
+    def startShell(self, mnopts: Any = None) -> None:  # Mininet's name
         if self.inNamespace:
             # before anything exists; the namespace inode is filled in once the shell runs
             self._pin = str(self.journal.dir / "ns" / f"{self.journal.run_id}-{self.name}")
             self._ns_eid = self.journal.record("netns_procs", what=f"node {self.name}", pin=self._pin)
         self._spawning_shell = True
         try:
-            super().startShell(mnopts)  # type: ignore[misc]
+            super().startShell(mnopts)  # type: ignore[misc]  # a mixin: Mininet's Node has startShell
         finally:
             self._spawning_shell = False
         if self._ns_eid is not None:
@@ -83,7 +84,7 @@ class JournaledNode:
             self.journal.update(self._ns_eid, netns=pinned, pid=self.pid)
 
     def _popen(self, cmd: list[str], **params: Any) -> subprocess.Popen:
-        popen = super()._popen(cmd, **params)  # type: ignore[misc]
+        popen = super()._popen(cmd, **params)  # type: ignore[misc]  # a mixin: Mininet's Node has _popen
         if self._spawning_shell:
             self.journal.record_process(popen.pid, f"shell of {self.name}")
         return popen
@@ -169,7 +170,6 @@ class JournaledBridge(JournaledNode, LinuxBridge):
         passes bridged IPv4 frames through iptables (br_netfilter), :meth:`start` lets this
         bridge's own traffic through the FORWARD chain instead (a journaled rule), so a host
         whose FORWARD policy is DROP (Docker's) does not silently cut the testbed."""
-        from mininet.moduledeps import pathCheck
         pathCheck("brctl", moduleName="bridge-utils")
 
     def start(self, controllers: Any) -> None:
@@ -181,7 +181,7 @@ class JournaledBridge(JournaledNode, LinuxBridge):
             self._fw_eid = self.journal.record("iptables", pid=None, args=args)
             subprocess.run(["iptables", "-w", "-I", *args], capture_output=True, check=True)
 
-    def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803 (Mininet's name)
+    def stop(self, deleteIntfs: bool = True) -> None:  # Mininet's name
         if self._fw_eid is not None:
             subprocess.run(["iptables", "-w", "-D", *forward_rule(self.name)], capture_output=True, check=False)
             self.journal.forget(self._fw_eid)

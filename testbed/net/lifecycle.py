@@ -16,6 +16,9 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable, cast
 
+from testbed.journal import clean_stale, stale_journals
+from testbed.links.base import BackendUnavailable
+
 if TYPE_CHECKING:
     from testbed.net.running import RunningTestbed
 
@@ -86,15 +89,13 @@ def require_root(what: str) -> None:
 
 def startup_errors() -> tuple[type[BaseException], ...]:
     """Errors of building a network that are the user's to fix: reported in one line."""
-    from testbed.links.base import BackendUnavailable
-    from testbed.net.hosts import NameTaken
+    from testbed.net.hosts import NameTaken     # late: testbed.net.hosts imports Mininet
     return (BackendUnavailable, NameTaken)
 
 
 def clean_stale_report(quiet_if_none: bool = True) -> int:
     """Remove what crashed runs left (by their journals); print a summary. Returns the
     number of items that could not be removed."""
-    from testbed.journal import clean_stale, stale_journals
     runs = len(stale_journals())
     count, errors = clean_stale()
     if runs or not quiet_if_none:
@@ -112,7 +113,7 @@ def run_testbed(what: str, topology: Any, backend: str, body: Callable[[RunningT
     ``sigint``; an interactive Mininet CLI keeps Ctrl-C for interrupting node commands).
     Returns body's exit status, 1 for a startup error or a failed cleanup, 128+N on signal N.
     ``what`` names the command in messages (``minimesh {what}: ...``)."""
-    from testbed.net.network import Testbed
+    from testbed.net.network import Testbed     # late: Mininet, only when a network is built
 
     sig = teardown_signals(sigint=sigint)
     with sig:

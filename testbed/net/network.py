@@ -24,6 +24,7 @@ from mininet.node import Node
 from testbed.net.control import Control
 from testbed.net.hosts import JournaledBridge, TestbedHost, refuse_taken_name
 from testbed.journal import Journal, proc_start
+from testbed.links import select_backend
 from testbed.links.base import LinkBackend
 
 __all__ = ["TestbedNet", "Testbed"]
@@ -39,7 +40,7 @@ class TestbedNet(Mininet):
         self.journal = journal
         super().__init__(**kwargs)
 
-    def addLink(self, node1: Any, node2: Any, port1: int | None = None,  # noqa: N802
+    def addLink(self, node1: Any, node2: Any, port1: int | None = None,  # Mininet's name
                 port2: int | None = None, cls: Any = None, **params: Any) -> Any:
         n1 = self[node1] if isinstance(node1, str) else node1
         n2 = self[node2] if isinstance(node2, str) else node2
@@ -101,8 +102,7 @@ class Testbed:
 
     def _select_backend(self) -> LinkBackend:
         if isinstance(self._backend_arg, LinkBackend) or not isinstance(self._backend_arg, str):
-            return self._backend_arg  # type: ignore[return-value]
-        from testbed.links import select_backend
+            return self._backend_arg
         return select_backend(self._backend_arg, self.journal)
 
     def stop(self) -> list[str]:

@@ -24,33 +24,38 @@ in a host at a planned time) imports only what the workload needs.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from testbed.run.capture import Capture
-    from testbed.run.config_sync import ConfigNotReached, wait_for_config
-    from testbed.run.experiment import Claim, Context, Experiment, start_mesh
-    from testbed.run.results import (LiveProgress, overall_valid, plot_split, plot_timeline, pyplot, read_results,
-                                     write_results)
-    from testbed.run.sidecar_stats import (StatsError, cluster_stats, fetch_stats, parse_prometheus, parse_stats,
-                                           total)
+from proxy.lazy import lazy_exports
 
-__all__ = ["Experiment", "Context", "Claim", "start_mesh", "wait_for_config", "ConfigNotReached",
-           "fetch_stats", "parse_stats", "parse_prometheus", "cluster_stats", "total", "StatsError",
-           "write_results", "read_results", "overall_valid", "plot_timeline", "plot_split", "pyplot",
-           "LiveProgress", "Capture"]
+if TYPE_CHECKING:   # the names for mypy ("X as X": re-exported); at run time each loads on first use
+    from testbed.run.capture import Capture as Capture
+    from testbed.run.config_sync import ConfigNotReached as ConfigNotReached
+    from testbed.run.config_sync import wait_for_config as wait_for_config
+    from testbed.run.experiment import Claim as Claim
+    from testbed.run.experiment import Context as Context
+    from testbed.run.experiment import Experiment as Experiment
+    from testbed.run.experiment import start_mesh as start_mesh
+    from testbed.run.results import LiveProgress as LiveProgress
+    from testbed.run.results import overall_valid as overall_valid
+    from testbed.run.results import plot_split as plot_split
+    from testbed.run.results import plot_timeline as plot_timeline
+    from testbed.run.results import pyplot as pyplot
+    from testbed.run.results import read_results as read_results
+    from testbed.run.results import write_results as write_results
+    from testbed.run.sidecar_stats import StatsError as StatsError
+    from testbed.run.sidecar_stats import cluster_stats as cluster_stats
+    from testbed.run.sidecar_stats import fetch_stats as fetch_stats
+    from testbed.run.sidecar_stats import parse_prometheus as parse_prometheus
+    from testbed.run.sidecar_stats import parse_stats as parse_stats
+    from testbed.run.sidecar_stats import total as total
 
-_WHERE = {"Experiment": "experiment", "Context": "experiment", "Claim": "experiment", "start_mesh": "experiment",
-          "wait_for_config": "config_sync", "ConfigNotReached": "config_sync",
-          "fetch_stats": "sidecar_stats", "parse_stats": "sidecar_stats", "parse_prometheus": "sidecar_stats",
-          "cluster_stats": "sidecar_stats", "total": "sidecar_stats", "StatsError": "sidecar_stats",
-          "write_results": "results", "read_results": "results", "overall_valid": "results",
-          "plot_timeline": "results", "plot_split": "results", "pyplot": "results", "LiveProgress": "results",
-          "Capture": "capture"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"testbed.run.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "testbed.run.experiment": ("Experiment", "Context", "Claim", "start_mesh"),
+    "testbed.run.config_sync": ("wait_for_config", "ConfigNotReached"),
+    "testbed.run.sidecar_stats": ("fetch_stats", "parse_stats", "parse_prometheus", "cluster_stats", "total",
+                                  "StatsError"),
+    "testbed.run.results": ("write_results", "read_results", "overall_valid", "plot_timeline", "plot_split",
+                            "pyplot", "LiveProgress"),
+    "testbed.run.capture": ("Capture",),
+})

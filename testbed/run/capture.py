@@ -20,9 +20,12 @@ The pure part, :func:`comment_plan`, maps fault times to frame numbers.
 """
 from __future__ import annotations
 
+import bisect
+import ipaddress
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -67,7 +70,6 @@ def comment_plan(frame_epochs: Sequence[float], comments: Sequence[tuple[float, 
     """Frame number (1-based) -> comment: each comment goes on the first frame whose time is
     at or after the comment's; comments on the same frame are joined with " | "; comments
     after the last frame go on the last frame (marked "(after the last packet)")."""
-    import bisect
     plan: dict[int, str] = {}
     if not frame_epochs:
         return plan
@@ -88,8 +90,6 @@ def frame_times(path: Path) -> list[float]:
 
 def nrb_block(names: Mapping[str, str]) -> bytes:
     """A pcapng Name Resolution Block (little-endian) with one IPv4 record per address."""
-    import ipaddress
-    import struct
     body = b""
     for ip, name in sorted(names.items()):
         value = ipaddress.IPv4Address(ip).packed + name.replace(" ", "_").encode() + b"\0"
@@ -102,7 +102,6 @@ def nrb_block(names: Mapping[str, str]) -> bytes:
 def insert_nrb(data: bytes, names: Mapping[str, str]) -> bytes:
     """``data`` (a little-endian pcapng) with an NRB after the section's first interface
     blocks, before the first packet; an existing NRB is replaced."""
-    import struct
     if data[:4] != b"\x0a\x0d\x0d\x0a" or data[8:12] != b"\x4d\x3c\x2b\x1a":
         raise ValueError("not a little-endian pcapng file")
     i, head, rest = 0, b"", b""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,14 +33,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import yaml
+
 import testbed.mesh.citadel.faults  # noqa: F401  (registers the identity fault kinds: cert-revoke, ca-stop, ...)
+from testbed.faults.schedule import Nemesis
+from testbed.faults.targets import TestbedTarget
 from testbed.history import History, HistoryData, RunClock, read_history
+from testbed.mesh.spec import mesh_names     # importing it registers the topology's mesh: section
+from testbed.net.lifecycle import require_root, run_testbed
 from testbed.paths import REPO, child_env
+from testbed.run.capture import Capture
 from testbed.run.config_sync import wait_for_config
+from testbed.run.outlier_events import import_mesh_logs
+from testbed.run.results import LiveProgress, plot_timeline, read_results, write_results
+from testbed.run.workload import workload_argv
+from testbed.topology.load import TopologyError, load_topology
 
 if TYPE_CHECKING:
     from testbed.faults.base import NemesisTarget
-    from testbed.faults.schedule import Nemesis
     from testbed.mesh.deploy.mesh import Mesh
     from testbed.net.running import RunningTestbed
 
@@ -64,7 +75,7 @@ class Context:
     out: Path
     seed: int
     quick: bool
-    tb: RunningTestbed = None  # type: ignore[assignment]  # the network, once it is up
+    tb: RunningTestbed = None  # type: ignore[assignment]  # None until the network is up; run(ctx) sees it set
     clock: RunClock = field(default_factory=RunClock)   # replaced by the run's when it starts
     history: History | None = None
     rng: random.Random = field(default_factory=random.Random)
@@ -114,7 +125,6 @@ class Context:
     def workload(self, host: str, kind: str, rate: float, duration_s: float, start_s: float | None = None,
                  name: str = "workload", **options: Any) -> subprocess.Popen:
         """``python -m testbed.run.workload KIND`` in ``host``, writing into this run's history."""
-        from testbed.run.workload import workload_argv
         assert self.history is not None and self.history.path is not None
         t0 = time.monotonic() - self.clock.now()
         start = self.clock.now() + 0.3 if start_s is None else start_s
@@ -144,8 +154,6 @@ class Context:
         """A :class:`~testbed.faults.schedule.Nemesis` on this testbed (or on ``target``, e.g.
         ``mesh.fault_target()`` for crashes of mesh processes), recording into the history;
         healed at the end of the run whatever happens."""
-        from testbed.faults.schedule import Nemesis
-        from testbed.faults.targets import TestbedTarget
         nem = Nemesis(target if target is not None else TestbedTarget(self.tb, processes, restarters),
                       self.clock, self.history)
         self.nemeses.append(nem)
@@ -183,8 +191,7 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     logs kept under <out>/mesh-logs[-tag], Pilot's events
     and the sidecars' outlier ejections (testbed.run.outlier_events) copied into the history
     (sources ``pilot``, ``sidecar:<name>``; with a ``tag``, ``config=tag`` added to each)."""
-    from testbed.mesh.deploy.mesh import Mesh
-    import shutil
+    from testbed.mesh.deploy.mesh import Mesh   # late: the deployment loads cryptography; not every run has a mesh
     logs = ctx.out / ("mesh-logs" + (f"-{tag}" if tag else ""))
     extra = {"config": tag} if tag else {}
 
@@ -198,12 +205,10 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     mesh = ExperimentMesh(ctx.tb, spec if spec is not None else ctx.topology.sections["mesh"], pilot_etcd=pilot_etcd)
     ctx.closers.append(mesh.stop)
     mesh.start()
-    from testbed.mesh.spec import mesh_names
     ctx.names.update(mesh_names(mesh.spec, ctx.tb.ip))
 
     def copy_events() -> None:   # Pilot's events, sidecars' outlier logs: from the run dir, else the kept copy
         assert ctx.history is not None
-        from testbed.run.outlier_events import import_mesh_logs
         run_dir = mesh.run_dir
         if run_dir is not None and run_dir.exists():
             import_mesh_logs(ctx.history, ctx.clock.wall0, run_dir / "logs", mesh.events, mesh.spec, **extra)
@@ -212,7 +217,6 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     ctx.finishers.append(copy_events)
     if rules:
         mesh.apply_text(rules, "rules.yaml")
-        import yaml
         docs = [d for d in yaml.safe_load_all(rules) if isinstance(d, dict)]
         names = " ".join(f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}" for d in docs)
         ctx.event("experiment", "rules_applied", rules=names)
@@ -248,16 +252,12 @@ class Experiment:
         return ap
 
     def main(self, argv: Sequence[str] | None = None) -> int:
-        from testbed.net.lifecycle import require_root, run_testbed
-        from testbed.topology.load import load_topology
         args = self.parser().parse_args(argv)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = (args.out or Path("results") / f"{self.name}-{stamp}").resolve()
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.jsonl").unlink(missing_ok=True)
         require_root(f"run experiments/{self.name}.py")
-        import testbed.mesh.spec  # noqa: F401  (registers the topology's mesh: section)
-        from testbed.topology.load import TopologyError
         try:
             topology = load_topology(self.topology)
         except TopologyError as e:
@@ -273,7 +273,6 @@ class Experiment:
         return self._finish(ctx, state, status, time.monotonic() - started)
 
     def _run(self, ctx: Context, tb: RunningTestbed, capture_dir: Path | None, state: dict[str, Any]) -> int:
-        from testbed.run.capture import Capture
         ctx.tb, ctx.clock = tb, RunClock()
         for h in tb.host_names:
             ctx.names.setdefault(tb.ip(h), h)
@@ -285,7 +284,6 @@ class Experiment:
                 ctx.history = hist
                 try:
                     if sys.stdout.isatty():
-                        from testbed.run.results import LiveProgress
                         with LiveProgress(hist, ctx.clock, self.duration_hint_s, title=self.name):
                             self.run(ctx)
                     else:
@@ -317,7 +315,6 @@ class Experiment:
         return 0
 
     def _finish(self, ctx: Context, state: dict[str, Any], status: int, elapsed_s: float) -> int:
-        from testbed.run.results import plot_timeline, write_results
         if "error" in state:
             ctx.claim("experiment ran", False, state["error"])
         elif status != 0:
@@ -352,7 +349,6 @@ class Experiment:
 
 
 def report(ctx: Context) -> int:
-    from testbed.run.results import read_results
     res = read_results(ctx.out)
     print(f"\n=== {ctx.name}: checks")
     for name, v in res["verdicts"].items():

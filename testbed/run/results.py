@@ -22,6 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from rich.live import Live
+from rich.table import Table
+
 from testbed.run.checkers.requests import windows
 from testbed.run.checkers.split import SplitVerdict
 from testbed.history import Event, FaultRecord, History, Record, Request, fault_windows, jsonable
@@ -71,7 +74,7 @@ _SHADES = ("tab:red", "tab:purple", "tab:orange", "tab:brown", "tab:gray")
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend (files only, no display): for an
     experiment's own plots."""
-    import matplotlib
+    import matplotlib   # late: matplotlib (~300 ms) only when a plot is drawn
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     return plt
@@ -175,7 +178,6 @@ class LiveProgress:
                 self.last_event = f"{rec.t:.1f}s {rec.source}: {rec.kind}"
 
     def render(self) -> Any:
-        from rich.table import Table
         now = self.clock.now()
         with self._lock:
             while self.recent and self.recent[0][0] < now - 1.0:
@@ -193,7 +195,6 @@ class LiveProgress:
         return table
 
     def __enter__(self) -> "LiveProgress":
-        from rich.live import Live
         self._unsubscribe = self.history.subscribe(self._on)
         self._live = Live(console=self.console, refresh_per_second=self.refresh, get_renderable=self.render,
                           redirect_stdout=False, redirect_stderr=False)

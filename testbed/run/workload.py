@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from testbed.history import History
+from testbed.mesh.model import Endpoint
 
 __all__ = ["send_times", "ResponseInfo", "describe_response", "OffsetClock", "run_http", "run_etcd", "run_registry",
            "workload_argv", "main"]
@@ -104,7 +105,7 @@ async def _open_loop(clock: OffsetClock, times: Sequence[float], one: Any) -> No
 async def run_http(hist: History, clock: OffsetClock, url: str, rate: float, duration_s: float,
                    start_s: float, headers: Mapping[str, str], timeout_s: float, client: str,
                    service: str) -> None:
-    import aiohttp
+    import aiohttp      # late: aiohttp (~150 ms) only in the workloads that use it (started at a planned time)
     times = send_times(rate, duration_s, start_s)
     conn = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=conn) as session:
@@ -132,7 +133,7 @@ async def run_etcd(hist: History, clock: OffsetClock, endpoints: Sequence[str], 
     """Writes ``<process>-<i>`` to ``key`` at ``rate``; after each write attempt, a read
     (``reads``: none | serializable | linearizable | both). Every op is an invoke plus its
     completion in the history (``history.etcd_call``): unknown outcomes are ``info``."""
-    from testbed.mesh.etcd.client import EtcdClient
+    from testbed.mesh.etcd.client import EtcdClient     # late: aiohttp, as in run_http
     times = send_times(rate, duration_s, start_s)
     kinds = {"none": (), "serializable": (True,), "linearizable": (False,), "both": (False, True)}[reads]
     async with EtcdClient(endpoints, timeout_s=timeout_s) as cli:
@@ -161,7 +162,7 @@ async def run_registry(hist: History, clock: OffsetClock, endpoints: Sequence[st
     registered with a lease of ``ttl_s`` (Registrar; its events go to the history as source
     ``registrar:<instance>``). ``observe_every_s`` > 0: list the registry (linearizable) at
     that period and record ``endpoint_added`` / ``endpoint_removed`` (source ``observer``)."""
-    from testbed.mesh.model import Endpoint
+    # late: aiohttp, as in run_http
     from testbed.mesh.etcd.client import EtcdClient, EtcdError
     from testbed.mesh.etcd.registry import DEFAULT_PREFIX, Registrar, parse_endpoint
     async with EtcdClient(endpoints, timeout_s=timeout_s) as cli:

@@ -289,8 +289,9 @@ def _shape(ctx: Context, where: str, common: dict[str, tuple[Node, Node]],
     try:
         return parse_params(values)
     except ShapeError as e:
-        field_where, value_node = merged.get(e.field, (f"{where}.{e.field}", None))
-        if value_node is None:  # a cross-field rule about a field not written here
-            field_where, value_node = next(iter(merged.values()))
+        found = merged.get(e.field)
+        if found is None:  # a cross-field rule about a field not written here
+            found = next(iter(merged.values()))
+        field_where, value_node = found
         note = f" (direction {direction})" if override else ""
         ctx.error(value_node, f"{field_where}{note}: {e.message}")

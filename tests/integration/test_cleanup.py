@@ -30,7 +30,8 @@ def start_and_kill(state_dir, topo) -> list[dict]:
         daemon = f"sleep 6{TAG}"
         proc.stdin.write(f"{HA} ping -c 1 {HB}\n"
                          f"{HA} setsid nohup {daemon} >/dev/null 2>&1 &\n"
-                         f"{HA} while ! pgrep -f '^{daemon}$' >/dev/null; do sleep 0.05; done; echo daemon-is-$((6*7))\n"
+                         f"{HA} while ! pgrep -f '^{daemon}$' >/dev/null; do sleep 0.05; done; "
+                         "echo daemon-is-$((6*7))\n"
                          "link-show\n")
         proc.stdin.flush()
         wait_ready(proc, "daemon-is-42")  # not in the echoed command line

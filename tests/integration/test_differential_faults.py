@@ -36,7 +36,8 @@ def test_outlier_detection_ejects_after_three_5xx(kind, request):
     assert sum(o.status == 200 and o.instance == "good-0" for o in outs) == 9
     ejected = stats.get("cluster.od.outlier_detection.ejections_enforced_consecutive_5xx", 0)
     active = stats.get("cluster.od.outlier_detection.ejections_active", 0)
-    assert (ejected, active) == (1, 1), f"{kind}: ejections_enforced_consecutive_5xx={ejected} ejections_active={active}"
+    assert (ejected, active) == (1, 1), \
+        f"{kind}: ejections_enforced_consecutive_5xx={ejected} ejections_active={active}"
 
 
 @pytest.mark.parametrize("kind", KINDS)

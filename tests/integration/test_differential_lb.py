@@ -61,7 +61,7 @@ def test_ring_hash_sticks_per_user(kind, request):
     reqs = [Req(f"/ring/{k}", headers=(("x-mm-user", u),)) for k in range(3) for u in users]
     seq = _instances(kind, reqs)
     by_user: dict[str, set] = {}
-    for req, inst in zip(reqs, seq):
+    for req, inst in zip(reqs, seq, strict=True):
         by_user.setdefault(dict(req.headers)["x-mm-user"], set()).add(inst)
     moved = {u: s for u, s in by_user.items() if len(s) != 1}
     assert not moved, f"{kind}: users reached more than one endpoint: {moved}"

@@ -26,7 +26,8 @@ CASES = {
                                   b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "invalid_chunk_size": b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     "two_content_lengths": b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-    "headers_over_60k": b"GET / HTTP/1.1\r\n" + H + b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)) + b"\r\n",
+    "headers_over_60k": b"GET / HTTP/1.1\r\n" + H
+                        + b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)) + b"\r\n",
     "space_in_header_name": b"GET / HTTP/1.1\r\n" + H + b"Bad Header: 1\r\n\r\n",
     "http11_without_host": b"GET / HTTP/1.1\r\n\r\n",
     "absolute_form_uri": b"GET http://other.example/p?q=1 HTTP/1.1\r\n" + H + b"\r\n",

@@ -92,7 +92,7 @@ def test_enforced_ejections_are_logged_like_envoy(runs):
     assert shapes["minimesh"] == shapes["envoy"], json.dumps(shapes, indent=1)
     secs = {k: [e.get("secs_since_last_action") for e in runs[k][0]] for k in KINDS}
     assert [s is None for s in secs["minimesh"]] == [s is None for s in secs["envoy"]] == [True, False, False, False]
-    for m, e in zip(secs["minimesh"][1:], secs["envoy"][1:]):
+    for m, e in zip(secs["minimesh"][1:], secs["envoy"][1:], strict=True):
         assert isinstance(m, str) and abs(int(m) - int(e)) <= 1, secs
 
 

@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
               pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd binary not installed")]
 
-from mininet.topo import Topo  # noqa: E402
+from mininet.topo import Topo  # noqa: E402  (after pytestmark)
 
-from testbed.journal import Journal  # noqa: E402
-from testbed.mesh.etcd.cluster import EtcdCluster, EtcdMember, EtcdRunner, popen_probe  # noqa: E402
+from testbed.journal import Journal  # noqa: E402  (after pytestmark)
+from testbed.mesh.etcd.cluster import EtcdCluster, EtcdMember, EtcdRunner, popen_probe  # noqa: E402  (after pytestmark)
 from testbed.net import network as tbnet  # noqa: E402  (not `Testbed`: pytest would collect it)
 
 REPO = str(Path(__file__).resolve().parents[2])

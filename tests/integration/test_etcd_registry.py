@@ -142,7 +142,7 @@ def test_discovery_follows_changes_within_500ms(etcd3):
             assert disc.healthy and disc.snapshot == {}
             lags = []
             regs = [Registrar(c), Registrar(c)]
-            for reg, e in zip(regs, (ep("i1"), ep("i2", "v2"))):
+            for reg, e in zip(regs, (ep("i1"), ep("i2", "v2")), strict=True):
                 await reg.register(e, ttl_s=10)
 
                 async def seen(e=e):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.integration.test_experiments import REPO, _common, _comments, _nothing_left, _run, _why
+from tests.integration.test_experiments import _common, _comments, _nothing_left, _run, _why
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -17,14 +17,14 @@ import pytest
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
 
-from mininet.net import Mininet  # noqa: E402
-from mininet.nodelib import LinuxBridge  # noqa: E402
-from mininet.topo import Topo  # noqa: E402
+from mininet.net import Mininet  # noqa: E402  (after pytestmark)
+from mininet.nodelib import LinuxBridge  # noqa: E402  (after pytestmark)
+from mininet.topo import Topo  # noqa: E402  (after pytestmark)
 
-from testbed.journal import Journal, proc_alive  # noqa: E402
-from testbed.links import BackendUnavailable, probe_netem, select_backend  # noqa: E402
-from testbed.links.measure import binomial_bounds, parse_ping  # noqa: E402
-from testbed.shape import LinkShape  # noqa: E402
+from testbed.journal import Journal, proc_alive  # noqa: E402  (after pytestmark)
+from testbed.links import BackendUnavailable, probe_netem, select_backend  # noqa: E402  (after pytestmark)
+from testbed.links.measure import binomial_bounds, parse_ping  # noqa: E402  (after pytestmark)
+from testbed.shape import LinkShape  # noqa: E402  (after pytestmark)
 
 SWITCH = f"mmf{os.getpid() % 10000}"  # distinctive: the bridge lives in the root namespace
 
@@ -171,7 +171,7 @@ def test_a_stalled_emulator_loses_nothing_that_fits_its_tap_ring(tmp_path):
 
 def test_stop_leaves_no_interface_or_process(backend_name, tmp_path):
     with line_net(backend_name, tmp_path) as (net, journal):
-        pids = [l.emulator_pid for l in net.links if hasattr(l, "emulator_pid")]
+        pids = [lk.emulator_pid for lk in net.links if hasattr(lk, "emulator_pid")]
         assert [e["kind"] for e in journal.outstanding()].count("link") == 4
     # line_net asserted the journal is empty; now check the system itself
     root_links = os.listdir("/sys/class/net")

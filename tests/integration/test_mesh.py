@@ -58,7 +58,7 @@ mesh:
 
 @pytest.fixture(scope="module")
 def mesh():
-    import testbed.mesh.spec  # noqa: F401
+    import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
     from testbed.mesh.deploy.mesh import Mesh
     from testbed.net.network import Testbed
     from testbed.topology.load import parse_topology

@@ -44,7 +44,7 @@ def stat(mesh, inst: str, pattern: str) -> int:
 
 
 def test_rotation_under_load_loses_no_request_and_new_handshakes_use_renewed_certs(tmp_path):
-    import testbed.mesh.spec  # noqa: F401
+    import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
     from testbed.mesh.deploy.mesh import Mesh
     from testbed.net.network import Testbed
     from testbed.topology.load import parse_topology
@@ -60,7 +60,8 @@ def test_rotation_under_load_loses_no_request_and_new_handshakes_use_renewed_cer
         assert r["codes"] == {"200": N} and r["errors"] == 0, r
         renewed = {i: stat(mesh, i, r"citadel\.renewals") - before[i] for i in before}
         # at least three renewals per sidecar during the run (one per ~1 s)
-        assert r["elapsed_s"] >= 3 and N / r["elapsed_s"] >= 200 and all(n >= 3 for n in renewed.values()), (r["elapsed_s"], renewed)
+        assert r["elapsed_s"] >= 3 and N / r["elapsed_s"] >= 200 and all(n >= 3 for n in renewed.values()), \
+            (r["elapsed_s"], renewed)
         for i in before:
             assert stat(mesh, i, r"citadel\.expired") == 0
         while time.time() < t_boot + TTL_S + 0.5:     # every boot certificate has expired

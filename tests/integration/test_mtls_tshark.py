@@ -36,7 +36,7 @@ def start_capture(port: int, pcap: Path) -> subprocess.Popen:
                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        line = p.stderr.readline()  # type: ignore[union-attr]
+        line = p.stderr.readline()  # type: ignore[union-attr]  (stderr=PIPE)
         if not line:
             break
         if b"Capture started" in line:  # "Capturing on 'lo'" comes before the filter is live

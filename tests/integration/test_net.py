@@ -215,7 +215,7 @@ def test_failed_start_cleans_up(tmp_path):
             return cls(node1, node2, **kw)
         backend_obj = type("B", (), {"name": backend.name, "reason": "test", "link_class": staticmethod(link)})()
         return backend_obj
-    bed._select_backend = backend_then_boom  # type: ignore[method-assign]
+    bed._select_backend = backend_then_boom
     with pytest.raises(Boom):
         bed.start()
     assert not list(tmp_path.glob("*.jsonl"))

@@ -73,7 +73,8 @@ def test_upstreams_record_every_arrival_and_delay():
 
 
 def test_config_templates_fill_only_placeholders():
-    text = render("routing.yaml", {n: 1000 + i for i, n in enumerate(placeholders((CONFIG_DIR / "routing.yaml").read_text()))})
+    names = placeholders((CONFIG_DIR / "routing.yaml").read_text())
+    text = render("routing.yaml", {n: 1000 + i for i, n in enumerate(names)})
     assert "${" not in text and "^/api/v[0-9]+/items$" in text
     with pytest.raises(KeyError, match="UPSTREAM_A_PORT"):
         render("minimal.yaml", {"LISTEN_PORT": 1, "ADMIN_PORT": 2})

@@ -73,8 +73,8 @@ def test_envoy_gets_all_four_resource_types(tmp):
         async with Mesh(*tmp) as m:
             dump = await m.admin_json("/config_dump")
             kinds = {c["@type"].rsplit(".", 1)[-1]: c for c in dump["configs"]}
-            listeners = [l["active_state"]["listener"]["name"]
-                         for l in kinds["ListenersConfigDump"]["dynamic_listeners"]]
+            listeners = [lst["active_state"]["listener"]["name"]
+                         for lst in kinds["ListenersConfigDump"]["dynamic_listeners"]]
             assert listeners == ["virtualOutbound"]
             routes = [r["route_config"]["name"]
                       for r in kinds["RoutesConfigDump"]["dynamic_route_configs"]]

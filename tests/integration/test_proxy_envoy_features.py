@@ -165,7 +165,8 @@ def test_stats_count_like_envoy_for_exhausted_retries_and_local_replies():
                 assert (await http_request(p.port, target="/x")).status == 503
                 c = p.cstats("c")
                 assert (c.upstream_rq_total, c.upstream_rq_retry, c.upstream_rq_retry_success,
-                        c.upstream_rq_retry_limit_exceeded, c.upstream_rq_completed, c.codes) == (3, 2, 0, 1, 1, {503: 1})
+                        c.upstream_rq_retry_limit_exceeded, c.upstream_rq_completed, c.codes) == \
+                    (3, 2, 0, 1, 1, {503: 1})
                 assert (await http_request(p.port, target="/dead")).status == 503
                 d = p.cstats("dead")
                 assert (d.upstream_rq_total, d.upstream_rq_completed, d.codes, d.upstream_cx_connect_fail) == \

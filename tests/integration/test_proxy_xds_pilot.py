@@ -75,7 +75,7 @@ def test_proxy_gets_all_four_resource_types(tmp_path):
         async with Mesh(tmp_path) as m:
             dump = json.loads(await m.admin_text("/config_dump"))
             kinds = {c["@type"].rsplit(".", 1)[-1]: c for c in dump["configs"]}
-            assert [l["name"] for l in kinds["ListenersConfigDump"]["dynamic_listeners"]] == ["virtualOutbound"]
+            assert [lst["name"] for lst in kinds["ListenersConfigDump"]["dynamic_listeners"]] == ["virtualOutbound"]
             assert {c["cluster"]["name"] for c in kinds["ClustersConfigDump"]["dynamic_active_clusters"]} == \
                 {f"outbound|{m.port}||echo"}
             text = await m.admin_text("/clusters")

@@ -48,4 +48,4 @@ def render(name_or_path: str | Path, values: Mapping[str, int | str]) -> str:
 def render_free(path: Path) -> str:
     """The template with every placeholder set to a distinct free port (for validation)."""
     names = placeholders(path.read_text())
-    return render(path, dict(zip(names, free_ports(len(names)))))
+    return render(path, dict(zip(names, free_ports(len(names)), strict=True)))

@@ -26,7 +26,7 @@ class Upstreams:
                  host: str = "127.0.0.1"):
         self._specs = {k: (v if isinstance(v, tuple) else (v, Behaviour())) for k, v in specs.items()}
         self.host = host
-        self._ports = dict(zip(self._specs, free_ports(len(self._specs), host)))
+        self._ports = dict(zip(self._specs, free_ports(len(self._specs), host), strict=True))
         self._records: dict[str, list[dict[str, Any]]] = {k: [] for k in self._specs}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()

@@ -167,7 +167,7 @@ def test_command_line_serves_sds(tmp_path):
                           "--ttl-s", "30"], cwd=repo, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True)
     try:
-        line = p.stdout.readline()  # type: ignore[union-attr]
+        line = p.stdout.readline()
         assert line.startswith("citadel: serving http://127.0.0.1:"), line
         url = line.split()[2]
         status, d = run(post(url + "/v1/sds", {"service": "reviews"}))
@@ -191,7 +191,7 @@ def test_state_dir_survives_a_process_restart(tmp_path):
         p = subprocess.Popen([sys.executable, "-m", "testbed.mesh.citadel.server", "--port", "0",
                               "--state-dir", str(tmp_path / "ca")], cwd=repo,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        return p, p.stdout.readline().split()[2]  # type: ignore[union-attr]
+        return p, p.stdout.readline().split()[2]
 
     p, url = start()
     try:

@@ -12,8 +12,11 @@ from testbed.journal import Journal
 from testbed.shape import LinkShape, ShapeError
 
 
+NO_SHAPE = LinkShape()       # frozen: one default serves every FakeLink
+
+
 class FakeLink:
-    def __init__(self, n1, n2, fwd=LinkShape(), back=LinkShape()):
+    def __init__(self, n1, n2, fwd=NO_SHAPE, back=NO_SHAPE):
         self.intf1 = types.SimpleNamespace(node=n1)
         self.intf2 = types.SimpleNamespace(node=n2)
         self.shapes = (fwd, back)
@@ -35,7 +38,7 @@ class FakeHost:
         self.argvs: list[list[str]] = []
         self.journaled_at_call: list[int] = []
 
-    def intfList(self):  # noqa: N802 (Mininet's name)
+    def intfList(self):  # Mininet's name
         return [types.SimpleNamespace(name="lo", IP=lambda: "127.0.0.1"),
                 types.SimpleNamespace(name=f"{self.name}-eth0", IP=lambda: self._ip)]
 
@@ -56,7 +59,7 @@ class FakeNet:
         self.nameToNode = {n.name: n for n in hosts + switches}
         self.links = links
 
-    def linksBetween(self, a, b):  # noqa: N802
+    def linksBetween(self, a, b):  # Mininet's name
         return [lk for lk in self.links
                 if (lk.intf1.node, lk.intf2.node) in ((a, b), (b, a))]
 

@@ -63,7 +63,8 @@ def test_majorities_ring(n, seed):
     nodes = [f"n{i}" for i in range(n)]
     g = majorities_ring(nodes, random.Random(seed))
     views = [frozenset(sees(g, x, nodes)) for x in nodes]
-    assert all(len(v) == n // 2 + 1 and x in v for x, v in zip(nodes, views))   # a majority, itself included
+    # a majority, itself included
+    assert all(len(v) == n // 2 + 1 and x in v for x, v in zip(nodes, views, strict=True))
     assert len(set(views)) == n                                                   # all different
 
 

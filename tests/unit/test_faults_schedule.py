@@ -157,7 +157,7 @@ def test_real_clock_timing_within_tolerance():
     def block(src, dst, oneway=False):
         stamps.append(clock.now())
         orig(src, dst, oneway)
-    t.block = block  # type: ignore[method-assign]
+    t.block = block
     run_schedule(at(0.1, Partition({"e1": ["e2"]}), for_s=0.1) + at(0.3, Partition({"e3": ["e2"]}), for_s=0.05),
                  t, clock)
     assert stamps[0] == pytest.approx(0.1, abs=0.05) and stamps[1] == pytest.approx(0.3, abs=0.05)
@@ -234,7 +234,7 @@ def test_overlapping_link_faults_compose_and_heal_to_the_original(seed):
     original = t.shapes("h1", "s1")
     params = [{"delay": "100ms"}, {"loss": "3%"}, {"bw": "1Mbit"}, {"delay": "40ms", "jitter": "5ms"}]
     sched = Schedule()
-    for i in range(rng.randint(2, 4)):
+    for _ in range(rng.randint(2, 4)):
         a, b = rng.choice([("h1", "s1"), ("s1", "h1")])
         direction = rng.choice([None, f"{a}->{b}", f"{b}->{a}"])
         sched = sched + at(rng.uniform(0, 5), LinkChange(a, b, rng.choice(params), direction), for_s=rng.uniform(1, 5))
@@ -271,7 +271,7 @@ def test_async_cancel_during_a_slow_apply_still_heals_it():
         started.set()
         time.sleep(0.3)
         orig(src, dst, oneway)
-    t.block = slow_block  # type: ignore[method-assign]
+    t.block = slow_block
 
     async def main():
         task = asyncio.create_task(run_schedule_async(at(0, Partition({"e1": ["e2"]})), t, RunClock(), until_s=30))

@@ -96,7 +96,8 @@ def test_load_from_file(tmp_path):
     ("steps: [{at: 10, fault: {kind: crash, process: a}}]", 1, "give a unit, e.g. 10s"),
     ("steps:\n  - at: soon\n    fault: {kind: crash, process: a}", 2, "bad time 'soon'"),
     ("steps:\n  - at: 1s\n    fault: {kind: link, a: h1, b: s1, delay: 10 parsecs}", 3, "delay: bad time"),
-    ("steps:\n  - at: 1s\n    fault: {kind: link, a: h1, b: s1, colour: red}", 3, "colour: unknown field for a link fault; allowed: a, b, direction, delay"),
+    ("steps:\n  - at: 1s\n    fault: {kind: link, a: h1, b: s1, colour: red}", 3,
+     "colour: unknown field for a link fault; allowed: a, b, direction, delay"),
     ("steps:\n  - at: 1s\n    fault: {kind: partition, grudge: halves, nodes: [a, b]}", 3, "unknown grudge 'halves'"),
     ("steps:\n  - at: 1s\n    fault: {kind: partition, grudge: random-halves}", 3, "nodes: [...] or role"),
     ("steps:\n  - at: 1s\n    fault: {kind: partition, grudge: bridge, nodes: [a, b]}", 3, "at least 3"),
@@ -160,7 +161,8 @@ def test_unknown_names_are_errors_at_their_line(fault, line, words):
 
 
 def test_role_hosts_are_checked_for_mesh_cuts():
-    doc = "roles: {sidecars: [h1, ghost], control: [cp]}\nsteps:\n  - at: 1s\n    fault: {kind: mesh-cut, cut: control-plane}\n"
+    doc = ("roles: {sidecars: [h1, ghost], control: [cp]}\n"
+           "steps:\n  - at: 1s\n    fault: {kind: mesh-cut, cut: control-plane}\n")
     with pytest.raises(ScheduleError, match="unknown node 'ghost'") as e:
         parse_schedule(doc, "r.yaml", **NAMES)
     assert e.value.line == 4

@@ -210,7 +210,7 @@ def register_run(rng: random.Random, n_ops: int, procs: int, p_info: float = 0.1
             written.append(value if f == "write" else value[1])
     state = None
     events = []
-    for point, p, f, value, call, ret, info, takes_effect in sorted(planned):
+    for _point, p, f, value, call, ret, info, takes_effect in sorted(planned):
         events.append(EtcdOp(call, p, "invoke", f, key, value))
         if f == "read":
             result, kind = state, "ok"

@@ -78,7 +78,7 @@ def test_loss_correlation_is_netems_recurrence():
     xs = [gen() for _ in range(20000)]
     mean = sum(xs) / len(xs)
     var = sum((x - mean) ** 2 for x in xs) / len(xs)
-    lag1 = sum((a - mean) * (b - mean) for a, b in zip(xs, xs[1:])) / (len(xs) - 1) / var
+    lag1 = sum((a - mean) * (b - mean) for a, b in zip(xs, xs[1:], strict=False)) / (len(xs) - 1) / var
     assert mean == pytest.approx(0.5, abs=0.01)
     assert lag1 == pytest.approx(0.5, abs=0.03)
 
@@ -124,7 +124,7 @@ def test_corrupt_flips_exactly_one_bit():
     for i in range(N):
         f = i.to_bytes(4, "big") + bytes(60)
         (got,) = m.enqueue(f, t)
-        diff = sum(bin(a ^ b).count("1") for a, b in zip(f, got))
+        diff = sum(bin(a ^ b).count("1") for a, b in zip(f, got, strict=True))
         assert diff in (0, 1)
         flipped += diff
         frames[i] = got
@@ -138,7 +138,7 @@ def test_rate_serialises_at_bw():
     out = run(m, n=1000, gap_s=0.0005, size=1500)
     times = [t for _, t in out]
     assert len(out) == 1000
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(g == pytest.approx(0.001, rel=1e-9) for g in gaps)
     assert times[0] == pytest.approx(0.001)
 
@@ -234,7 +234,7 @@ def test_release_order_is_send_time_order_across_live_changes():
     fine, coarse = _mixed_run(False), _mixed_run(True)
     assert sorted(i for _, i in fine) == list(range(6000))
     assert [d for d, _ in fine] == sorted(d for d, _ in fine)
-    assert any(a > b for (_, a), (_, b) in zip(fine, fine[1:]))  # overtaking did happen
+    assert any(a > b for (_, a), (_, b) in zip(fine, fine[1:], strict=False))  # overtaking did happen
     assert [i for _, i in coarse] == [i for _, i in fine]
 
 

@@ -48,7 +48,7 @@ def test_corrupt_finishes_checksum_then_flips_one_bit():
     frame = _udp_frame(b"y" * 33)  # odd length
     out = F.corrupt(_partial(frame), random.Random(1))
     body = out[F.VNET_HDR_LEN:]
-    assert sum(bin(a ^ b).count("1") for a, b in zip(body, frame)) == 1
+    assert sum(bin(a ^ b).count("1") for a, b in zip(body, frame, strict=True)) == 1
     assert out[0] == 0  # neither NEEDS_CSUM nor DATA_VALID: the receiver checks the checksum
 
 
@@ -104,16 +104,16 @@ class _Node:
     def __init__(self, name):
         self.name, self.intfs, self.ports, self.nameToIntf, self.port = name, {}, {}, {}, 0
 
-    def newPort(self):  # noqa: N802
+    def newPort(self):  # Mininet's name
         self.port += 1
         return self.port - 1
 
-    def addIntf(self, intf, port=None, moveIntfFn=None):  # noqa: N802
+    def addIntf(self, intf, port=None, moveIntfFn=None):  # Mininet's name
         self.intfs[port] = intf
         self.ports[intf] = port
         self.nameToIntf[intf.name] = intf
 
-    def delIntf(self, intf):  # noqa: N802
+    def delIntf(self, intf):  # Mininet's name
         port = self.ports.pop(intf)
         del self.intfs[port]
         del self.nameToIntf[intf.name]

@@ -153,8 +153,8 @@ def test_analyze_reports_rule_and_topology_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "topologies/bookinfo/reviews-v3.yaml").read_text().replace("subset: v3", "subset: v9"))
     lines, code = analyze_paths([str(REPO / "topologies/bookinfo.yaml"), str(bad)])
-    assert code == 1 and any(l.startswith("Error [IST0101]") and "v9" in l and f"{bad}:" in l
-                             for l in lines), lines
+    assert code == 1 and any(ln.startswith("Error [IST0101]") and "v9" in ln and f"{bad}:" in ln
+                             for ln in lines), lines
     topo = tmp_path / "t.yaml"
     topo.write_text(HOSTS + BASE.replace("replicas: 2", "replicas: 0"))
     lines, code = analyze_paths([str(topo)])

@@ -31,7 +31,7 @@ async def _serve(apps: dict[str, web.Application], ports: dict[str, int]) -> lis
 @pytest.mark.parametrize("version, color", [("v1", None), ("v2", "black"), ("v3", "red")])
 def test_bookinfo_graph_stars_and_trace_propagation(version, color):
     names = ("productpage", "details", "reviews", "ratings")
-    ports = dict(zip(names, free_ports(4)))
+    ports = dict(zip(names, free_ports(4), strict=True))
     urls = tuple((s, f"http://127.0.0.1:{ports[s]}/{s}/0") for s in ("details", "reviews", "ratings"))
     apps = {n: make_app(Config(n, version if n == "reviews" else "v1", f"{n}-0", urls)) for n in names}
 

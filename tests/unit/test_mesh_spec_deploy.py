@@ -23,10 +23,10 @@ class FakeHost:
         self.calls: list[list[str]] = []
         self.hosts_entries: dict[str, str] = {"db": "10.0.0.9"}
 
-    def defaultIntf(self):  # noqa: N802 (Mininet's name)
+    def defaultIntf(self):  # Mininet's name
         return FakeIntf()
 
-    def IP(self):  # noqa: N802
+    def IP(self):  # Mininet's name
         return "10.0.0.1"
 
     def pexec(self, argv):

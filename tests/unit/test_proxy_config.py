@@ -31,10 +31,10 @@ def seed(tmp_path):
 
 def test_seed_parses_unmodified(seed):
     b = load_bootstrap(str(seed))
-    (l,) = b.listeners
-    assert (l.address, l.port) == ("10.0.0.1", 15001)
-    assert isinstance(l.filter, HcmSpec) and l.filter.stat_prefix == "ingress_http"
-    route = l.filter.route_config.virtual_hosts[0].routes[0]
+    (lst,) = b.listeners
+    assert (lst.address, lst.port) == ("10.0.0.1", 15001)
+    assert isinstance(lst.filter, HcmSpec) and lst.filter.stat_prefix == "ingress_http"
+    route = lst.filter.route_config.virtual_hosts[0].routes[0]
     assert route.prefix == "/" and route.action.cluster == "gwu"
     assert route.action.host_rewrite == "gwadvnet20.github.io"
     (c,) = b.clusters
@@ -181,7 +181,8 @@ def test_full_v3_surface_parses():
     assert b.node.metadata["LABELS"]["version"] == "v1" and b.admin.port == 9901
     assert b.dynamic_resources["ads_config"]["api_type"] == "REST"
     a, eds = b.clusters
-    assert a.thresholds.max_connections == 10 and a.outlier.consecutive_5xx == 3 and a.health_checks[0].path == "/healthz"
+    assert a.thresholds.max_connections == 10 and a.outlier.consecutive_5xx == 3
+    assert a.health_checks[0].path == "/healthz"
     assert eds.type == "EDS" and eds.lb_policy == "RING_HASH"
     rp = b.listeners[0].filter.route_config.virtual_hosts[0].routes[1].action.retry_policy
     assert rp.retry_on == {"5xx", "connect-failure"} and rp.num_retries == 2 and rp.per_try_timeout_s == 0.5

@@ -198,7 +198,7 @@ def test_filter_bug_costs_one_connection_with_500():
     asyncio.run(run())
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402  (for the property tests below)
 
 _PIECES = st.sampled_from([b"GET / HTTP/1.1\r\n", b"POST /x HTTP/1.1\r\n", b"Host: a\r\n", b"\r\n",
                            b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"3\r\nabc\r\n",

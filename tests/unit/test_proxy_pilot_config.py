@@ -113,5 +113,6 @@ def test_json_format_keeps_types_and_nulls():
 
 
 def test_unknown_operator_is_an_error_naming_the_field():
-    with pytest.raises(ConfigError, match=r"lf.text_format_source.inline_string: unsupported access log operator %NOPE%"):
+    with pytest.raises(ConfigError,
+                       match=r"lf.text_format_source.inline_string: unsupported access log operator %NOPE%"):
         parse_log_format(Obj({"text_format_source": {"inline_string": "%NOPE%"}}, "lf"))

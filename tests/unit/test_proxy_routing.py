@@ -19,7 +19,7 @@ def vh(name, domains, routes=None):
 def test_domain_matching_order():
     t = table([vh("star", ["*"]), vh("exact", ["www.foo.com"]), vh("suffix", ["*.foo.com"]),
                vh("longsuffix", ["*-bar.foo.com"]), vh("prefix", ["foo.*"])])
-    pick = lambda h: t.virtual_host(h).name  # noqa: E731
+    pick = lambda h: t.virtual_host(h).name  # noqa: E731  (a test shorthand)
     assert pick(b"www.foo.com") == "exact"
     assert pick(b"WWW.FOO.COM") == "exact"
     assert pick(b"baz-bar.foo.com") == "longsuffix"
@@ -46,7 +46,7 @@ def test_route_matchers():
          "route": {"cluster": "nonprod"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "default"}},
     ])])
-    c = lambda path, headers=(): t.route(b"h", path, list(headers)).cluster  # noqa: E731
+    c = lambda path, headers=(): t.route(b"h", path, list(headers)).cluster  # noqa: E731  (a test shorthand)
     assert c(b"/exact") == "path" and c(b"/exact?x=1") == "path" and c(b"/exact/") == "default"
     assert c(b"/v12/items") == "regex" and c(b"/v12/items/x") == "default"
     assert c(b"/api/x", [(b"x-canary", b"1")]) == "canary"

@@ -72,16 +72,16 @@ def test_upstream_context_carries_the_spiffe_san() -> None:
 
 
 @pytest.mark.parametrize("mutate,needle", [
-    (lambda l: l["filter_chains"][0]["transport_socket"]["typed_config"].update(
+    (lambda lst: lst["filter_chains"][0]["transport_socket"]["typed_config"].update(
         require_client_certificate=False), "mutual TLS only"),
-    (lambda l: l["filter_chains"].append(copy.deepcopy(l["filter_chains"][0])), "filter chains"),
-    (lambda l: l["filter_chains"][0]["transport_socket"].update(name="envoy.transport_sockets.alts"),
+    (lambda lst: lst["filter_chains"].append(copy.deepcopy(lst["filter_chains"][0])), "filter chains"),
+    (lambda lst: lst["filter_chains"][0]["transport_socket"].update(name="envoy.transport_sockets.alts"),
      "unsupported transport socket"),
-    (lambda l: l["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    (lambda lst: lst["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
      ["combined_validation_context"]["default_validation_context"]
      .update(match_typed_subject_alt_names=[{"san_type": "URI", "matcher": {"exact": "echo"}}]),
      "not a SPIFFE URI"),
-    (lambda l: l["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    (lambda lst: lst["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
      ["tls_params"].update(tls_maximum_protocol_version="TLSv1_2"), "TLS 1.3 only"),
 ])
 def test_bad_tls_config_is_rejected_with_the_field(mutate, needle: str) -> None:
@@ -124,7 +124,8 @@ async def sidecars(tmp: Path, up_port: int, expect: str, client_ca: CertificateA
                                 bundle=ca.trust_bundle_pem())
     server = Server(parse_bootstrap({"static_resources": {
         "listeners": [listener(0, {"filter_chains": [{
-            "filters": [hcm("inbound", "app")], "transport_socket": file_tls(server_dir, "DownstreamTlsContext", server_sans)}]})],
+            "filters": [hcm("inbound", "app")],
+            "transport_socket": file_tls(server_dir, "DownstreamTlsContext", server_sans)}]})],
         "clusters": [{"name": "app", "connect_timeout": "1s", "load_assignment": {"cluster_name": "app", "endpoints": [
             {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                 "address": "127.0.0.1", "port_value": up_port}}}}]}]}}]}}))

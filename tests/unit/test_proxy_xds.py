@@ -100,7 +100,7 @@ def test_pilots_resources_validate_and_a_bad_one_names_itself():
                                               "outbound|8080|v2|echo"}
     assert upd.eds["outbound|8080|v1|echo"][0] == "outbound|8080|v1|echo"
     lst = validate_listeners(plain(resources(LISTENER)))
-    assert [l.name for l in lst.listeners] == ["virtualOutbound"] and set(lst.rds) == {"15001"}
+    assert [spec.name for spec in lst.listeners] == ["virtualOutbound"] and set(lst.rds) == {"15001"}
     bad = plain(resources(CLUSTER))
     bad[1]["lb_policy"] = "MAGLEV"
     with pytest.raises(ConfigError, match=r"cluster\[1:outbound\|8080\|v1\|echo\]\.lb_policy: unsupported"):

@@ -9,8 +9,8 @@ import pytest
 
 import testbed.mesh.spec  # noqa: F401  (registers the mesh: section the shipped meshes use)
 from testbed.shape import LinkShape
-from testbed.topology.load import (Context, TopologyError, _SECTIONS, load_topology, parse_topology,
-                              register_section, resolve_topology)
+from testbed.topology.load import (Context, TopologyError, load_topology, parse_topology, register_section,
+                                   resolve_topology)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,9 +53,9 @@ def test_issue_example() -> None:
 def test_specs_are_frozen() -> None:
     t = parse_topology(ISSUE_EXAMPLE)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        t.name = "other"  # type: ignore[misc]
+        t.name = "other"  # type: ignore[misc]  (frozen: the error is the point)
     with pytest.raises(TypeError):
-        t.sections["mesh"] = {}  # type: ignore[index]
+        t.sections["mesh"] = {}  # type: ignore[index]  (read-only: the error is the point)
 
 
 def test_name_defaults_to_file_stem(tmp_path: Path) -> None:

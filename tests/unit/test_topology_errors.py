@@ -104,7 +104,8 @@ CASES = [
     ("ip-base-exhausted", "ip_base: 192.168.0.0/30\nhosts: {h1: {}, h2: {}, h3: {}}\n", 2,
      ["hosts", "no free address", "ip_base"]),
     ("alias-cycle-merge", "hosts:\n  h1: {}\n  h2: &a {<<: *a}\n", 3, ["hosts.h2", "alias refers back"]),
-    ("python-tag", "hosts:\n  h1: {}\n  h2: {}\nlinks:\n  - between: [h1, h2]\n    delay: !!python/object:os.system x\n", 6,
+    ("python-tag",
+     "hosts:\n  h1: {}\n  h2: {}\nlinks:\n  - between: [h1, h2]\n    delay: !!python/object:os.system x\n", 6,
      ["links[0].delay", "cannot read value"]),
 ]
 

@@ -269,14 +269,14 @@ def test_push_fan_out_to_100_route_subscribers():
                  for i in range(100)]
         first = [await c.req("routes", names=["15001"], node=n) for n in nodes]
         held = [asyncio.create_task(c.req("routes", r["version_info"], ["15001"], node=n))
-                for n, (_, r) in zip(nodes, first)]
+                for n, (_, r) in zip(nodes, first, strict=True)]
         await asyncio.sleep(0.2)
         t0 = time.monotonic()
         c.pilot.apply_text(DR + "---\n" + VS.replace("SUBSET", "v2"))
         pushed = await asyncio.gather(*held)
         assert {st for st, _ in pushed} == {200}
         acking = [asyncio.create_task(c.req("routes", r["version_info"], ["15001"], r["nonce"],
-                                            node=n)) for n, (_, r) in zip(nodes, pushed)]
+                                            node=n)) for n, (_, r) in zip(nodes, pushed, strict=True)]
         gen = c.pilot.generation
 
         def acks():

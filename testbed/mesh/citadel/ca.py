@@ -72,11 +72,21 @@ def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     if cert.issuer != issuer.subject:
         return False
     try:
-        issuer.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
-                                   ec.ECDSA(cert.signature_hash_algorithm))
+        key, algorithm = issuer.public_key(), cert.signature_hash_algorithm
+        if not isinstance(key, ec.EllipticCurvePublicKey) or algorithm is None:
+            return False        # only EC roots sign here
+        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
         return True
-    except Exception:  # InvalidSignature, or a non-EC issuer key
+    except Exception:  # InvalidSignature, or a key or hash cryptography does not support
         return False
+
+
+def _ec_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """A saved root's key (roots are EC P-256, see _new_root)."""
+    key = serialization.load_pem_private_key(pem, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"saved CA root key is a {type(key).__name__}, not an EC key")
+    return key
 
 
 class CertificateAuthority:
@@ -219,10 +229,9 @@ class CertificateAuthority:
         if state["trust_domain"] != self.trust_domain:
             raise ValueError(f"saved CA is for trust domain {state['trust_domain']!r}, not "
                              f"{self.trust_domain!r}")
-        self._roots = [Root(r["generation"], x509.load_pem_x509_certificate(
-            r["cert_pem"].encode()), serialization.load_pem_private_key(  # type: ignore[arg-type]
-            r["key_pem"].encode(), None), r["signs_from"], r["retire_at"])
-            for r in state["roots"]]
+        self._roots = [Root(r["generation"], x509.load_pem_x509_certificate(r["cert_pem"].encode()),
+                            _ec_key(r["key_pem"].encode()), r["signs_from"], r["retire_at"])
+                       for r in state["roots"]]
         self._revoked = set(state["revoked"])
         self._longest_ttl_s = float(state["longest_ttl_s"])
 

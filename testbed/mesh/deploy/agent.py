@@ -19,6 +19,9 @@ import sys
 import time
 
 from testbed.aio import stop_event
+from testbed.mesh.etcd.client import EtcdClient, EtcdError
+from testbed.mesh.etcd.registry import Registrar
+from testbed.mesh.model import Endpoint
 
 __all__ = ["main"]
 
@@ -38,10 +41,6 @@ def _log(kind: str, details: dict) -> None:
 
 
 async def _run(a: argparse.Namespace) -> int:
-    from testbed.mesh.model import Endpoint
-    from testbed.mesh.etcd.client import EtcdClient, EtcdError
-    from testbed.mesh.etcd.registry import Registrar
-
     stop = stop_event()
     await _wait_tcp("127.0.0.1", a.app_port, stop)
     await _wait_tcp(a.ip, a.port, stop)

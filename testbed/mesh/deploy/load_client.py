@@ -23,6 +23,9 @@ __all__ = ["run", "main"]
 
 def run(url: str, n: int, headers: dict[str, str], timeout_s: float = 5.0) -> dict:
     u = urlsplit(url)
+    host = u.hostname
+    if host is None:
+        raise ValueError(f"{url!r}: no host (expected http://HOST[:PORT]/PATH)")
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
     codes: Counter[str] = Counter()
     versions: Counter[str] = Counter()
@@ -32,7 +35,7 @@ def run(url: str, n: int, headers: dict[str, str], timeout_s: float = 5.0) -> di
     for _ in range(n):
         try:
             if conn is None:
-                conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout_s)
+                conn = http.client.HTTPConnection(host, u.port or 80, timeout=timeout_s)
             conn.request("GET", path, headers=headers)
             r = conn.getresponse()
             body = r.read()

@@ -213,7 +213,7 @@ class Mesh:
         if self.etcd is not None:
             try:
                 self.etcd.stop()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # reported with the other teardown errors
                 errors.append(f"etcd stop: {e}")
         errors += self.plumbing.remove()
         if self.run_dir is not None and not self.keep_run_dir and not self._run_dir_arg:

@@ -69,19 +69,19 @@ class Plumbing:
             try:
                 self._run(self.tb.host(host), ["iptables", "-w", "-D", *args])
                 self.tb.journal.forget(eid)
-            except Exception as e:  # noqa: BLE001 - the journal still removes it on stop
+            except Exception as e:  # the journal still removes it on stop
                 errors.append(f"capture rule on {host}: {e}")
         self._rules.clear()
         for host in self._routes:
             try:
                 self._run(self.tb.host(host), ["ip", "route", "del", VIP_CIDR])
-            except Exception as e:  # noqa: BLE001 - the namespace takes it along
+            except Exception as e:  # the namespace takes it along
                 errors.append(f"VIP route on {host}: {e}")
         self._routes.clear()
         for host, old in self._old_names.items():
             try:
                 self.tb.host(host).set_hosts_entries(old)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # reported with the other teardown errors
                 errors.append(f"/etc/hosts of {host}: {e}")
         self._old_names.clear()
         return errors

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from testbed.aio import stop_event
+from testbed.mesh.citadel.envoy import write_sds
 from testbed.mesh.pilot.security import citadel_metadata
 from testbed.mesh.spec import CITADEL_PORT, SecuritySpec
 
@@ -131,8 +132,7 @@ class MeshSecurity:
 
 
 async def _agent(args: argparse.Namespace) -> None:
-    from proxy.tls.rotator import CertificateRotator
-    from testbed.mesh.citadel.envoy import write_sds
+    from proxy.tls.rotator import CertificateRotator    # late: aiohttp, for the SDS agent only (not the runner)
     rotator = CertificateRotator(args.citadel, args.service, lambda m: write_sds(m, args.dir),
                                  node_id=args.node_id, ttl_s=args.ttl_s,
                                  renew_fraction=args.renew_fraction,

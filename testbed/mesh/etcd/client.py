@@ -196,9 +196,11 @@ class EtcdClient:
     async def status(self, endpoint: str | None = None) -> MemberStatus:
         """Status of ``endpoint`` (no failover) or of whichever member answers."""
         if endpoint is None:
-            return MemberStatus.from_json(await self.call("/v3/maintenance/status", {}, write=False, needs_leader=False))
+            return MemberStatus.from_json(await self.call("/v3/maintenance/status", {}, write=False,
+                                                          needs_leader=False))
         try:
-            return MemberStatus.from_json(await self._post_once(endpoint.rstrip("/") + "/v3/maintenance/status", {}, False))
+            return MemberStatus.from_json(await self._post_once(endpoint.rstrip("/") + "/v3/maintenance/status",
+                                                                {}, False))
         except _Retry as e:
             raise EtcdError(f"{endpoint}: {e}", endpoint=endpoint) from None
 

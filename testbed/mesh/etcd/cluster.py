@@ -18,18 +18,21 @@ leader changes; it and the status format (``MemberStatus``) live in :mod:`testbe
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import ipaddress
 import json
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from testbed.mesh.etcd.wire import LogEvent, MemberStatus, scan_log
 
@@ -193,8 +196,6 @@ def free_ports(n: int) -> list[int]:
     Drawn below the kernel's ephemeral range (32768+ by default), so an outgoing
     connection elsewhere on the machine cannot grab one between this check and etcd's bind.
     """
-    import random
-    import socket
     out: list[int] = []
     rng = random.Random()
     while len(out) < n:
@@ -227,7 +228,6 @@ def local_spawn(member: EtcdMember, argv: Sequence[str]) -> subprocess.Popen:
 
 
 def _die_with_parent() -> None:
-    import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
@@ -247,7 +247,13 @@ def http_probe(member: EtcdMember, timeout_s: float) -> "MemberStatus | None":
         return None
 
 
-def popen_probe(popen: Callable[[str, Sequence[str]], subprocess.Popen]) -> Probe:
+class HostPopen(Protocol):
+    """``Testbed.popen``: ``argv`` run in host ``host``, with subprocess.Popen's keyword arguments."""
+
+    def __call__(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen: ...
+
+
+def popen_probe(popen: HostPopen) -> Probe:
     """A probe that runs ``curl`` inside the member's host (``popen`` is ``Testbed.popen``),
     for members in network namespaces the caller cannot reach."""
     def probe(member: EtcdMember, timeout_s: float) -> MemberStatus | None:

@@ -119,16 +119,19 @@ class Registrar:
             raise ValueError(f"registration ttl_s {ttl_s}: must be >= 1 second")
         endpoint_key(endpoint, self.prefix)  # validate before touching etcd
         self.endpoint, self.ttl_s = endpoint, ttl_s
-        await self._grant_and_put()
+        lease_id = await self._grant_and_put()
         self._emit("registered", ttl_s=ttl_s)
         self._task = asyncio.create_task(self._keepalive_loop(), name=f"keepalive {self.key}")
-        return self.lease_id  # type: ignore[return-value]
+        return lease_id
 
-    async def _grant_and_put(self) -> None:
+    async def _grant_and_put(self) -> int:
+        """A new lease, and the key written with it; returns (and keeps) the lease id."""
         self.lease_id = None
         lease = await self.client.lease_grant(self.ttl_s)
+        endpoint = self.endpoint
+        assert endpoint is not None, "register() first"
         try:
-            await self.client.put(self.key, endpoint_json(self.endpoint), lease=lease.id)  # type: ignore[arg-type]
+            await self.client.put(self.key, endpoint_json(endpoint), lease=lease.id)
         except EtcdError:
             try:
                 await self.client.lease_revoke(lease.id)
@@ -136,6 +139,7 @@ class Registrar:
                 pass  # it expires by itself after ttl_s
             raise
         self.lease_id = lease.id
+        return lease.id
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -277,7 +281,7 @@ class Discovery:
         if self.on_change is not None:
             try:
                 await _maybe_await(self.on_change(self.snapshot))
-            except Exception as e:  # noqa: BLE001 - a broken callback must not stop discovery
+            except Exception as e:  # a broken callback must not stop discovery
                 self.last_error = f"on_change raised {type(e).__name__}: {e}"
 
 

@@ -28,8 +28,16 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
+
+import yaml
+
 from testbed.aio import stop_event
+from testbed.mesh.model import Message, ServiceSpec, VersionSpec
+from testbed.mesh.spec import SECURITY_KINDS
+
+if TYPE_CHECKING:
+    from testbed.mesh.pilot.server import NodeState
 
 __all__ = ["AdminClient", "AdminUnavailable", "main"]
 
@@ -97,7 +105,6 @@ class AdminClient:
 
 
 def _services(raw: list[dict]) -> list:
-    from testbed.mesh.model import ServiceSpec, VersionSpec
     return [ServiceSpec(s["name"], int(s["port"]),
                         tuple(VersionSpec(v["name"], int(v.get("replicas", 1)), tuple(v.get("hosts", ())))
                               for v in s.get("versions", ())), s.get("run", ""))
@@ -107,11 +114,7 @@ def _services(raw: list[dict]) -> list:
 def _refuse_security(files: list[dict]) -> None:
     """A mesh deployed without Citadel (``mesh.security.citadel: false`` or no security
     at all) rejects PeerAuthentication/AuthorizationPolicy: its sidecars have no certificate."""
-    import yaml
-
-    from testbed.mesh.model import Message
-    from testbed.mesh.pilot.server import ApplyRejected
-    from testbed.mesh.spec import SECURITY_KINDS
+    from testbed.mesh.pilot.server import ApplyRejected     # late: aiohttp and cryptography (see _run)
     bad = []
     for f in files:
         try:
@@ -130,23 +133,26 @@ def _refuse_security(files: list[dict]) -> None:
 
 
 async def _run(cfg: dict) -> None:
+    # late: aiohttp and cryptography (Pilot's server, the etcd client, the xDS resources) are
+    # for the Pilot process only; AdminClient, above, is what `minimesh apply`/`registry` load.
     from aiohttp import web
 
-    from testbed.mesh.pilot.server import ApplyRejected, Pilot
     from testbed.mesh.etcd.client import EtcdClient
     from testbed.mesh.etcd.registry import DEFAULT_PREFIX, Discovery, parse_endpoint
     from testbed.mesh.pilot.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, XdsSource
+    from testbed.mesh.pilot.security import SDS_ROOT_ENV
+    from testbed.mesh.pilot.server import ApplyRejected, Pilot
 
     class MeshPilot(Pilot):
         """Pilot that remembers the version each subscription last asked with, so /status
         can tell a node that is current (e.g. after a Pilot restart, when nothing is
         re-pushed) from one that is behind."""
 
-        def _classify(self, ns, sub, type_url, req):  # type: ignore[no-untyped-def]
-            sub.asked_version = req.get("version_info", "")
+        def _classify(self, ns: NodeState, sub: Any, type_url: str, req: Mapping[str, Any]) -> None:
+            sub.asked_version = req.get("version_info", "")     # sub: a SidecarWatch, given one more field
             super()._classify(ns, sub, type_url, req)
 
-        def node_current(self, ns) -> bool:  # type: ignore[no-untyped-def]
+        def node_current(self, ns: NodeState) -> bool:
             types = {t for t, _ in ns.subs}
             if not {LISTENER, CLUSTER, ROUTE} <= types:
                 return False
@@ -165,7 +171,6 @@ async def _run(cfg: dict) -> None:
             return True
 
     if cfg.get("sds_root"):  # where real-Envoy sidecars find their SDS files (pilot/security.py)
-        from testbed.mesh.pilot.security import SDS_ROOT_ENV
         os.environ[SDS_ROOT_ENV] = cfg["sds_root"]
     pilot = MeshPilot(_services(cfg["services"]), events_path=cfg.get("events"),
                   hold_s=float(cfg.get("hold_s", 15)), source=XdsSource())
@@ -202,7 +207,7 @@ async def _run(cfg: dict) -> None:
                                              "last_error": discovery.last_error}}
         try:
             r = await client.range(DEFAULT_PREFIX, prefix=True)
-        except Exception as e:  # noqa: BLE001 - reported to the CLI user
+        except Exception as e:  # reported to the CLI user
             out["error"] = f"{type(e).__name__}: {e}"
             return web.json_response(out, status=503)
         services: dict[str, list] = {}

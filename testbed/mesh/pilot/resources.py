@@ -328,7 +328,7 @@ def _cluster(name: str, policy: TrafficPolicy | None, source: XdsSource) -> dict
 
 def outbound_clusters(state: MeshState) -> dict[str, tuple[ServiceSpec, dict[str, str]]]:
     """cluster name -> (service, subset labels) for every outbound cluster."""
-    out = {}
+    out: dict[str, tuple[ServiceSpec, dict[str, str]]] = {}
     for svc in sorted(state.services, key=lambda s: s.name):
         out[cluster_name("outbound", svc.port, "", svc.name)] = (svc, {})
         dr = _first(state.rules, DestinationRule, svc.name)

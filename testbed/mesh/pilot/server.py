@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
 from aiohttp import web
 
@@ -34,6 +34,7 @@ from testbed.mesh.pilot.resources import CLUSTER, ENDPOINT, ROUTE, TYPE_BY_PATH,
 
 log = logging.getLogger("minimesh.pilot")
 SHORT_TYPE = {v: k for k, v in TYPE_BY_PATH.items()}
+DEFAULT_SOURCE = XdsSource()        # frozen: one shared default is safe
 
 
 class ApplyRejected(Exception):
@@ -81,7 +82,7 @@ class Pilot:
     """The control plane's xDS server. Call `update_endpoints`/`apply` from any thread."""
 
     def __init__(self, services: Iterable[ServiceSpec], endpoints: Iterable = (),
-                 rules: Iterable = (), *, source: XdsSource = XdsSource(), hold_s: float = 15.0,
+                 rules: Iterable = (), *, source: XdsSource = DEFAULT_SOURCE, hold_s: float = 15.0,
                  gate_s: float = 2.0,
                  events_path: str | Path | None = None,
                  on_event: Callable[[dict], None] | None = None,
@@ -93,7 +94,7 @@ class Pilot:
         self.source, self.hold_s, self.gate_s, self.clock = source, hold_s, gate_s, clock
         self._build = builder  # resources.build; tests inject a faulty one to exercise NACKs
         self._events_path = events_path
-        self._events_file = None
+        self._events_file: IO[str] | None = None
         self._on_event = on_event
         self._lock = threading.Lock()
         self._events_lock = threading.Lock()
@@ -252,7 +253,7 @@ class Pilot:
             req = await request.json()
             node = NodeInfo.from_node(req.get("node") or {})
         except (ValueError, json.JSONDecodeError) as e:
-            raise web.HTTPBadRequest(text=f"bad DiscoveryRequest: {e}")
+            raise web.HTTPBadRequest(text=f"bad DiscoveryRequest: {e}") from None
         names = tuple(sorted(req.get("resource_names") or ()))
         ns = self.nodes.get(node.id)
         if ns is None or ns.node != node:
@@ -356,7 +357,7 @@ class Pilot:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bound = self._runner.addresses[0][1]      # this runner's one site: the port bound
         self.event("start", address=f"{host}:{bound}")
         return bound
 

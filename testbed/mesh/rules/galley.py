@@ -32,7 +32,7 @@ import yaml
 
 from testbed.mesh.model import (ERROR, INFO, WARNING, Destination, DestinationRule, Message, ServiceSpec,
                                 VersionSpec, VirtualService)
-from testbed.mesh.rules.traffic import parse_rule
+from testbed.mesh.rules.traffic import Rule, parse_rule
 from testbed.mesh.rules.yamldoc import Y, load_documents
 
 MESH_SUFFIX = ".svc.cluster.local"
@@ -105,7 +105,8 @@ def _check_vs(vs: VirtualService, services: dict[str, ServiceSpec] | None,
         if http.mirror:
             out += _check_destination(http.mirror, f"{where}.mirror", vs, services, subsets)
         weights = [rd.weight for rd in http.route]
-        if len(weights) > 1 and (None in weights or sum(weights) != 100):
+        given = [w for w in weights if w is not None]
+        if len(weights) > 1 and (len(given) < len(weights) or sum(given) != 100):
             shown = ", ".join("unset" if w is None else str(w) for w in weights)
             out.append(_msg("MM0001", ERROR, f"{where}.route weights must all be set and sum "
                             f"to 100; got {shown}", vs, http.line))
@@ -148,7 +149,7 @@ def analyze(services: Sequence[ServiceSpec] | None, rules: Iterable) -> list[Mes
     rules = list(rules)
     svc = None if services is None else {s.name: s for s in services}
     out: list[Message] = []
-    seen: dict[tuple, object] = {}
+    seen: dict[tuple[str, str, str], Rule] = {}
     for r in rules:
         key = (r.kind, r.namespace, r.name)
         if key in seen:

@@ -11,12 +11,12 @@ checks (unknown hosts, subsets, weights, unreachable matches) live in
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Union
 
 from testbed.mesh.model import (ERROR, Destination, DestinationRule, HTTPFault, HTTPMatch, HTTPRoute, Message,
                                 OutlierDetection, Retries, RouteDestination, StringMatch, Subset,
                                 TrafficPolicy, VirtualService)
-from testbed.mesh.rules.security import parse_security_resource
+from testbed.mesh.rules.security import SecurityResource, parse_security_resource
 from testbed.mesh.rules.yamldoc import Reader, Y, check_header, document_identity, read_documents
 
 API_GROUPS = ("networking.istio.io/v1", "networking.istio.io/v1beta1",
@@ -26,7 +26,9 @@ LB_SIMPLE = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 
 
 _RE2_ONLY = re.compile(r"\(\?(?:=|!|<=|<!|>|P=|\()|\\[1-9]")
-__all__ = ["parse_rules", "parse_rule"]
+__all__ = ["parse_rules", "parse_rule", "Rule"]
+
+Rule = Union[VirtualService, DestinationRule, SecurityResource]     # what parse_rule returns
 
 
 # ---------------------------------------------------------------- parsers
@@ -38,7 +40,7 @@ def _string_match(r: Reader, y: Y, path: str) -> StringMatch | None:
     (kind, val), = f.items()
     s = r.string(val, f"{path}.{kind}")
     if kind == "regex" and s:
-        problem = _RE2_ONLY.search(s)
+        problem: re.Match[str] | re.error | None = _RE2_ONLY.search(s)
         try:
             re.compile(s)
         except re.error as e:
@@ -232,8 +234,7 @@ def _destination_rule(r: Reader, spec: Y, name: str, ns: str, file: str,
                            file, line)
 
 
-def parse_rule(doc: Y, file: str) -> tuple[VirtualService | DestinationRule | None,
-                                           list[Message]]:
+def parse_rule(doc: Y, file: str) -> tuple[Rule | None, list[Message]]:
     """One YAML document -> (rule or None, messages). None whenever any Error was found."""
     kind, name = document_identity(doc)
     r = Reader(file, f"{kind} {name}")

@@ -1,6 +1,7 @@
 """Package exports loaded on first use (a module ``__getattr__``, PEP 562).
 
-A package ``__init__`` names the module that defines each of its public names; ``from
+A public helper for any package ``__init__`` (the proxy's own, and those of packages
+outside it): the ``__init__`` names the module that defines each of its public names; ``from
 proxy.tls import MeshTLS`` imports proxy.tls.context at that moment. Importing a package,
 which Python does before any module inside it, therefore loads nothing else: no import
 cycle runs through an ``__init__``, and a plaintext sidecar never loads ``cryptography``.
