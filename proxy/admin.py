@@ -9,17 +9,13 @@ import asyncio
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any, Collection, Protocol
+from typing import Any, Collection, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from proxy import __version__
 from proxy.errors import StartupError
+from proxy.running import RunningServer
 from proxy.http.codec import END, ProtocolError, RequestHead, ServerCodec, encode_response_head
-
-if TYPE_CHECKING:
-    from proxy.config.bootstrap import Bootstrap
-    from proxy.stats import Stats
-    from proxy.upstream.cluster import ClusterManager
 
 __all__ = ["AdminServer", "AdminTarget"]
 
@@ -34,17 +30,8 @@ class _Listeners(Protocol):
         ...
 
 
-class AdminTarget(Protocol):
+class AdminTarget(RunningServer, Protocol):
     """What the admin endpoints read and control; :class:`proxy.server.Server` provides it."""
-
-    @property
-    def bootstrap(self) -> Bootstrap: ...
-
-    @property
-    def stats(self) -> Stats: ...
-
-    @property
-    def cluster_manager(self) -> ClusterManager: ...
 
     @property
     def listener_manager(self) -> _Listeners: ...

@@ -30,6 +30,7 @@ from proxy import __version__
 from proxy.config.listener import HcmSpec, ListenerSpec
 from proxy.config.reader import ConfigError
 from proxy.errors import StartupError
+from proxy.running import RunningServer
 from proxy.http.client import HttpClient
 from proxy.http.codec import ProtocolError
 from proxy.xds.protocol import (CLUSTER, ENDPOINT, LISTENER, PATHS, ROUTE, ClusterUpdate, ConfigSource, ListenerUpdate,
@@ -37,10 +38,7 @@ from proxy.xds.protocol import (CLUSTER, ENDPOINT, LISTENER, PATHS, ROUTE, Clust
                                 validate_assignment, validate_clusters, validate_listeners, validate_route_config)
 
 if TYPE_CHECKING:
-    from proxy.config.bootstrap import Bootstrap
     from proxy.config.route import RouteConfigSpec
-    from proxy.stats import Stats
-    from proxy.upstream.cluster import ClusterManager
 
 __all__ = ["XdsClient", "XdsTarget", "HttpTransport", "Transport", "ApplyError", "MAX_BACKOFF_S"]
 log = logging.getLogger("proxy.xds.client")
@@ -70,17 +68,8 @@ class _ListenerManager(Protocol):
     def replace_route_config(self, route_config_spec: RouteConfigSpec, listener_name: str | None = None) -> int: ...
 
 
-class XdsTarget(Protocol):
+class XdsTarget(RunningServer, Protocol):
     """What the xDS client reads and drives; :class:`proxy.server.Server` provides it."""
-
-    @property
-    def bootstrap(self) -> Bootstrap: ...
-
-    @property
-    def stats(self) -> Stats: ...
-
-    @property
-    def cluster_manager(self) -> ClusterManager: ...
 
     @property
     def listener_manager(self) -> _ListenerManager: ...
