@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
-from lablib import (LISTEN, PAGE_MARKER, PROXIES, SITE, curl, dns_queries, proxy_argv, read_web_log, start_dns,
+from lablib import (LISTEN, PROXIES, SITE, curl, dns_queries, proxy_argv, read_web_log, start_dns,
                     start_website, step, tshark_count)
+from testbed.apps.website import PAGE_MARKER
 from testbed.faults import LinkChange
 from testbed.history import HistoryData
 from testbed.paths import REPO

@@ -7,7 +7,8 @@ import logging
 import signal
 import sys
 
-from proxy.config.bootstrap import Bootstrap, ConfigError, load_bootstrap
+from proxy.config.bootstrap import Bootstrap, load_bootstrap
+from proxy.config.reader import ConfigError
 from proxy.errors import StartupError
 from proxy.server import Server
 

@@ -24,14 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from testbed.apps.website import PAGE_MARKER
 from testbed.history import Request
 from testbed.net.dns import DnsServer
 from testbed.net.running import RunningTestbed
 from testbed.paths import REPO
 from testbed.run.experiment import Context
 
-__all__ = ["SITE", "LISTEN", "CURL", "PROXIES", "PAGE_MARKER", "SEED_YAML", "ENVOY_V3_YAML", "step",
+__all__ = ["SITE", "LISTEN", "CURL", "PROXIES", "SEED_YAML", "ENVOY_V3_YAML", "step",
            "proxy_argv", "envoy_binary", "start_website", "start_dns", "run_on_pty", "curl_status", "curl",
            "read_web_log", "dns_queries", "tshark_count"]
 

@@ -12,7 +12,7 @@ from proxy.config.listener import HcmSpec, ListenerSpec, parse_listener
 from proxy.config.reader import ConfigError, Obj
 from proxy.config.route import RouteAction
 
-__all__ = ["NodeSpec", "AdminSpec", "Bootstrap", "load_bootstrap", "parse_bootstrap", "ConfigError"]
+__all__ = ["NodeSpec", "AdminSpec", "Bootstrap", "load_bootstrap", "parse_bootstrap",]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ import testbed.cli.doctor as doctor
 import testbed.cli.mesh as mesh
 import testbed.cli.run as run
 import testbed.cli.up as up
-from testbed.cli.subcommand import EXIT_FAIL, Subcommand
+from testbed.cli.subcommand import Subcommand
+from testbed.net.lifecycle import EXIT_FAIL
 
 __all__ = ["SUBCOMMAND_MODULES", "iter_subcommands", "build_parser", "main"]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from testbed.cli.subcommand import EXIT_FAIL, EXIT_OK, Subcommand
+from testbed.cli.subcommand import Subcommand
+from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.net.lifecycle import clean_stale_report, require_root
 
 __all__ = ["SUBCOMMANDS"]

@@ -37,7 +37,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from testbed.cli.subcommand import BACKENDS, EXIT_FAIL, EXIT_OK, Subcommand, load_topology_or_exit
+from testbed.cli.subcommand import BACKENDS, Subcommand, load_topology_or_exit
+from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.net.lifecycle import Terminated, require_root, run_testbed, teardown_signals
 from testbed.net.running import RunningTestbed
 from testbed.paths import REPO

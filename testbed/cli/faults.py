@@ -25,8 +25,8 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Iterable
 
-from testbed.faults.kinds import (Crash, Cut, Fault, FaultError, LinkChange, LinkDown, Partition, Pause,
-                            Restart)
+from testbed.faults.kinds import Crash, Cut, LinkChange, LinkDown, Partition, Pause, Restart
+from testbed.faults.base import Fault, FaultError
 from testbed.faults.grudge import GRUDGE_BUILDERS, Grudge, GrudgeError, complete
 from testbed.faults.schedule import HealError, Nemesis
 from testbed.faults.targets import TargetError, TestbedTarget

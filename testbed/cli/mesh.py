@@ -25,13 +25,15 @@ import yaml
 import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
 from testbed.cli.shell_commands import (CLIUsageError, ShellCommand, register_command,
                                         register_mesh_session)
-from testbed.cli.subcommand import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Subcommand
+from testbed.cli.subcommand import EXIT_USAGE, Subcommand
+from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.mesh.model import ERROR, INFO, Message
 from testbed.mesh.pilot.process import AdminClient, AdminUnavailable
 from testbed.mesh.rules.galley import analyze, load_files
 from testbed.net.running import RunningTestbed
 from testbed.run.outlier_events import import_mesh_logs
-from testbed.topology.load import TopologyError, load_topology
+from testbed.topology.load import load_topology
+from testbed.topology.spec import TopologyError
 
 __all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "analyze_paths",
            "format_registry", "default_sidecar"]

@@ -36,14 +36,13 @@ from mininet.log import LEVELS, StreamHandlerNoNewline, error, lg, output
 
 from testbed.cli.faults import FaultCommandError, FaultCommands, session_for
 from testbed.cli.shell_commands import CLIUsageError, ShellCommand, mesh_session, registered_commands
-from testbed.faults.kinds import FaultError
+from testbed.faults.base import FaultError
 from testbed.faults.targets import TargetError
 from testbed.net.control import ControlError
 from testbed.net.running import RunningTestbed
 from testbed.shape import ShapeError
 
-__all__ = ["TestbedCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop",
-           "CLIUsageError"]
+__all__ = ["TestbedCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop",]
 
 
 @dataclass(frozen=True)

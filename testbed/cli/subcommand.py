@@ -15,10 +15,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
-from testbed.topology.load import TopologyError, resolve_topology
+from testbed.topology.load import resolve_topology
+from testbed.topology.spec import TopologyError
 
-__all__ = ["Subcommand", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "BACKENDS", "load_topology_or_exit"]
+__all__ = ["Subcommand", "EXIT_USAGE", "BACKENDS", "load_topology_or_exit"]
 
 EXIT_USAGE = 2
 BACKENDS = ("auto", "netem", "userspace")      # --link-backend choices

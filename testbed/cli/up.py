@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testbed.cli.subcommand import BACKENDS, EXIT_FAIL, EXIT_OK, EXIT_USAGE, Subcommand, load_topology_or_exit
+from testbed.cli.subcommand import BACKENDS, EXIT_USAGE, Subcommand, load_topology_or_exit
+from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.history import History, HistoryError, RunClock, read_history
 from testbed.mesh.spec import mesh_names
 from testbed.net.lifecycle import require_root, run_testbed

@@ -22,13 +22,12 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from testbed.faults.base import (FAULTS, Fault, FaultError, NemesisTarget, Op, Step, _name, _perform,
-                                 fault_from_dict, register)
+from testbed.faults.base import (Fault, FaultError, NemesisTarget, Op, Step, _name, _perform,
+                                 register)
 from testbed.faults.grudge import Grudge
 from testbed.shape import SHAPE_FIELDS, LinkShape, ShapeError, link_directions, parse_params
 
-__all__ = ["NemesisTarget", "Op", "Fault", "FaultError", "FAULTS", "register", "fault_from_dict",
-           "LinkChange", "LinkDown", "Blocks", "Partition", "Cut", "Crash", "Restart", "Pause",
+__all__ = ["LinkChange", "LinkDown", "Blocks", "Partition", "Cut", "Crash", "Restart", "Pause",
            "shape_params", "parse_signal"]
 
 

@@ -23,7 +23,8 @@ import yaml
 from yaml.nodes import Node
 
 from testbed.mesh.model import ServiceSpec, VersionSpec, service_vips
-from testbed.topology.load import Context, register_section
+from testbed.topology.load import register_section
+from testbed.topology.reader import Context
 
 __all__ = ["MeshSpec", "RegistrySpec", "SecuritySpec", "ServiceDecl", "InstanceSpec", "parse_mesh",
            "SIDECARS", "BUILTIN_APPS", "VIP_CIDR", "app_argv", "mesh_names", "CITADEL_PORT", "SECURITY_KINDS"]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from testbed.journal import Journal, proc_start
-from testbed.shape import LinkShape, ShapeError, link_directions, parse_params
+from testbed.shape import LinkShape, link_directions, parse_params
 
-__all__ = ["Control", "ControlError", "DropRule", "ShapeError"]
+__all__ = ["Control", "ControlError", "DropRule"]
 
 RULE_COMMENT = "minimesh-drop"
 

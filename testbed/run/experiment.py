@@ -47,7 +47,8 @@ from testbed.run.config_sync import wait_for_config
 from testbed.run.outlier_events import import_mesh_logs
 from testbed.run.results import LiveProgress, plot_timeline, read_results, write_results
 from testbed.run.workload import workload_argv
-from testbed.topology.load import TopologyError, load_topology
+from testbed.topology.load import load_topology
+from testbed.topology.spec import TopologyError
 
 if TYPE_CHECKING:
     from testbed.faults.base import NemesisTarget

@@ -23,8 +23,7 @@ from testbed.topology.spec import (DEFAULT_IP_BASE, IFNAME_MAX, HostSpec, LinkSp
 from testbed.topology.stock import STOCK_HELP, stock_topology
 from testbed.topology.reader import Context, compose
 
-__all__ = ["TopologyError", "HostSpec", "SwitchSpec", "LinkSpec", "Topology", "Context",
-           "parse_topology", "load_topology", "stock_topology", "resolve_topology",
+__all__ = ["parse_topology", "load_topology", "resolve_topology",
            "register_section"]
 
 CORE_FIELDS = ("name", "ip_base", "hosts", "switches", "links")

@@ -10,7 +10,8 @@ from testbed.mesh.deploy.security import MeshSecurity
 from testbed.mesh.pilot.server import ApplyRejected
 from testbed.mesh.pilot.process import _refuse_security
 from testbed.mesh.spec import SecuritySpec
-from testbed.topology.load import TopologyError, parse_topology
+from testbed.topology.load import parse_topology
+from testbed.topology.spec import TopologyError
 
 BASE = """\
 name: t

@@ -17,8 +17,8 @@ from testbed.cli.app import build_parser, main
 from testbed.cli.subcommand import Subcommand
 from testbed.net.lifecycle import Terminated, teardown_signals
 from testbed.shape import ShapeError, parse_direction
-from testbed.cli.shell import (CLIUsageError, LinkSetArgs, parse_drop, parse_link_set, parse_pair,
-                           parse_restore)
+from testbed.cli.shell import LinkSetArgs, parse_drop, parse_link_set, parse_pair, parse_restore
+from testbed.cli.shell_commands import CLIUsageError
 
 REPO = Path(__file__).resolve().parents[2]
 

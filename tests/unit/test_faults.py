@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from testbed.net.control import DropRule
-from testbed.faults.kinds import (FAULTS, Crash, Cut, FaultError, LinkChange, LinkDown, NemesisTarget, Partition, Pause,
-                            Restart, fault_from_dict)
+from testbed.faults.kinds import Crash, Cut, LinkChange, LinkDown, Partition, Pause, Restart
+from testbed.faults.base import FAULTS, FaultError, NemesisTarget, fault_from_dict
 from testbed.faults.grudge import Grudge, complete
 from testbed.faults.targets import FakeTarget, TestbedTarget
 from testbed.shape import LinkShape

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from testbed.faults.kinds import Crash, FaultError, LinkChange, Partition, Pause, Restart
+from testbed.faults.kinds import Crash, LinkChange, Partition, Pause, Restart
+from testbed.faults.base import FaultError
 from testbed.faults.grudge import random_halves
 from testbed.faults.schedule import (HealError, Nemesis, Schedule, at, every, flip_flop, run_schedule,
                                      run_schedule_async)

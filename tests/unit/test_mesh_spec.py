@@ -10,7 +10,8 @@ import pytest
 import testbed.mesh.spec as spec_mod
 from testbed.cli.mesh import analyze_paths, format_registry
 from testbed.mesh.spec import InstanceSpec, MeshSpec, app_argv
-from testbed.topology.load import TopologyError, load_topology, parse_topology
+from testbed.topology.load import load_topology, parse_topology
+from testbed.topology.spec import TopologyError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from proxy.config.bootstrap import ConfigError, parse_bootstrap
+from proxy.config.bootstrap import parse_bootstrap
+from proxy.config.reader import ConfigError
 from proxy.config.cluster import ClusterSpec, EndpointSpec, OutlierSpec
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.outlier_log import OutlierEventLog, format_event, format_timestamp, upstream_url

@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from proxy.config.bootstrap import ConfigError, load_bootstrap, parse_bootstrap
+from proxy.config.bootstrap import load_bootstrap, parse_bootstrap
+from proxy.config.reader import ConfigError
 from proxy.config.listener import HcmSpec
 from tests.support.seed import seed_path, seed_yaml, yaml_in_seed
 

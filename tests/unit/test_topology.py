@@ -9,8 +9,9 @@ import pytest
 
 import testbed.mesh.spec  # noqa: F401  (registers the mesh: section the shipped meshes use)
 from testbed.shape import LinkShape
-from testbed.topology.load import (Context, TopologyError, load_topology, parse_topology, register_section,
-                                   resolve_topology)
+from testbed.topology.load import load_topology, parse_topology, register_section, resolve_topology
+from testbed.topology.reader import Context
+from testbed.topology.spec import TopologyError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from testbed.topology.load import TopologyError, load_topology, parse_topology, resolve_topology
+from testbed.topology.load import load_topology, parse_topology, resolve_topology
+from testbed.topology.spec import TopologyError
 
 OK_HOSTS = "hosts:\n  h1: {}\n  h2: {}\nswitches:\n  s1: {}\n"  # lines 1-5
 

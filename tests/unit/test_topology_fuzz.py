@@ -6,7 +6,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.topology.load import Topology, TopologyError, parse_topology
+from testbed.topology.load import parse_topology
+from testbed.topology.spec import Topology, TopologyError
 
 KEYS = ["name", "hosts", "switches", "links", "ip_base", "h1", "h2", "s1", "ip", "mac", "between",
         "delay", "jitter", "loss", "bw", "queue", "forward", "reverse", "reorder", "x"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from testbed.shape import LinkShape
-from testbed.topology.load import TopologyError, stock_topology
+from testbed.topology.spec import TopologyError
+from testbed.topology.stock import stock_topology
 
 mn_topo = pytest.importorskip("mininet.topo")
 mn_topolib = pytest.importorskip("mininet.topolib")
