@@ -57,15 +57,9 @@ def run(ctx: Context) -> None:
     rate, before, after = (40, 3.0, 9.0) if ctx.quick else (100, 10.0, 30.0)
     ctx.params.update(rate=rate, crash_after_s=before, phase_s=before + after, victim=VICTIM, ttl_s=TTL_S)
     mesh = start_mesh(ctx)
-    target = mesh.fault_target()           # VICTIM: its app, sidecar and agent, as if its host died
-    respawn = target.restarters[VICTIM]
-
-    def restart() -> object:               # the crash is over once the mesh is whole again
-        live = respawn()
-        mesh.wait_ready(40)
-        return live
-    target.restarters[VICTIM] = restart
-    nem = ctx.nemesis(target=target)
+    # VICTIM is its app, sidecar and agent, as if its host died; the crash is over (reverted)
+    # once the restarted instance is registered and every sidecar has ACKed again
+    nem = ctx.nemesis(target=mesh.fault_target(ready_timeout_s=40))
     ctx.metrics["phases"] = {}
     phases = (ctx.args.phases or ("plain,resilient" if ctx.quick else ",".join(PHASES))).split(",")
     for fid, phase in enumerate(phases):

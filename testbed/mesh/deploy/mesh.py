@@ -381,14 +381,17 @@ class Mesh:
             raise RuntimeError(f"{instance} is running; crash() it first")
         self._start_instance(inst)
 
-    def _respawn_instance(self, name: str) -> "_Live":
-        """Restart an instance whatever state a fault left it in (killed, stopped)."""
+    def _respawn_instance(self, name: str, ready_timeout_s: float | None = None) -> "_Live":
+        """Restart an instance whatever state a fault left it in (killed, stopped); with
+        ``ready_timeout_s``, wait until the mesh is ready again."""
         for p in self._procs.get(name, {}).values():
             if p.poll() is None:
                 p.kill()
             p.wait()
         self._procs.pop(name, None)
         self.restart(name)
+        if ready_timeout_s is not None:
+            self.wait_ready(ready_timeout_s)
         return _Live(lambda: list(self._procs.get(name, {}).values()))
 
     def instances(self) -> list[InstanceInfo]:
@@ -534,18 +537,20 @@ class Mesh:
             raise MeshError(f"Citadel {action} on {cp}: curl exit {code}: {(out or err).strip()}")
         return json.loads(out)
 
-    def fault_target(self) -> TestbedTarget:
+    def fault_target(self, ready_timeout_s: float | None = None) -> TestbedTarget:
         """A :class:`~testbed.faults.targets.TestbedTarget` for the fault model. Processes
         by name — each instance (its app, sidecar and agent together), ``pilot``, every etcd
         member, and ``citadel`` when security is on — for crash/pause/resume (signals) and
         restart; plus ``citadel(action, body)`` for the identity faults. Names are looked up
-        live, so a restarted process is the one signalled next."""
+        live, so a restarted process is the one signalled next. With ``ready_timeout_s``, an
+        instance's restart (a crash's revert) ends only once the mesh is whole again
+        (:meth:`wait_ready`), so the fault's window closes when the instance serves."""
         procs: dict[str, Any] = {}
         restarters: dict[str, Any] = {}
         for inst in self.spec.instances:
             name = inst.instance
             procs[name] = _Live(lambda n=name: list(self._procs.get(n, {}).values()))
-            restarters[name] = lambda n=name: self._respawn_instance(n)
+            restarters[name] = lambda n=name: self._respawn_instance(n, ready_timeout_s)
         procs["pilot"] = _Live(lambda: [self._pilot] if self._pilot is not None else [])
         restarters["pilot"] = lambda: self._restart_pilot(procs["pilot"])
         if self.etcd is not None:
