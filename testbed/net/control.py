@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from testbed.journal import Journal, proc_start
-from testbed.shape import LinkShape, link_directions, parse_params
+from testbed.shape import LinkShape, ShapeError, link_directions, parse_params
 
 __all__ = ["Control", "ControlError", "DropRule"]
 
@@ -92,7 +92,10 @@ class Control:
         link = self.link(a, b)
         a_is_1 = link.intf1.node.name == a
         fwd, back = link.get_shapes()
-        change_ab, change_ba = link_directions(direction, a, b)
+        try:
+            change_ab, change_ba = link_directions(direction, a, b)
+        except ShapeError as e:  # not a shape parameter: a link that has no such direction
+            raise ControlError(str(e)) from None
         ab, ba = (fwd, back) if a_is_1 else (back, fwd)
         new_ab = parse_params(params, base=ab) if change_ab else ab
         new_ba = parse_params(params, base=ba) if change_ba else ba

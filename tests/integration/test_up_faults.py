@@ -75,7 +75,7 @@ def test_mesh_crash_restart_pause_citadel(tmp_path):
     topo = tmp_path / f"{p}.yaml"
     topo.write_text(mesh_topology(p))
     before = snapshot()
-    ps = f"{p}cp ps -eo pid=,stat=,args= | grep '[m]esh.citadel .*{tmp_path}' || echo NONE"
+    ps = f"{p}cp ps -eo pid=,stat=,args= | grep '[m]esh.citadel.server .*{tmp_path}' || echo NONE"
     script = "\n".join(["faults", ps, "crash citadel", ps, "faults", "restart citadel", ps,
                         "pause citadel", ps, "crash citadel"]) + "\n"
     rc, out, err = run_minimesh(tmp_path, "up", str(topo), "--link-backend", "userspace",
