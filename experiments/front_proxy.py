@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from pathlib import Path
+
 from lablib import (LISTEN, PROXIES, SITE, curl, dns_queries, proxy_argv, read_web_log, start_dns,
                     start_website, step, tshark_count)
 from testbed.apps.website import PAGE_MARKER
 from testbed.faults import LinkChange
 from testbed.history import HistoryData
+from testbed.net.dns import DnsServer
 from testbed.paths import REPO
 from testbed.run import Context, Experiment
 from testbed.run.checkers import check_availability, percentile
@@ -35,31 +38,49 @@ def configure(ap) -> None:
 
 
 def run(ctx: Context) -> None:
-    tb, a = ctx.tb, ctx.args
+    tb = ctx.tb
     rate, duration, repeats = (20, 12, 0) if ctx.quick else (50, 30, 10)
     ctx.params.update(rate=rate, duration_s=duration, curl_repeats=repeats)
     ctx.names.update({tb.ip("h1"): "front-proxy", tb.ip("h2"): "client"})
     step(1, f"network {ctx.topology.name}: " + ", ".join(f"{h}={tb.ip(h)}" for h in tb.host_names))
+    web_log = start_web(ctx)
+    dns, dns_before = start_testbed_dns(ctx)
+    start_front_proxy(ctx)
+    tutorial_request(ctx, repeats)
+    what_the_web_server_saw(ctx, web_log, dns, dns_before, repeats)
+    load_with_slow_link(ctx, rate, duration)
 
+
+def start_web(ctx: Context) -> Path:
+    tb = ctx.tb
     step(2, f"web server on 'web' ({tb.ip('web')}:80) stands in for {SITE}")
     web_log = start_website(ctx, "web", probe_from="h1")
     ctx.claim("web server listens on port 80", True, f"{tb.ip('web')}:80 seen from h1")
+    return web_log
 
+
+def start_testbed_dns(ctx: Context) -> tuple[DnsServer, int]:
+    """(the DNS server, how many queries it had logged before the proxy started)."""
+    tb = ctx.tb
     step(3, f"DNS server (dnsmasq) on 'dns' ({tb.ip('dns')}): {SITE} -> {tb.ip('web')}; h1 and h2 use it")
     dns = start_dns(ctx, "dns", {SITE: tb.ip("web")}, clients=("h1", "h2"))
     print("h1$ cat /etc/resolv.conf\n" + tb.host("h1").cmd("cat /etc/resolv.conf").rstrip())
     print(f"h1$ getent ahostsv4 {SITE}\n" + tb.host("h1").cmd(f"getent ahostsv4 {SITE}").rstrip())
     ips = dns.resolve("h1", SITE)
     ctx.claim("h1 resolves the site by DNS", ips == [tb.ip("web")], f"{SITE} -> {ips}")
-    dns_before = len(dns.log())
+    return dns, len(dns.log())
 
-    step(4, f"front proxy on h1 with the seed's YAML, unmodified ({a.proxy})")
-    argv = proxy_argv(a.proxy, ctx.python)
+
+def start_front_proxy(ctx: Context) -> None:
+    step(4, f"front proxy on h1 with the seed's YAML, unmodified ({ctx.args.proxy})")
+    argv = proxy_argv(ctx.args.proxy, ctx.python)
     print("h1$ " + " ".join(argv))
     ctx.popen("h1", argv, "proxy")
     ctx.wait_tcp("h2", *LISTEN, proc="proxy")
     ctx.claim("proxy listens on 10.0.0.1:15001", True, "seen from h2")
 
+
+def tutorial_request(ctx: Context, repeats: int) -> None:
     step(5, "from h2, the tutorial's request")
     print("h2$ curl -v -H 'Host: google.com' 10.0.0.1:15001/")
     rc, out, req = curl(ctx, "h2")
@@ -73,6 +94,8 @@ def run(ctx: Context) -> None:
         ok_n = sum(curl(ctx, "h2")[2].status == 200 for _ in range(repeats))
         ctx.claim("repeated requests succeed", ok_n == repeats, f"{ok_n}/{repeats} got 200")
 
+
+def what_the_web_server_saw(ctx: Context, web_log: Path, dns: DnsServer, dns_before: int, repeats: int) -> None:
     step(6, "what the web server saw")
     seen = read_web_log(web_log)
     for rec in seen[:3]:
@@ -84,7 +107,9 @@ def run(ctx: Context) -> None:
     ctx.claim("the proxy resolved the site through the testbed DNS", n > 0,
               f"{n} A queries from h1 after the proxy started")
 
-    d = a.delay_ms
+
+def load_with_slow_link(ctx: Context, rate: int, duration: int) -> None:
+    d = ctx.args.delay_ms
     step(7, f"h2: {rate} req/s through the proxy for {duration} s; web's link +{d:g} ms one-way "
             f"from {duration / 3:g} s to {2 * duration / 3:g} s")
     nem = ctx.nemesis()

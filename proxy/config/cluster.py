@@ -210,30 +210,38 @@ def _health_check(o: Obj) -> HealthCheckSpec:
     return HealthCheckSpec(timeout, interval, unhealthy, healthy, path, host, statuses, jitter)
 
 
-def parse_cluster(o: Obj) -> ClusterSpec:
-    name = o.take("name", kind=str)
-    ctype = _upper(o.take("type", "STATIC", str))
-    if ctype not in TYPES:
-        raise ConfigError(o.sub("type"), f"unsupported cluster type {ctype!r}; allowed: {', '.join(TYPES)}")
-    lb = _upper(o.take("lb_policy", "ROUND_ROBIN", str))
-    if lb not in LB_POLICIES:
-        raise ConfigError(o.sub("lb_policy"), f"unsupported lb_policy {lb!r}; allowed: {', '.join(LB_POLICIES)}")
-    connect_timeout = o.duration("connect_timeout", 5.0)
-    eps: tuple[EndpointSpec, ...] = ()
+def _choice(o: Obj, key: str, default: str, allowed: tuple[str, ...], what: str) -> str:
+    value = _upper(o.take(key, default, str))
+    if value not in allowed:
+        raise ConfigError(o.sub(key), f"unsupported {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _endpoints(o: Obj) -> tuple[EndpointSpec, ...]:
+    """The static endpoints: ``load_assignment``, or the legacy ``hosts`` list."""
     which = o.one_of(("load_assignment", "hosts"), required=False)
     if which == "load_assignment":
         la = o.obj("load_assignment")
         assert la is not None
-        eps = parse_load_assignment(la)
-    elif which == "hosts":
-        eps = tuple(EndpointSpec(*parse_socket_address(h)) for h in o.objs("hosts"))
-    eds_name = ""
+        return parse_load_assignment(la)
+    if which == "hosts":
+        return tuple(EndpointSpec(*parse_socket_address(h)) for h in o.objs("hosts"))
+    return ()
+
+
+def _eds_service_name(o: Obj) -> str:
     eds = o.obj("eds_cluster_config")
-    if eds is not None:
-        eds_name = eds.take("service_name", "", str)
-        eds.ignore("eds_config")     # the config source is the xDS client's business
-        eds.done()
-    # EDS with a load_assignment: those endpoints serve until the control plane sends its own
+    if eds is None:
+        return ""
+    name = eds.take("service_name", "", str)
+    eds.ignore("eds_config")     # the config source is the xDS client's business
+    eds.done()
+    return name
+
+
+def _check_endpoints(o: Obj, ctype: str, eps: tuple[EndpointSpec, ...]) -> None:
+    """What the cluster type demands of its static endpoints. (EDS with a load_assignment:
+    those endpoints serve until the control plane sends its own.)"""
     if ctype == "STATIC":
         for e in eps:
             try:
@@ -245,15 +253,18 @@ def parse_cluster(o: Obj) -> ClusterSpec:
     if ctype == "LOGICAL_DNS" and len(eps) != 1:
         raise ConfigError(o.sub("load_assignment"), "LOGICAL_DNS clusters must have a single locality_lb_endpoint "
                           "and a single lb_endpoint")
+
+
+def _dns(o: Obj) -> tuple[float, str]:
+    """(dns_refresh_rate, dns_lookup_family)."""
     refresh = o.duration("dns_refresh_rate", 5.0)
     family = o.take("dns_lookup_family", "AUTO", str, FAMILIES)
     o.take("respect_dns_ttl", False, bool, (False,))
-    cb = o.obj("circuit_breakers")
-    thresholds = _thresholds(cb) if cb is not None else Thresholds()
-    od = o.obj("outlier_detection")
-    outlier = _outlier(od) if od is not None else None
-    hcs = tuple(_health_check(h) for h in o.objs("health_checks"))
-    buf = o.take("per_connection_buffer_limit_bytes", 1024 * 1024, int)
+    return refresh, family
+
+
+def _lb_configs(o: Obj) -> tuple[float, int, int]:
+    """The load balancers' settings: (healthy panic threshold %, ring size, choice count)."""
     panic = 50.0
     clb = o.obj("common_lb_config")
     if clb is not None:
@@ -273,11 +284,36 @@ def parse_cluster(o: Obj) -> ClusterSpec:
     if lr is not None:
         choice = lr.take("choice_count", 2, int)
         lr.done()
+    return panic, ring, choice
+
+
+def _max_requests_per_connection(o: Obj) -> int:
+    """The cluster's field, overridden by ``common_http_protocol_options``'."""
     mrpc = o.take("max_requests_per_connection", 0, int)
     hpo = o.obj("common_http_protocol_options")
     if hpo is not None:
         mrpc = hpo.take("max_requests_per_connection", mrpc, int)
         hpo.done()
+    return mrpc
+
+
+def parse_cluster(o: Obj) -> ClusterSpec:
+    name = o.take("name", kind=str)
+    ctype = _choice(o, "type", "STATIC", TYPES, "cluster type")
+    lb = _choice(o, "lb_policy", "ROUND_ROBIN", LB_POLICIES, "lb_policy")
+    connect_timeout = o.duration("connect_timeout", 5.0)
+    eps = _endpoints(o)
+    eds_name = _eds_service_name(o)
+    _check_endpoints(o, ctype, eps)
+    refresh, family = _dns(o)
+    cb = o.obj("circuit_breakers")
+    thresholds = _thresholds(cb) if cb is not None else Thresholds()
+    od = o.obj("outlier_detection")
+    outlier = _outlier(od) if od is not None else None
+    hcs = tuple(_health_check(h) for h in o.objs("health_checks"))
+    buf = o.take("per_connection_buffer_limit_bytes", 1024 * 1024, int)
+    panic, ring, choice = _lb_configs(o)
+    mrpc = _max_requests_per_connection(o)
     tls = parse_upstream(o)
     o.ignore("alt_stat_name", "metadata")
     o.done()

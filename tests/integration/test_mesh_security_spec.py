@@ -7,8 +7,8 @@ import pytest
 
 import testbed.mesh.spec  # noqa: F401  (registers mesh:)
 from testbed.mesh.deploy.security import MeshSecurity
+from testbed.mesh.pilot.daemon import _refuse_security
 from testbed.mesh.pilot.server import ApplyRejected
-from testbed.mesh.pilot.process import _refuse_security
 from testbed.mesh.spec import SecuritySpec
 from testbed.topology.load import parse_topology
 from testbed.topology.spec import TopologyError

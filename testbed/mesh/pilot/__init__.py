@@ -8,15 +8,17 @@
 - :mod:`testbed.mesh.pilot.server`: ``Pilot``, REST-JSON xDS with long-poll push, ACK/NACK
   tracking per ``SidecarWatch``, Galley-checked ``apply``;
 - :mod:`testbed.mesh.pilot.process`: Pilot as a process (``python -m
-  testbed.mesh.pilot.process CONFIG.json``) watching the registry, and ``AdminClient`` for
-  its admin socket.
+  testbed.mesh.pilot.process CONFIG.json``, its config) and ``AdminClient`` for its admin
+  socket;
+- :mod:`testbed.mesh.pilot.daemon`: what runs in that process: ``MeshPilot`` watching the
+  registry, and ``AdminApi``, the admin socket's server.
 
 May import testbed.mesh (model, spec), rules, etcd, citadel, proxy and aiohttp; never
 deploy, testbed.run or testbed.cli.
 
 Exported here: ``rbac`` only (pure, no third-party imports). ``resources`` and ``security``
-load cryptography (through citadel.envoy), ``server`` aiohttp, and ``process`` is an entry
-point: import them by module path, e.g. ``from testbed.mesh.pilot.server import Pilot``.
+load cryptography (through citadel.envoy), ``server`` and ``daemon`` aiohttp, and ``process``
+is an entry point: import them by module path, e.g. ``from testbed.mesh.pilot.server import Pilot``.
 """
 from testbed.mesh.pilot.rbac import RBAC_TYPE, rbac_filters
 

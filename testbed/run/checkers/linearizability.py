@@ -137,90 +137,134 @@ def prune_unobserved_info(ops: list[Operation]) -> list[Operation]:
         kept = nxt
 
 
+_NIL = -1     # the end of the event list
+
+
+class _EventList:
+    """One key's calls and returns sorted by time (calls before returns at equal times), as a
+    doubly-linked list: node 0 is the head, nodes 1..2n the events. A call can be lifted out
+    together with its return (when linearized) and put back (when backtracking)."""
+
+    def __init__(self, ops: list[Operation]):
+        n = len(ops)
+        events = sorted([(o.call, 0, i) for i, o in enumerate(ops)] + [(o.ret, 1, i) for i, o in enumerate(ops)])
+        size = 2 * n + 1
+        self.nxt, self.prv = [0] * size, [0] * size
+        self.node_op, self.is_call, self.match = [0] * size, [False] * size, [0] * size
+        ret_node = [0] * n
+        for pos, (_, kind, i) in enumerate(events, 1):
+            self.node_op[pos], self.is_call[pos] = i, kind == 0
+            if kind == 1:
+                ret_node[i] = pos
+        for pos in range(1, size):
+            if self.is_call[pos]:
+                self.match[pos] = ret_node[self.node_op[pos]]
+        for pos in range(size):
+            self.nxt[pos] = pos + 1 if pos + 1 < size else _NIL
+            self.prv[pos] = pos - 1
+
+    def lift(self, c: int) -> None:
+        nxt, prv = self.nxt, self.prv
+        for x in (c, self.match[c]):
+            nxt[prv[x]] = nxt[x]
+            if nxt[x] != _NIL:
+                prv[nxt[x]] = prv[x]
+
+    def unlift(self, c: int) -> None:
+        nxt, prv = self.nxt, self.prv
+        for x in (self.match[c], c):
+            nxt[prv[x]] = x
+            if nxt[x] != _NIL:
+                prv[nxt[x]] = x
+
+
+class _Search:
+    """The WGL search's state over one key's (pruned) operations: the register, the set of
+    linearized ops as a bit mask, the stack of linearized calls, the memo of explored
+    (linearized, state) pairs, and the deepest point reached (the witness on failure)."""
+
+    def __init__(self, ops: list[Operation], initial: Any):
+        self.ops, self.events = ops, _EventList(ops)
+        self.state, self.linearized = _freeze(initial), 0
+        self.stack: list[tuple[int, Any]] = []
+        self.cache: set[tuple[int, Any]] = set()
+        self.best: tuple[int, list[int], Any, int] = (-1, [], self.state, -1)
+        self.remaining = sum(1 for o in ops if not o.info)
+        self.steps = 0
+
+    def run(self, max_steps: int) -> bool | None:
+        """True: linearizable; False: not (see :meth:`witness`); None: ``max_steps`` exhausted."""
+        ev = self.events
+        entry = ev.nxt[0]
+        while True:
+            if self.remaining == 0:
+                return True
+            self.steps += 1
+            if self.steps > max_steps:
+                return None
+            if entry == _NIL:   # cannot happen: every call has its return after it
+                raise AssertionError("linearizability search ran off the event list")
+            if ev.is_call[entry]:
+                entry = self._try_call(entry)
+                continue
+            # a return whose op is not linearized yet: backtrack
+            if len(self.stack) > self.best[0]:
+                self.best = (len(self.stack), [ev.node_op[c] for c, _ in self.stack], self.state,
+                             ev.node_op[entry])
+            if not self.stack:
+                return False
+            entry = self._backtrack()
+
+    def _try_call(self, entry: int) -> int:
+        """Linearize the call at ``entry`` if the register allows it and the resulting
+        (linearized, state) is unexplored; the next entry to look at."""
+        ev = self.events
+        op = self.ops[ev.node_op[entry]]
+        ok, new = _step(self.state, op)
+        if ok:
+            bits = self.linearized | (1 << ev.node_op[entry])
+            if (bits, new) not in self.cache:
+                self.cache.add((bits, new))
+                self.stack.append((entry, self.state))
+                self.state, self.linearized = new, bits
+                ev.lift(entry)
+                if not op.info:
+                    self.remaining -= 1
+                return ev.nxt[0]
+        return ev.nxt[entry]
+
+    def _backtrack(self) -> int:
+        """Undo the last linearized call; the entry after it."""
+        ev = self.events
+        entry, self.state = self.stack.pop()
+        self.linearized &= ~(1 << ev.node_op[entry])
+        ev.unlift(entry)
+        if not self.ops[ev.node_op[entry]].info:
+            self.remaining += 1
+        return ev.nxt[entry]
+
+    def witness(self) -> dict[str, Any]:
+        ops = self.ops
+        depth, path, st, stuck = self.best
+        return {"linearized": [ops[i].describe() for i in path], "state": st,
+                "stuck": ops[stuck].describe(),
+                "explanation": f"after the longest linearizable prefix ({depth} ops, register = {st!r}), "
+                               f"no order lets {ops[stuck].describe()} complete"}
+
+
 def check_register(ops: list[Operation], initial: Any = None, max_steps: int = 1_000_000) -> KeyResult:
     """WGL search over one key's operations."""
     key = ops[0].key if ops else ""
     info_total = sum(1 for o in ops if o.info)
     ops = prune_unobserved_info(ops)
-    n = len(ops)
-    # list nodes: 0 = head; 1..2n = events. kind: op index, call/return
-    events = sorted([(o.call, 0, i) for i, o in enumerate(ops)] + [(o.ret, 1, i) for i, o in enumerate(ops)])
-    size = 2 * n + 1
-    nxt, prv = [0] * size, [0] * size
-    node_op, is_call, match = [0] * size, [False] * size, [0] * size
-    ret_node = [0] * n
-    for pos, (_, kind, i) in enumerate(events, 1):
-        node_op[pos], is_call[pos] = i, kind == 0
-        if kind == 1:
-            ret_node[i] = pos
-    for pos in range(1, size):
-        if is_call[pos]:
-            match[pos] = ret_node[node_op[pos]]
-    NIL = -1
-    for pos in range(size):
-        nxt[pos] = pos + 1 if pos + 1 < size else NIL
-        prv[pos] = pos - 1
-    remaining = sum(1 for o in ops if not o.info)
-
-    def lift(c: int) -> None:
-        for x in (c, match[c]):
-            nxt[prv[x]] = nxt[x]
-            if nxt[x] != NIL:
-                prv[nxt[x]] = prv[x]
-
-    def unlift(c: int) -> None:
-        for x in (match[c], c):
-            nxt[prv[x]] = x
-            if nxt[x] != NIL:
-                prv[nxt[x]] = x
-
-    state, linearized = _freeze(initial), 0
-    stack: list[tuple[int, Any]] = []
-    cache: set[tuple[int, Any]] = set()
-    best: tuple[int, list[int], Any, int] = (-1, [], state, -1)
-    entry, steps = nxt[0], 0
-    while True:
-        if remaining == 0:
-            return KeyResult(key, True, n, info_total, steps)
-        steps += 1
-        if steps > max_steps:
-            return KeyResult(key, None, n, info_total, steps,
-                             {"reason": f"search budget of {max_steps} steps exhausted"})
-        if entry == NIL:   # cannot happen: every call has its return after it
-            raise AssertionError("linearizability search ran off the event list")
-        op = ops[node_op[entry]]
-        if is_call[entry]:
-            ok, new = _step(state, op)
-            if ok:
-                bits = linearized | (1 << node_op[entry])
-                if (bits, new) not in cache:
-                    cache.add((bits, new))
-                    stack.append((entry, state))
-                    state, linearized = new, bits
-                    lift(entry)
-                    if not op.info:
-                        remaining -= 1
-                    entry = nxt[0]
-                    continue
-            entry = nxt[entry]
-            continue
-        # a return whose op is not linearized yet: backtrack
-        if len(stack) > best[0]:
-            best = (len(stack), [node_op[c] for c, _ in stack], state, node_op[entry])
-        if not stack:
-            break
-        entry, state = stack.pop()
-        linearized &= ~(1 << node_op[entry])
-        unlift(entry)
-        if not ops[node_op[entry]].info:
-            remaining += 1
-        entry = nxt[entry]
-    depth, path, st, stuck = best
-    witness = {"linearized": [ops[i].describe() for i in path], "state": st,
-               "stuck": ops[stuck].describe(),
-               "explanation": f"after the longest linearizable prefix ({depth} ops, register = {st!r}), "
-                              f"no order lets {ops[stuck].describe()} complete"}
-    return KeyResult(key, False, n, info_total, steps, witness)
+    search = _Search(ops, initial)
+    valid = search.run(max_steps)
+    if valid is None:
+        return KeyResult(key, None, len(ops), info_total, search.steps,
+                         {"reason": f"search budget of {max_steps} steps exhausted"})
+    if valid:
+        return KeyResult(key, True, len(ops), info_total, search.steps)
+    return KeyResult(key, False, len(ops), info_total, search.steps, search.witness())
 
 
 @dataclass(frozen=True)
