@@ -34,15 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from testbed.cli.subcommand import BACKENDS, Subcommand, load_topology_or_exit
 from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.net.lifecycle import Terminated, require_root, run_testbed, teardown_signals
 from testbed.net.running import RunningTestbed
 from testbed.paths import REPO
-from testbed.run.results import read_results, write_results
 
 __all__ = ["SUBCOMMANDS", "parse_ping", "path_between", "Measurement", "Part", "delay_part",
            "front_proxy_part", "canary_part", "format_summary", "PARTS"]
@@ -184,6 +180,7 @@ def front_proxy_part(out: Path, status: int | None = 0) -> Part:
     ``verdicts`` named after the tutorial's steps, ``valid``, ``failed``)."""
     if not (out / "results.json").exists():
         return _missing("front_proxy", out, status)
+    from testbed.run.results import read_results  # late: keeps `minimesh` start-up and --help light
     doc = read_results(out)
     verdicts = doc.get("verdicts", {})
     host = next((v for name, v in verdicts.items() if name.startswith("upstream saw Host:")), None)
@@ -246,6 +243,8 @@ def format_summary(parts: list[Part], out: Path) -> str:
 
 
 def _print(results: list[Measurement], tolerance_ms: float, backend: str) -> None:
+    from rich.console import Console  # late: keeps `minimesh` start-up and --help light
+    from rich.table import Table
     table = Table(title=f"minimesh demo: ping RTT, configured vs measured (link backend: {backend})")
     for col in ("measurement", "configured ms", "measured median ms", "samples", "within ±%g ms" % tolerance_ms):
         table.add_column(col)
@@ -278,6 +277,7 @@ def _run_delay(args: argparse.Namespace, topology: Any, fallback: bool, out: Pat
         _print(results, args.tolerance_ms, tb.backend.name)
         part = delay_part(results, args.tolerance_ms, tb.backend.name)
         parts.append(part)
+        from testbed.run.results import write_results  # late: keeps `minimesh` start-up and --help light
         write_results(out, "demo-delay", None, {"topology": str(args.topology), "tolerance_ms": args.tolerance_ms,
                                                  "new_delay_ms": args.new_delay_ms, "backend": tb.backend.name},
                       {m.label: {"configured_ms": m.configured_ms, "median_ms": m.median_ms,

@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rich.console import Console
-from rich.table import Table
-
 from testbed.cli.subcommand import Subcommand
 from testbed.journal import Journal
 from testbed.links import probe_netem, probe_tun
@@ -160,6 +157,8 @@ def report(checks: list[Check]) -> dict[str, Any]:
 
 
 def _print_table(checks: list[Check], data: dict[str, Any]) -> None:
+    from rich.console import Console  # late: keeps `minimesh` start-up and --help light
+    from rich.table import Table
     table = Table(title="minimesh doctor")
     table.add_column("check")
     table.add_column("status")

@@ -29,9 +29,7 @@ from testbed.cli.subcommand import EXIT_USAGE, Subcommand
 from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.mesh.model import ERROR, INFO, Message
 from testbed.mesh.pilot.process import AdminClient, AdminUnavailable
-from testbed.mesh.rules.galley import analyze, load_files
 from testbed.net.running import RunningTestbed
-from testbed.run.outlier_events import import_mesh_logs
 from testbed.topology.load import load_topology
 from testbed.topology.spec import TopologyError
 
@@ -44,6 +42,7 @@ __all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "analyze_
 def analyze_paths(paths: Sequence[str]) -> tuple[list[str], int]:
     """Galley over topologies (their mesh.services and mesh.rules files, fully validated by
     the topology loader) and rule files: (formatted messages, exit code 1 on any Error)."""
+    from testbed.mesh.rules.galley import analyze, load_files  # late: keeps `minimesh` start-up and --help light
     services: list | None = None
     rule_files: list[str] = []
     msgs: list[Message] = []
@@ -216,6 +215,7 @@ def mesh_session(tb: RunningTestbed, history: Any = None, clock: Any = None) -> 
         try:
             if history is not None and clock is not None:
                 assert mesh.run_dir is not None                # set by mesh.start()
+                from testbed.run.outlier_events import import_mesh_logs  # late: light start-up
                 import_mesh_logs(history, clock.wall0, mesh.run_dir / "logs", mesh.events, mesh.spec)
         finally:
             mesh.stop()

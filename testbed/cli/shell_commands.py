@@ -36,7 +36,7 @@ class ShellCommand:
 MeshSession = Callable[[RunningTestbed, Any, Any], ContextManager[Any]]
 
 _commands: dict[str, ShellCommand] = {}
-_mesh_sessions: list[MeshSession] = []
+_mesh_session: MeshSession | None = None
 
 
 def register_command(command: ShellCommand) -> None:
@@ -48,11 +48,12 @@ def registered_commands() -> list[ShellCommand]:
 
 
 def register_mesh_session(session: MeshSession) -> None:
-    _mesh_sessions[:] = [session]
+    global _mesh_session
+    _mesh_session = session
 
 
 def mesh_session(tb: RunningTestbed, history: Any = None, clock: Any = None) -> ContextManager[Any]:
     """The registered mesh session on ``tb``, or one yielding None when none is registered."""
-    if not _mesh_sessions:
+    if _mesh_session is None:
         return contextlib.nullcontext(None)
-    return _mesh_sessions[0](tb, history, clock)
+    return _mesh_session(tb, history, clock)

@@ -13,11 +13,9 @@ from typing import Any
 
 from testbed.cli.subcommand import BACKENDS, EXIT_USAGE, Subcommand, load_topology_or_exit
 from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
-from testbed.history import History, HistoryError, RunClock, read_history
 from testbed.mesh.spec import mesh_names
 from testbed.net.lifecycle import require_root, run_testbed
 from testbed.net.running import RunningTestbed
-from testbed.run.capture import Capture
 
 __all__ = ["SUBCOMMANDS", "HISTORY", "UP_SOURCE", "UpOptionError", "up_history_path", "open_history"]
 
@@ -71,13 +69,18 @@ def open_history(path: Path, clock: Any) -> Any:
         raise UpOptionError(f"{path} exists; a history is never overwritten") from None
     except OSError as e:
         raise UpOptionError(f"cannot create {path}: {e.strerror or e}") from None
+    from testbed.history import History     # late: light start-up (the history module loads asyncio)
     return History(path, clock=clock)
 
 
 def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path | None) -> int:
     """The CLI on a built network, with its history and capture (both closed on every exit
     path, before teardown: the heal at exit is recorded and captured, tcpdump flushes)."""
-    from testbed.cli.shell import TestbedCLI    # late: Mininet's CLI (--help and the unit tests do without it)
+    # late: Mininet's CLI (--help and the unit tests do without it); the history and the
+    # capture for a light start-up
+    from testbed.cli.shell import TestbedCLI
+    from testbed.history import RunClock
+    from testbed.run.capture import Capture
     clock, cap, hist, ended, status = RunClock(), None, None, "exit", EXIT_FAIL
     try:
         if args.capture:
@@ -117,6 +120,7 @@ def _names(tb: RunningTestbed) -> dict[str, str]:
 def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: dict[str, str]) -> bool:
     """Stop tcpdump, put the history's fault ops on the packets as comments, then the name
     block (last: editcap drops name blocks). A failure is reported (False), files are kept."""
+    from testbed.history import HistoryError, read_history     # late: light start-up
     try:
         cap.stop()
         if history_path is not None and history_path.exists():

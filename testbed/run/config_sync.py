@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 if TYPE_CHECKING:
     from testbed.mesh.deploy.mesh import Mesh
 
-__all__ = ["ConfigNotReached", "wait_for_config", "sidecar_nodes"]
+__all__ = ["ConfigNotReached", "wait_for_config"]
 
 
 class ConfigNotReached(RuntimeError):
@@ -30,22 +30,13 @@ class ConfigNotReached(RuntimeError):
                          + (f"; last error: {last_error}" if last_error else ""))
 
 
-def sidecar_nodes(mesh: Mesh) -> dict[str, str]:
-    """Sidecar name (instance, or ``client@<host>``) -> xDS node id, for every sidecar of
-    ``mesh`` running now (a crashed instance's is left out)."""
-    running = {i.instance for i in mesh.instances() if "sidecar" in i.pids}
-    out = {i.instance: mesh.node_id(i) for i in mesh.spec.instances if i.instance in running}
-    out.update({f"client@{h}": mesh.client_node_id(h) for h in mesh.spec.client_sidecar_hosts})
-    return out
-
-
 def wait_for_config(mesh: Mesh, what: str = "the config", timeout_s: float = 30.0,
                     sidecars: Iterable[str] | None = None, poll_s: float = 0.1) -> int:
-    """Until every sidecar in ``sidecars`` (names as :func:`sidecar_nodes`; default: every
+    """Until every sidecar in ``sidecars`` (names as :meth:`Mesh.sidecar_nodes`; default: every
     running one) has ACKed Pilot's config as of now; returns that version (Pilot's
     generation). Raises :class:`ConfigNotReached` after ``timeout_s``, naming ``what``, the
     version and the sidecars that do not have it."""
-    nodes = sidecar_nodes(mesh)
+    nodes = mesh.sidecar_nodes()
     if sidecars is not None:
         wanted = list(sidecars)
         unknown = [s for s in wanted if s not in nodes]

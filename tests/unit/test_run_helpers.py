@@ -24,20 +24,11 @@ class FakeMesh:
     answers from ``statuses`` in turn (the last one forever), an Exception is raised."""
 
     def __init__(self, statuses: list):
-        inst = [types.SimpleNamespace(instance=n) for n in ("echo-0", "echo-1")]
-        self.spec = types.SimpleNamespace(instances=inst, client_sidecar_hosts=("c0",))
         self.statuses = statuses
         self.calls = 0
 
-    def instances(self):
-        return [types.SimpleNamespace(instance="echo-0", pids={"app": 1, "sidecar": 2}),
-                types.SimpleNamespace(instance="echo-1", pids={})]
-
-    def node_id(self, inst):
-        return f"node-{inst.instance}"
-
-    def client_node_id(self, host):
-        return f"node-client-{host}"
+    def sidecar_nodes(self):        # echo-1 crashed: its sidecar is not running
+        return {"echo-0": "node-echo-0", "client@c0": "node-client-c0"}
 
     def status(self):
         s = self.statuses[min(self.calls, len(self.statuses) - 1)]

@@ -147,6 +147,14 @@ class Mesh:
     def client_node_id(self, host: str) -> str:
         return NodeInfo.make(self.tb.ip(host), host, "client").id
 
+    def sidecar_nodes(self) -> dict[str, str]:
+        """Sidecar name (instance, or ``client@<host>``) -> xDS node id, for every sidecar
+        running now (a crashed instance's is left out)."""
+        out = {i.instance: self.node_id(i) for i in self.spec.instances
+               if (p := self._procs.get(i.instance, {}).get("sidecar")) is not None and p.poll() is None}
+        out.update({f"client@{h}": self.client_node_id(h) for h in self.spec.client_sidecar_hosts})
+        return out
+
     def node_ids(self) -> list[str]:
         return [self.node_id(i) for i in self.spec.instances] + \
             [self.client_node_id(h) for h in self.spec.client_sidecar_hosts]
@@ -409,8 +417,7 @@ class Mesh:
         """Until every (given) instance is registered and every running sidecar has ACKed."""
         want = set(instances if instances is not None else
                    [i.instance for i in self.spec.instances if i.instance in self._procs])
-        nodes = {self.node_id(i) for i in self.spec.instances if i.instance in self._procs} | \
-            {self.client_node_id(h) for h in self.spec.client_sidecar_hosts}
+        nodes = set(self.sidecar_nodes().values())
         last: dict = {}
 
         def ready() -> bool:

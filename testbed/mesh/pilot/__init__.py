@@ -20,6 +20,12 @@ Exported here: ``rbac`` only (pure, no third-party imports). ``resources`` and `
 load cryptography (through citadel.envoy), ``server`` and ``daemon`` aiohttp, and ``process``
 is an entry point: import them by module path, e.g. ``from testbed.mesh.pilot.server import Pilot``.
 """
-from testbed.mesh.pilot.rbac import RBAC_TYPE, rbac_filters
+from typing import TYPE_CHECKING
 
-__all__ = ["rbac_filters", "RBAC_TYPE"]
+from proxy.lazy import lazy_exports
+
+if TYPE_CHECKING:   # for mypy; at run time each name loads on first use
+    from testbed.mesh.pilot.rbac import RBAC_TYPE as RBAC_TYPE
+    from testbed.mesh.pilot.rbac import rbac_filters as rbac_filters
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {"testbed.mesh.pilot.rbac": ("rbac_filters", "RBAC_TYPE")})

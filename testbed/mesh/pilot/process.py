@@ -25,7 +25,6 @@ cryptography, and this module stays light for ``minimesh``.
 """
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import socket
@@ -104,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m testbed.mesh.pilot.process CONFIG.json", file=sys.stderr)
         return 2
     cfg = json.loads(Path(args[0]).read_text())
-    # late: aiohttp and cryptography (Pilot's server, the etcd client, the xDS resources) are
-    # for the Pilot process only; AdminClient, above, is what `minimesh apply`/`registry` load.
+    # late: asyncio, aiohttp and cryptography (Pilot's server, the etcd client, the xDS
+    # resources) are for the Pilot process only; AdminClient, above, is what `minimesh
+    # apply`/`registry` load.
+    import asyncio
+
     from testbed.mesh.pilot.daemon import run
     asyncio.run(run(cfg))
     return 0
