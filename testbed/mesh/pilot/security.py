@@ -13,7 +13,8 @@ docs/security.md says why it is off by default). Once security is active:
   resources feed Envoy and minimesh-proxy;
 * **inbound HCM**: ``rbac.rbac_filters(applicable(auth_policies, ns, labels))``
   before the other HTTP filters (DENY filter, then ALLOW filter);
-* **outbound clusters** (auto mTLS, as Istio): a cluster whose destination workloads are in
+* **outbound clusters** (auto mTLS, as Istio, once auto mTLS is on or any PeerAuthentication
+  or AuthorizationPolicy is applied): a cluster whose destination workloads are in
   STRICT or PERMISSIVE mode gets an ``UpstreamTlsContext`` that checks the server's SPIFFE ID
   ``spiffe://cluster.local/ns/<ns>/sa/<service>``; DISABLE destinations stay plaintext.
   Without any PeerAuthentication, Istio's default PERMISSIVE applies, so clients use mTLS.
@@ -96,17 +97,18 @@ def secure_clusters(state, node, clusters: list[dict],
     """Give outbound clusters of mTLS destinations an UpstreamTlsContext (in place).
     ``destinations``: cluster name -> (service, subset labels) of every outbound cluster;
     ``tls_modes``: cluster name -> its DestinationRule's ``tls.mode`` (None: auto mTLS)."""
-    pas, _ = _resources(state)
+    pas, aps = _resources(state)
     if not security_active(state):
         return clusters
+    auto = bool(getattr(state, "auto_mtls", False) or pas or aps)
     for c in clusters:
         dest = destinations.get(c["name"])
         if dest is None:
             continue
         svc, subset_labels = dest
         mode = (tls_modes or {}).get(c["name"])
-        if mode == DISABLE or (mode != ISTIO_MUTUAL and peer_mode(
-                pas, _labels(svc.name, subset_labels), NAMESPACE, svc.port) == DISABLE):
+        if mode == DISABLE or (mode != ISTIO_MUTUAL and (not auto or peer_mode(
+                pas, _labels(svc.name, subset_labels), NAMESPACE, svc.port) == DISABLE)):
             continue
         c["transport_socket"] = upstream_tls_context(
             sds_dir(node), [SpiffeId.make(svc.name, NAMESPACE).uri])
