@@ -77,10 +77,9 @@ async def _call(session: aiohttp.ClientSession, url: str, headers: dict[str, str
         try:
             async with session.get(url, headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-                body = await r.json(content_type=None)
-                if r.status != 200:
+                if r.status != 200:     # e.g. an injected abort: its body is not JSON
                     return {"error": f"{url}: HTTP {r.status}", "status": r.status}
-                return body
+                return await r.json(content_type=None)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
             failure = {"error": f"{url}: {type(e).__name__}: {e}".rstrip(": "),
                        "attempts": attempt + 1}
