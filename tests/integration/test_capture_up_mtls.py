@@ -11,7 +11,6 @@ import re
 import shlex
 import string
 import subprocess
-from pathlib import Path
 
 import pytest
 
