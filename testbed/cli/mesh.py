@@ -330,8 +330,8 @@ def format_get(rules: list[dict], what: str, name: str | None, output: str | Non
                all_namespaces: bool) -> str:
     """``get`` as kubectl prints it (a table, or -o yaml / -o json of the applied documents)."""
     kind, group = KINDS[what]
-    picked = [r for r in rules if r["kind"] == kind and (all_namespaces or r["namespace"] == "default")
-              and (name is None or r["name"] == name)]
+    picked = sorted((r for r in rules if r["kind"] == kind and (all_namespaces or r["namespace"] == "default")
+                     and (name is None or r["name"] == name)), key=lambda r: (r["namespace"], r["name"]))
     if name is not None and not picked:
         raise CLIUsageError(f"Error from server (NotFound): {what}s.{group} \"{name}\" not found")
     docs = [dict(r["manifest"] or {}, metadata={**((r["manifest"] or {}).get("metadata") or {}),

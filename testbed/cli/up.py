@@ -124,7 +124,7 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
         if hist is not None:
             hist.event(UP_SOURCE, "session_end", how=ended)
             hist.close()
-        finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb), _ports(tb))
+        finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb), *_ports(tb))
     return status if finished else EXIT_FAIL
 
 
@@ -137,13 +137,16 @@ def _names(tb: RunningTestbed) -> dict[str, str]:
     return names
 
 
-def _ports(tb: RunningTestbed) -> list[int]:
-    """The mesh's service ports on the wire (sidecar to sidecar), for Decode As."""
+def _ports(tb: RunningTestbed) -> tuple[list[int], list[str]]:
+    """The mesh's service ports on the wire (sidecar to sidecar), for Decode As, and the
+    hosts that run its instances (their captures are the ones worth opening first)."""
     spec = (getattr(getattr(tb, "topology", None), "sections", None) or {}).get("mesh")
-    return sorted({i.port for i in spec.instances}) if spec is not None else []
+    if spec is None:
+        return [], []
+    return sorted({i.port for i in spec.instances}), [i.host for i in spec.instances]
 
 
-def _embed_secrets(cap: Any, ports: list[int]) -> None:
+def _embed_secrets(cap: Any, ports: list[int], hosts: tuple[str, ...] = ()) -> None:
     """The sidecars' TLS key logs merged into DIR/tls-keys.log and embedded in every capture
     (Wireshark then decrypts without settings); prints how to open the files."""
     from testbed.run.capture import merge_keylogs, viewer_lines     # late: light start-up
@@ -157,7 +160,8 @@ def _embed_secrets(cap: Any, ports: list[int]) -> None:
         n = cap.inject_secrets(merged)
         print(f"*** capture: {secrets} TLS secrets embedded in {n} files ({merged}); Wireshark "
               "and tshark decrypt the sidecars' mTLS without options", file=sys.stderr)
-    files = [f.path for f in cap.files if f.path.exists() and f.path.stat().st_size > 0]
+    files = [f.path for f in sorted(cap.files, key=lambda f: f.host not in hosts)   # a service's host first
+             if f.path.exists() and f.path.stat().st_size > 0]
     if ports and files:
         print("*** capture: open with (Decode As for the mesh's service ports):", file=sys.stderr)
         for line in viewer_lines(files, ports, tls=secrets > 0):
@@ -165,7 +169,7 @@ def _embed_secrets(cap: Any, ports: list[int]) -> None:
 
 
 def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: dict[str, str],
-                    ports: list[int] | None = None) -> bool:
+                    ports: list[int] | None = None, hosts: list[str] | tuple[str, ...] = ()) -> bool:
     """Stop tcpdump, put the history's fault ops on the packets as comments, the TLS
     secrets, then the name block (last: editcap drops name blocks). A failure is reported
     (False), files are kept."""
@@ -177,7 +181,7 @@ def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: di
             if added:
                 print(f"*** capture: fault comments in {len(added)} files "
                       f"(tshark -r FILE -Y frame.comment)", file=sys.stderr)
-        _embed_secrets(cap, ports or [])
+        _embed_secrets(cap, ports or [], tuple(hosts))
         cap.write_names(names)
         return True
     except (subprocess.CalledProcessError, OSError, ValueError, HistoryError) as e:

@@ -157,7 +157,8 @@ class Pilot:
             raise ApplyRejected(errors)
         self._commit(replace(self.state, rules=tuple(merged + rules)), "apply",
                      applied=[f"{r.kind}/{r.name}" for r in rules])
-        return msgs
+        files = {r.file for r in rules}     # warn about what this apply brings, as kubectl does
+        return [m for m in msgs if m.file in files]
 
     def apply_text(self, text: str, file: str = "<string>") -> list[Message]:
         """Parse Istio YAML and apply it; schema errors reject it like Galley errors."""

@@ -24,6 +24,13 @@ API_GROUPS = ("networking.istio.io/v1", "networking.istio.io/v1beta1",
 NOT_YET = {"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}
 LB_SIMPLE = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 TLS_MODES = ("ISTIO_MUTUAL", "DISABLE")
+WHY_NOT = {      # the Istio kinds a minimesh testbed has no place for
+    "Gateway": " (minimesh has no ingress/egress gateway: `clients:` hosts reach services through "
+               "their own sidecar)",
+    "ServiceEntry": " (a minimesh testbed has no outside network to reach)",
+    "Sidecar": " (every minimesh sidecar sees every service)",
+    "EnvoyFilter": " (Pilot builds the Envoy config itself)",
+    "WorkloadEntry": " (workloads are the topology's mesh.services)"}
 
 
 _RE2_ONLY = re.compile(r"\(\?(?:=|!|<=|<!|>|P=|\()|\\[1-9]")
@@ -301,8 +308,10 @@ def parse_rule(doc: Y, file: str) -> tuple[Rule | None, list[Message]]:
                               "resources arrive with Citadel); nothing applied", file, doc.line,
                               r.resource)]
     if kind not in ("VirtualService", "DestinationRule"):
-        return None, [Message("MM0002", ERROR, f"unsupported kind {kind!r}; minimesh understands "
-                              "VirtualService and DestinationRule", file, doc.line, r.resource)]
+        why = WHY_NOT.get(kind, "")
+        return None, [Message("MM0002", ERROR, f"unsupported kind {kind!r}{why}; minimesh understands "
+                              "VirtualService, DestinationRule, PeerAuthentication and "
+                              "AuthorizationPolicy", file, doc.line, r.resource)]
     ns = check_header(r, doc, f, api, API_GROUPS)
     if "spec" not in f:
         r.err(doc, "spec", "required field missing")
