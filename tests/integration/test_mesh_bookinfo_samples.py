@@ -102,7 +102,9 @@ def test_request_routing_jason_gets_v2_everyone_else_v1(mesh):
 
 
 @pytest.mark.parametrize("sample, weights", [("virtual-service-reviews-80-20.yaml", {"v1": 0.8, "v2": 0.2}),
-                                             ("virtual-service-reviews-50-v3.yaml", {"v1": 0.5, "v3": 0.5})])
+                                             ("virtual-service-reviews-50-v3.yaml", {"v1": 0.5, "v3": 0.5}),
+                                             ("virtual-service-reviews-90-10.yaml", {"v1": 0.9, "v2": 0.1}),
+                                             ("virtual-service-reviews-v2-v3.yaml", {"v2": 0.5, "v3": 0.5})])
 def test_traffic_shifting_within_the_wilson_interval(mesh, sample, weights):
     apply(mesh, NET / "virtual-service-all-v1.yaml", NET / sample)
     n = 1000
@@ -185,3 +187,32 @@ def test_delete_and_get_like_kubectl(mesh):
     assert cli_get(mesh, "vs") == "No resources found in default namespace.\n"
     assert not [r for r in mesh.status()["rules"] if r.startswith("VirtualService/")]
     assert page(mesh)[0]["reviews"]["version"] in ("v1", "v2", "v3")     # round robin again
+
+
+def test_the_other_routing_samples(mesh):
+    apply(mesh, NET / "virtual-service-all-v1.yaml", NET / "virtual-service-reviews-v3.yaml")
+    assert {page(mesh)[0]["reviews"]["stars"] for _ in range(5)} == {"red"}
+    apply(mesh, NET / "virtual-service-reviews-jason-v2-v3.yaml")
+    assert [page(mesh, "jason")[0]["reviews"]["version"] for _ in range(3)] == ["v2"] * 3
+    assert [page(mesh, "someone")[0]["reviews"]["version"] for _ in range(3)] == ["v3"] * 3
+    mesh.delete_files([NET / "virtual-service-all-v1.yaml"])
+    apply(mesh, NET / "destination-rule-reviews.yaml")          # RANDOM over v1, v2, v3
+    r = mesh.requests(f"{mesh.prefix}pp", "http://reviews:9080/reviews/0", 300)
+    assert r["codes"] == {"200": 300} and set(r["versions"]) == {"v1", "v2", "v3"}, r
+    apply(mesh, NET / "destination-rule-all.yaml")
+
+
+def test_details_abort_and_the_samples_for_versions_this_bookinfo_does_not_run(mesh):
+    apply(mesh, NET / "virtual-service-all-v1.yaml", NET / "fault-injection-details-v1.yaml")
+    details = page(mesh)[0]["details"]
+    assert details["status"] == 555 and details["message"].startswith("Sorry, product details")
+    apply(mesh, NET / "destination-rule-all.yaml", NET / "virtual-service-all-v1.yaml")
+    assert page(mesh)[0]["details"]["service"] == "details"
+    for sample in ("virtual-service-ratings-db.yaml", "virtual-service-ratings-mysql.yaml",
+                   "virtual-service-ratings-mysql-vm.yaml"):
+        apply(mesh, NET / "virtual-service-all-v1.yaml", NET / sample)
+        reviews = page(mesh)[0]["reviews"]        # reviews v3 -> ratings v2*: no instance, 503
+        assert reviews["version"] == "v3" and "HTTP 503" in reviews["ratings_from"]["error"], reviews
+    apply(mesh, NET / "virtual-service-all-v1.yaml", NET / "virtual-service-details-v2.yaml")
+    assert page(mesh)[0]["details"]["status"] == 503
+    apply(mesh, NET / "virtual-service-all-v1.yaml")
