@@ -551,7 +551,8 @@ class Mesh:
         control-plane host (testbed subnets are not routed to the root namespace)."""
         sec = self.security
         if sec is None or not sec.enabled:
-            raise MeshError("no Citadel in this mesh: set mesh.security (docs/topology.md)")
+            raise MeshError("no Citadel in this mesh: it opted out with mesh.security.citadel: false "
+                            "(docs/topology.md)")
         cp = self.spec.control_plane
         out, err, code = self.tb.host(cp).pexec(citadel_curl_argv(sec.url, action, body))
         if code != 0:

@@ -21,7 +21,7 @@ from testbed.mesh.rules.yamldoc import Reader, Y, check_header, document_identit
 
 API_GROUPS = ("networking.istio.io/v1", "networking.istio.io/v1beta1",
               "networking.istio.io/v1alpha3")
-NOT_YET = {"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}
+NOT_YET = {"RequestAuthentication"}
 LB_SIMPLE = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 TLS_MODES = ("ISTIO_MUTUAL", "DISABLE")
 WHY_NOT = {      # the Istio kinds a minimesh testbed has no place for
@@ -304,8 +304,9 @@ def parse_rule(doc: Y, file: str) -> tuple[Rule | None, list[Message]]:
     if kind in ("PeerAuthentication", "AuthorizationPolicy"):    # security.istio.io (Citadel)
         return parse_security_resource(doc, file)
     if kind in NOT_YET:
-        return None, [Message("MM0002", ERROR, f"{api}/{kind} is not supported yet (the security "
-                              "resources arrive with Citadel); nothing applied", file, doc.line,
+        return None, [Message("MM0002", ERROR, f"{api}/{kind} is not supported by minimesh (no "
+                              "JWT end-user authentication; PeerAuthentication and "
+                              "AuthorizationPolicy are); nothing applied", file, doc.line,
                               r.resource)]
     if kind not in ("VirtualService", "DestinationRule"):
         why = WHY_NOT.get(kind, "")
