@@ -334,8 +334,10 @@ def format_get(rules: list[dict], what: str, name: str | None, output: str | Non
                      and (name is None or r["name"] == name)), key=lambda r: (r["namespace"], r["name"]))
     if name is not None and not picked:
         raise CLIUsageError(f"Error from server (NotFound): {what}s.{group} \"{name}\" not found")
-    docs = [dict(r["manifest"] or {}, metadata={**((r["manifest"] or {}).get("metadata") or {}),
-                                                "namespace": r["namespace"]}) for r in picked]
+    # the documents as applied (a rule Pilot got as a value, not as YAML, shows its identity)
+    docs = [dict(r["manifest"] or {"apiVersion": f"{group}/v1", "kind": kind},
+                 metadata={**((r["manifest"] or {}).get("metadata") or {"name": r["name"]}),
+                           "namespace": r["namespace"]}) for r in picked]
     if output in ("yaml", "json"):
         body: Any = docs[0] if name is not None else {"apiVersion": "v1", "items": docs, "kind": "List",
                                                       "metadata": {"resourceVersion": ""}}
