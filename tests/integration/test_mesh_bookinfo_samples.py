@@ -15,6 +15,9 @@ describe (root):
 * ``destination-rule-all-mtls.yaml`` applied live to this mesh (which has no ``security:``
   section: Citadel runs in every mesh): requests still succeed, now over mTLS (the sidecars'
   ``ssl.handshake`` counters grow);
+* a STRICT PeerAuthentication and an AuthorizationPolicy applied live to the same mesh (no
+  restart): a host without a sidecar is refused, only productpage may call reviews (403 for
+  the client sidecar); ``delete -f`` undoes both;
 * ``delete -f`` and ``get`` as kubectl has them.
 """
 from __future__ import annotations
@@ -216,3 +219,38 @@ def test_details_abort_and_the_samples_for_versions_this_bookinfo_does_not_run(m
     apply(mesh, NET / "virtual-service-all-v1.yaml", NET / "virtual-service-details-v2.yaml")
     assert page(mesh)[0]["details"]["status"] == 503
     apply(mesh, NET / "virtual-service-all-v1.yaml")
+
+
+SECURITY = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-from-productpage}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/productpage"]}}]}]
+"""
+
+
+def test_peer_authentication_and_authorization_policy_apply_live_to_a_default_mesh(mesh, tmp_path):
+    """No security: section in the topology, no restart: STRICT refuses a host without a
+    sidecar, the AuthorizationPolicy lets only productpage call reviews; delete -f undoes both."""
+    apply(mesh, NET / "destination-rule-all.yaml", NET / "virtual-service-all-v1.yaml")
+    rv1 = next(i for i in mesh.instances() if i.instance == "reviews-v1-0")
+    outsider = f"{mesh.prefix}e1"                     # an etcd host: no sidecar
+    assert mesh.curl(outsider, f"http://{rv1.ip}:{rv1.port}/reviews/0")[0] == 200
+    f = tmp_path / "security.yaml"
+    f.write_text(SECURITY)
+    apply(mesh, f)
+    assert mesh.curl(outsider, f"http://{rv1.ip}:{rv1.port}/reviews/0", timeout_s=3)[0] == 0   # refused
+    assert "error" not in page(mesh)[0]["reviews"]                        # productpage -> reviews: allowed
+    status, body = mesh.curl(f"{mesh.prefix}u1", "http://reviews:9080/reviews/0")  # sa/client
+    assert (status, body) == (403, "RBAC: access denied")
+    mesh.delete_files([f])
+    mesh.wait_ready(15)
+    assert mesh.curl(f"{mesh.prefix}u1", "http://reviews:9080/reviews/0")[0] == 200
+    assert mesh.curl(outsider, f"http://{rv1.ip}:{rv1.port}/reviews/0")[0] == 200
