@@ -6,6 +6,7 @@ DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotate
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,10 @@ def _configure_up(p: argparse.ArgumentParser) -> None:
                    "session (tcpdump in each host; Wireshark name file DIR/hosts); at exit each file gets "
                    f"the fault operations as packet comments and a name block. Without --out the "
                    f"history is DIR/{HISTORY}, next to the captures")
+    p.add_argument("--ui", nargs="?", const="127.0.0.1:0", metavar="ADDR:PORT",
+                   help="serve a live view of the network, the mesh and the faults (docs/ui.md); default "
+                   "127.0.0.1 on a free port, printed at start with the token actions need; another "
+                   "address only when given")
 
 
 def up_history_path(out: str | None, capture: str | None) -> Path | None:
@@ -79,7 +84,7 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
     # late: Mininet's CLI (--help and the unit tests do without it); the history and the
     # capture for a light start-up
     from testbed.cli.shell import TestbedCLI
-    from testbed.history import RunClock
+    from testbed.history import History, RunClock
     from testbed.run.capture import Capture
     clock, cap, hist, ended, status = RunClock(), None, None, "exit", EXIT_FAIL
     try:
@@ -94,7 +99,10 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
             hist = open_history(history_path, clock)
             hist.event(UP_SOURCE, "session_start", topology=getattr(tb.topology, "name", ""), wall0=clock.wall0)
             print(f"*** history: fault operations go to {history_path}", file=sys.stderr)
-        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock).errors else EXIT_OK
+        if args.ui and hist is None:        # the page's timeline needs the session's fault ops
+            hist = History(stream=open(os.devnull, "w"), clock=clock)
+        on_ready = _ui_starter(args.ui, hist, clock) if args.ui else None
+        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock, on_ready=on_ready).errors else EXIT_OK
     except UpOptionError as e:
         print(f"minimesh up: {e}", file=sys.stderr)
     except BaseException as e:
@@ -106,6 +114,14 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
             hist.close()
         finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb))
     return status if finished else EXIT_FAIL
+
+
+def _ui_starter(listen: str, hist: Any, clock: Any) -> Any:
+    """The shell's on_ready for ``--ui``: the live page (testbed.ui.live)."""
+    from testbed.ui.live import start_live      # late: aiohttp
+    from testbed.ui.server import parse_listen
+    address, port = parse_listen(listen)
+    return lambda cli: start_live(cli, address, port, hist, clock)
 
 
 def _names(tb: RunningTestbed) -> dict[str, str]:
@@ -136,10 +152,18 @@ def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: di
         return False
 
 
+def _check_listen(value: str) -> None:
+    addr, sep, port = value.rpartition(":")
+    if sep and port and not port.isdigit() or (port.isdigit() and int(port) > 65535):
+        raise UpOptionError(f"--ui {value}: PORT {port!r} is not a number in 0..65535 (ADDR:PORT, e.g. 127.0.0.1:8080)")
+
+
 def _run_up(args: argparse.Namespace) -> int:
     topology = load_topology_or_exit(args.topology)
     try:
         history_path = up_history_path(args.out, args.capture)
+        if args.ui:
+            _check_listen(args.ui)
     except UpOptionError as e:
         print(f"minimesh up: {e}", file=sys.stderr)
         return EXIT_USAGE
