@@ -1,7 +1,8 @@
 """``minimesh up TOPOLOGY``: build a topology and open the shell on it
 (:class:`testbed.cli.shell.TestbedCLI`; reads stdin when it is not a terminal), with the
 mesh of its ``mesh:`` section. ``--out DIR`` records the session's fault operations in
-DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotated at exit.
+DIR/history.jsonl and writes DIR/report.html at exit; ``--capture DIR`` records pcapng per
+host interface, annotated at exit; ``--ui [ADDR:PORT]`` serves the live page (docs/ui.md).
 """
 from __future__ import annotations
 
@@ -113,7 +114,19 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
             hist.event(UP_SOURCE, "session_end", how=ended)
             hist.close()
         finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb))
+        if args.out and history_path is not None and history_path.exists():
+            _write_report(history_path.parent, tb, cap)
     return status if finished else EXIT_FAIL
+
+
+def _write_report(out: Path, tb: RunningTestbed, cap: Any) -> None:
+    """``up --out DIR``: DIR/report.html, the session on one page (docs/ui.md)."""
+    from testbed.ui.page.report import write_report     # late: light start-up (the history module)
+    try:
+        path = write_report(out, getattr(tb, "topology", None), captures=cap.dir if cap is not None else None)
+        print(f"*** report: {path}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"minimesh up --out: report.html not written: {e}", file=sys.stderr)
 
 
 def _ui_starter(listen: str, hist: Any, clock: Any) -> Any:

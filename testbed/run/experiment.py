@@ -16,7 +16,8 @@ on every exit path, SIGTERM included), start tcpdump on every host interface, op
 terminal), stop every process it started, stop the capture, tear down. Then ``analyze`` reads
 the history back, the default plot (``timeline.png``: latency and success rate per second,
 fault windows shaded) is drawn, captures get fault comments and a name-resolution block,
-and ``results.json`` is written. Exit status 0 only when every verdict is valid.
+``results.json`` is written, and ``report.html`` (testbed.ui.page.report: the run on one
+self-contained page, docs/ui.md). Exit status 0 only when every verdict is valid.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from testbed.run.results import LiveProgress, plot_timeline, read_results, write
 from testbed.run.workload import workload_argv
 from testbed.topology.load import load_topology
 from testbed.topology.spec import TopologyError
+from testbed.ui.page.report import write_report
 
 if TYPE_CHECKING:
     from testbed.faults.base import NemesisTarget
@@ -345,12 +347,18 @@ class Experiment:
         ctx.params["host"] = socket.gethostname()
         write_results(ctx.out, self.name, ctx.seed, ctx.params, ctx.metrics, ctx.verdicts or
                       {"verdicts": Claim(False, "the experiment made no checks")})
+        try:
+            write_report(ctx.out, ctx.topology, title=self.name, captures=cap.dir if cap is not None else None)
+        except (OSError, ValueError) as e:     # the results stand without their page
+            print(f"*** report.html not written: {e}", file=sys.stderr)
         passed = report(ctx)
         return status if status != 0 else passed
 
 
 def report(ctx: Context) -> int:
     res = read_results(ctx.out)
+    if (ctx.out / "report.html").exists():
+        print(f"\n=== {ctx.name}: report {ctx.out / 'report.html'}")
     print(f"\n=== {ctx.name}: checks")
     for name, v in res["verdicts"].items():
         detail = v.get("detail") or ", ".join(f"{k}={v[k]}" for k in list(v)[1:6])

@@ -19,7 +19,7 @@ from typing import Any
 
 from testbed.run.outlier_events import SUFFIX, instance_names, outlier_records
 from testbed.run.sidecar_stats import parse_prometheus
-from testbed.ui.model import RateWindow, fault_spans, link_state, merge_rates, sidecar_sample, timeline_item
+from testbed.ui.page.model import RateWindow, fault_spans, link_state, merge_rates, sidecar_sample, timeline_item
 from testbed.ui.netns import NetnsError, http_in
 
 __all__ = ["Collector", "Sidecar"]
@@ -35,6 +35,7 @@ class Sidecar:
         self.name, self.host, self.port, self.service, self.version = name, host, port, service, version
         self.window = RateWindow()
         self.up = False
+        self.error = ""
 
 
 class _Tail:
@@ -148,8 +149,11 @@ class Collector:
         self._state = state
         return state
 
-    def state(self) -> dict[str, Any]:
-        return self._state or self.tick()
+    def state(self, max_age_s: float = 1.0) -> dict[str, Any]:
+        """The last tick's state, or a new one if that is older than ``max_age_s``."""
+        if not self._state or self.now() - self._state["t"] > max_age_s:
+            return self.tick()
+        return self._state
 
     def _host_pid(self, host: str) -> int:
         return int(self.tb.host(host).pid)
@@ -159,9 +163,9 @@ class Collector:
             try:
                 status, body = http_in(self._host_pid(sc.host), "127.0.0.1", sc.port, "/stats/prometheus",
                                        timeout_s=0.5)
-                sc.up = status == 200
-            except (NetnsError, KeyError):
-                sc.up = False
+                sc.up, sc.error = status == 200, "" if status == 200 else f"HTTP {status}"
+            except (NetnsError, KeyError) as e:
+                sc.up, sc.error = False, str(e)
             if sc.up:
                 sc.window.add(t, sidecar_sample(parse_prometheus(body.decode(errors="replace"))))
 
@@ -252,7 +256,8 @@ class Collector:
     def _instance(self, inst: Any, sc: Sidecar, procs: dict[str, str]) -> dict[str, Any]:
         inbound = sc.window.rates((inst.service, "unknown")) or sc.window.rates((inst.service, ""))
         row = {"name": inst.instance, "host": inst.host, "state": procs.get(inst.instance) or
-               ("up" if sc.up else "down"), "ejected_by": sorted(self._ejected.get(inst.instance, ())),
+               ("up" if sc.up else "down"), "error": sc.error,
+               "ejected_by": sorted(self._ejected.get(inst.instance, ())),
                **(inbound.to_dict() if inbound else {"rps": 0.0, "success": None, "p50_ms": None,
                                                      "p99_ms": None, "total": 0})}
         return row

@@ -58,29 +58,42 @@ def _connect_in(pid: int, address: str, port: int, timeout_s: float) -> socket.s
     return sock
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """The whole response: up to Content-Length when the server gives one (a keep-alive
+    server need not close), else until it closes."""
+    data = b""
+    want = None
+    while want is None or len(data) < want:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if want is None and b"\r\n\r\n" in data:
+            head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip() == "content-length" and value.strip().isdigit():
+                    want = len(head) + 4 + int(value.strip())
+    return data
+
+
 def http_in(pid: int, address: str, port: int, path: str, method: str = "GET", body: bytes = b"",
             timeout_s: float = 1.0) -> tuple[int, bytes]:
-    """(status, body) of one HTTP/1.0 request to address:port inside the network namespace
+    """(status, body) of one HTTP/1.1 request (Connection: close) to address:port inside the network namespace
     of process ``pid``. Raises :class:`NetnsError` (an OSError) when nothing answers."""
     try:
         sock = _connect_in(pid, address, port, timeout_s)
     except OSError as e:
         raise NetnsError(e.errno, f"{address}:{port} in the namespace of pid {pid}: {e.strerror or e}") from None
     try:
-        head = (f"{method} {path} HTTP/1.0\r\nHost: {address}:{port}\r\nContent-Length: {len(body)}\r\n"
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {address}:{port}\r\nContent-Length: {len(body)}\r\n"
                 f"Content-Type: application/json\r\nConnection: close\r\n\r\n").encode()
         sock.sendall(head + body)
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
+        raw = _read_response(sock)
     except OSError as e:
         raise NetnsError(e.errno, f"{address}:{port}{path}: {e.strerror or e}") from None
     finally:
         sock.close()
-    raw = b"".join(chunks)
     header, _, payload = raw.partition(b"\r\n\r\n")
     try:
         status = int(header.split(b" ", 2)[1])

@@ -51,7 +51,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def _static(name: str) -> bytes:
-    return resources.files("testbed.ui").joinpath("static", name).read_bytes()
+    return resources.files("testbed.ui.page").joinpath("static", name).read_bytes()
 
 
 class UIServer:
