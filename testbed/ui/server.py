@@ -111,18 +111,35 @@ class UIServer:
         return self
 
     def stop(self) -> None:
+        """End the event streams, close the server, join the threads."""
         self._stop.set()
         self._wake.set()
-        if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=5)
+            except Exception:      # stopping anyway: the loop is stopped next
+                pass
+            loop.call_soon_threadsafe(loop.stop)
         for t in self._threads:
             t.join(timeout=5)
         self.collector.unsubscribe()
+
+    async def _shutdown(self) -> None:
+        for q in list(self._queues):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(None)             # each stream ends
+        await asyncio.sleep(0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     async def _listen(self) -> None:
         app = web.Application(middlewares=[self._guard], client_max_size=1 << 20)
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._asset)
+        app.router.add_get("/favicon.ico", self._no_content)
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/events", self._events)
         app.router.add_post("/api/action", self._action)
@@ -193,6 +210,9 @@ class UIServer:
                             headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                      "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'"})
 
+    async def _no_content(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
     async def _asset(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         types = {"ui.js": "application/javascript", "ui.css": "text/css", "LICENSE.txt": "text/plain"}
@@ -212,8 +232,7 @@ class UIServer:
         self._queues.add(q)
         self._wake.set()
         try:
-            while True:
-                data = await q.get()
+            while (data := await q.get()) is not None:
                 await resp.write(f"data: {data}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -238,4 +257,4 @@ class UIServer:
         loop = asyncio.get_running_loop()
         ok, output = await loop.run_in_executor(None, self.run_action, command, args, text)
         self._wake.set()         # the next state soon, with the action's effect
-        return web.json_response({"ok": ok, "output": output}, status=200 if ok else 422)
+        return web.json_response({"ok": ok, "output": output})     # a rejected command is an answer, not an HTTP error

@@ -97,11 +97,11 @@
 
   function drawServices(svg, sg) {
     clear(svg);
-    const X = { src: 60, svc: 250, ver: 430, inst: 625 };
+    const X = { src: 60, svc: 300, ver: 500, inst: 690 };
     const rows = [];
     sg.services.forEach((s) => s.versions.forEach((v) => v.instances.forEach((i) => rows.push([s, v, i]))));
     const H = Math.max(140, 44 * rows.length + 30);
-    svg.setAttribute("viewBox", `0 0 720 ${H}`);
+    svg.setAttribute("viewBox", `0 0 760 ${H}`);
     const y = {};
     rows.forEach(([s, v, i], k) => { y["inst:" + i.name] = 30 + 44 * k; });
     const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -156,9 +156,10 @@
     const p = c.pilot;
     if (p) {
       div.appendChild(h("div", p.error ? p.error : `Pilot: config version ${p.generation}, registry watch ${p.healthy ? "healthy" : "UNHEALTHY"}; rules: ${(p.rules || []).join(", ") || "none"}`));
-      div.appendChild(table(["sidecar", "in sync", "ACKed (cds lds rds eds)", "NACKed"], (p.nodes || []).map((n) => [
+      const types = ["clusters", "listeners", "routes", "endpoints"];
+      div.appendChild(table(["sidecar", "in sync", "ACKed version (CDS LDS RDS EDS)", "NACKed"], (p.nodes || []).map((n) => [
         n.node, h("td", n.synced ? "yes" : "NO", n.synced ? "verdict-ok" : "verdict-fail"),
-        ["cds", "lds", "rds", "eds"].map((k) => (n.acked[k] || "-").split("-")[0]).join(" "), n.nacked.join("; ") || "-"])));
+        types.map((k) => (n.acked[k] || "-").split("-")[0]).join(" / "), n.nacked.join("; ") || "-"])));
     }
     if (c.etcd.length) {
       div.appendChild(h("div", "etcd members (each member's own view)"));
@@ -178,7 +179,7 @@
     clear(svg);
     const items = state.timeline || [], spans = state.spans || [];
     const tmax = Math.max(state.t || 0, ...items.map((i) => i.t), ...spans.map((s) => s.t1 || 0), 1);
-    const W = 720, x = (t) => 10 + (W - 20) * t / tmax;
+    const W = 1200, x = (t) => 10 + (W - 20) * t / tmax;
     spans.forEach((s, k) => {
       const row = k % 4;
       const r = el(svg, "rect", { x: x(s.t0), y: 8 + 18 * row, width: Math.max(2, x(s.t1 === null ? tmax : s.t1) - x(s.t0)), height: 14,
