@@ -14,15 +14,15 @@ from testbed.ui.page.model import (RateWindow, fault_spans, link_state, merge_ra
 from testbed.ui.page.report import report_state, write_report
 from testbed.history import read_history
 
-PROM = """
-istio_requests_total{destination_service="echo",destination_version="v1",response_code="200",response_flags="-",source_workload="client"} %d
-istio_requests_total{destination_service="echo",destination_version="v1",response_code="503",response_flags="UF",source_workload="client"} %d
-istio_request_duration_milliseconds_bucket{destination_service="echo",destination_version="v1",le="5",response_code="200",response_flags="-",source_workload="client"} %d
-istio_request_duration_milliseconds_bucket{destination_service="echo",destination_version="v1",le="100",response_code="200",response_flags="-",source_workload="client"} %d
-istio_request_duration_milliseconds_bucket{destination_service="echo",destination_version="v1",le="+Inf",response_code="200",response_flags="-",source_workload="client"} %d
-envoy_cluster_outlier_detection_ejections_active{envoy_cluster_name="outbound|8080|v1|echo"} %d
-envoy_server_days_until_first_cert_expiring 0.5
-"""
+L = 'destination_service="echo",destination_version="v1",response_code="200",response_flags="-",source_workload="client"'
+PROM = "\n".join([
+    f"istio_requests_total{{{L}}} %d",
+    f"istio_requests_total{{{L.replace('200', '503')}}} %d",
+    f'istio_request_duration_milliseconds_bucket{{{L},le="5"}} %d',
+    f'istio_request_duration_milliseconds_bucket{{{L},le="100"}} %d',
+    f'istio_request_duration_milliseconds_bucket{{{L},le="+Inf"}} %d',
+    'envoy_cluster_outlier_detection_ejections_active{envoy_cluster_name="outbound|8080|v1|echo"} %d',
+    "envoy_server_days_until_first_cert_expiring 0.5"])
 
 
 def prom(ok: int, bad: int, le5: int, le100: int, ejected: int = 0) -> dict[str, float]:
@@ -122,8 +122,10 @@ def test_report_state_has_the_split_and_the_ejection(tmp_path):
 
 def test_report_html_is_self_contained(tmp_path):
     _history(tmp_path)
-    (tmp_path / "results.json").write_text(json.dumps({"experiment": "x", "seed": 1, "valid": False, "verdicts": {
-        "split within 99.9% interval": {"valid": True, "detail": "5.0%"}, "no errors": {"valid": False, "detail": "</script><b>"}}}))
+    verdicts = {"split within 99.9% interval": {"valid": True, "detail": "5.0%"},
+                "no errors": {"valid": False, "detail": "</script><b>"}}
+    (tmp_path / "results.json").write_text(json.dumps({"experiment": "x", "seed": 1, "valid": False,
+                                                       "verdicts": verdicts}))
     (tmp_path / "pcap").mkdir()
     (tmp_path / "pcap" / "c0-eth0.pcapng").write_bytes(b"\n\r\r\n")
     page = write_report(tmp_path).read_text()
