@@ -14,7 +14,8 @@ from testbed.ui.page.model import (RateWindow, fault_spans, link_state, merge_ra
 from testbed.ui.page.report import report_state, write_report
 from testbed.history import read_history
 
-L = 'destination_service="echo",destination_version="v1",response_code="200",response_flags="-",source_workload="client"'
+L = ('destination_service="echo",destination_version="v1",response_code="200",response_flags="-",'
+     'source_workload="client"')
 PROM = "\n".join([
     f"istio_requests_total{{{L}}} %d",
     f"istio_requests_total{{{L.replace('200', '503')}}} %d",
