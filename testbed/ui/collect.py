@@ -61,17 +61,23 @@ class Collector:
     ``history`` on ``clock``). :meth:`tick` samples; :meth:`state` is the page's JSON."""
 
     def __init__(self, tb: Any, mesh: Any = None, faults: Any = None, history: Any = None, clock: Any = None):
-        self.tb, self.mesh, self.faults, self.clock = tb, mesh, faults, clock
-        self.spec = getattr(mesh, "spec", None)
-        self.sidecars = self._sidecars()
+        self.tb, self.faults, self.clock = tb, faults, clock
+        self.attach_mesh(mesh)
         self._lock = threading.Lock()
         self._timeline: list[dict[str, Any]] = []
         self._state: dict[str, Any] = {}
         self._ejected: dict[str, set[str]] = {}      # instance -> sidecars that eject it now
         self._leader: str | None = None
         self._tails: dict[str, _Tail] = {}
-        self._names = instance_names(self.spec) if self.spec is not None else {}
         self.unsubscribe = history.subscribe(self._on_record) if history is not None else (lambda: None)
+
+    def attach_mesh(self, mesh: Any) -> None:
+        """Follow ``mesh`` (None: no mesh), e.g. once an experiment has started it."""
+        self.spec = getattr(mesh, "spec", None)
+        self._names = instance_names(self.spec) if self.spec is not None else {}
+        self.sidecars = self._sidecars()
+        self._tails = {}
+        self.mesh = mesh
 
     def _sidecars(self) -> list[Sidecar]:
         if self.spec is None:
@@ -86,6 +92,9 @@ class Collector:
     # --- history and logs -> timeline ------------------------------------------------------
 
     def _on_record(self, record: Any) -> None:
+        source = getattr(record, "source", "")
+        if source == "pilot" or source.startswith("sidecar:"):
+            return          # tailed live from their files (and imported again into the history at the end)
         item = timeline_item(record)
         if item is not None:
             self._add(item)

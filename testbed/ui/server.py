@@ -162,6 +162,7 @@ class UIServer:
                     state = self.collector.tick()
                 except Exception as e:     # a failed sample is shown on the page, the next tick retries
                     state = {**self.collector.state(), "error": f"{type(e).__name__}: {e}"}
+                state["actions"] = self.run_action is not None
                 self.tick_cpu_s += time.thread_time() - cpu
                 self.ticks += 1
                 data = json.dumps(state, separators=(",", ":"))

@@ -175,7 +175,7 @@ _PAGE = """<!doctype html>
 <div id="partitions"></div></section>
 <section id="services-panel"><h2>Service graph of the run <small>(rps averaged over the run · success ·
 p50/p99 of the successful requests · each version's share; from the history's requests)</small></h2>
-<svg id="services" viewBox="0 0 760 300"></svg></section>
+<svg id="services" viewBox="0 0 790 300"></svg></section>
 <section id="control-panel"><h2>Control plane and data plane events</h2>{control}</section>
 <section id="timeline-panel"><h2>Timeline <small>(fault windows as bars; pushes, NACKs, ejections, leader
 changes as ticks)</small></h2><svg id="timeline-chart" viewBox="0 0 1200 120"></svg><ol id="timeline"></ol></section>

@@ -97,11 +97,11 @@
 
   function drawServices(svg, sg) {
     clear(svg);
-    const X = { src: 60, svc: 300, ver: 500, inst: 690 };
+    const X = { src: 60, svc: 290, ver: 480, inst: 725 };
     const rows = [];
     sg.services.forEach((s) => s.versions.forEach((v) => v.instances.forEach((i) => rows.push([s, v, i]))));
     const H = Math.max(140, 44 * rows.length + 30);
-    svg.setAttribute("viewBox", `0 0 760 ${H}`);
+    svg.setAttribute("viewBox", `0 0 790 ${H}`);
     const y = {};
     rows.forEach(([s, v, i], k) => { y["inst:" + i.name] = 30 + 44 * k; });
     const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -196,7 +196,7 @@
     el(svg, "text", { x: W - 10, y: 117, class: "role", "text-anchor": "end" }, fmt(tmax) + " s");
     if (list) {
       clear(list);
-      items.slice().reverse().slice(0, 200).forEach((it) => list.appendChild(h("li", `${fmt(it.t, 2)} s  ${it.label}`, it.cls)));
+      items.slice().sort((a, b) => b.t - a.t).slice(0, 200).forEach((it) => list.appendChild(h("li", `${fmt(it.t, 2)} s  ${it.label}`, it.cls)));
     }
   }
 
@@ -207,6 +207,7 @@
     drawServices($("services"), state.services);
     if ($("control")) drawControl($("control"), state.control);
     drawTimeline($("timeline-chart"), $("timeline"), state);
+    if ($("actions-panel") && state.actions === false) $("actions-panel").hidden = true;
     document.body.dataset.ticks = String(Number(document.body.dataset.ticks || 0) + 1);
   }
 
