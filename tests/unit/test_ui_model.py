@@ -136,3 +136,15 @@ def test_report_html_is_self_contained(tmp_path):
     assert "href='pcap/c0-eth0.pcapng'" in page
     data = re.search(r'<script id="report-data" type="application/json">(.*?)</script>', page, re.S).group(1)
     assert json.loads(data)["spans"][0]["label"] == "link h1-s1 delay=50ms"
+
+
+def test_demo_summary_names_its_report_first(tmp_path):
+    from testbed.cli.demo import Part, format_summary
+    from testbed.ui.page.report import write_index
+    (tmp_path / "canary").mkdir()
+    (tmp_path / "canary" / "report.html").write_text("x")
+    index = write_index(tmp_path, "minimesh demo", [("delay", True, "20 ms"), ("canary", False, "v2 4.9 %")])
+    page = index.read_text()
+    assert "href='canary/report.html'" in page and "delay/report.html" not in page and "FAIL" in page
+    lines = format_summary([Part("delay", True, "20 ms")], tmp_path, index).splitlines()
+    assert lines[2].startswith(f"Report:  {index}")

@@ -219,3 +219,22 @@ def write_report(out: str | Path, topology: Any = None, spec: Any = None, title:
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def write_index(out: str | Path, title: str, parts: Iterable[tuple[str, bool, str]]) -> Path:
+    """``out/report.html`` for a run of several parts (``minimesh demo``): each part's verdict
+    and key number, linking its own ``out/<part>/report.html`` when it has one."""
+    out = Path(out)
+    rows = []
+    for name, ok, key in parts:
+        sub = out / name / REPORT
+        link = f"<a href='{html.escape(name)}/{REPORT}'>{html.escape(name)}</a>" if sub.exists() else html.escape(name)
+        rows.append(f"<tr><td class='verdict-{'ok' if ok else 'fail'}'>{'ok' if ok else 'FAIL'}</td><td>{link}</td>"
+                    f"<td>{html.escape(key)}</td></tr>")
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_static('ui.css')}</style></head><body><header><b>{html.escape(title)}</b></header><main>"
+            f"<section id='checks-panel'><h2>Parts</h2><table id='parts'><tr><th>verdict</th><th>part</th>"
+            f"<th>result</th></tr>{''.join(rows)}</table></section></main></body></html>\n")
+    path = out / REPORT
+    path.write_text(page, encoding="utf-8")
+    return path
