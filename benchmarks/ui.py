@@ -49,7 +49,8 @@ mesh:
   control_plane: {{host: cp}}
   clients: [c]
   services:
-    echo: {{port: 8080, run: "builtin:echo", versions: {{v1: {{hosts: [{v1_hosts}]}}, v2: {{hosts: [{v2_hosts}]}}}}}}
+    echo: {{port: 8080, run: "builtin:echo", versions: {{v1: {{replicas: {n - v2}, hosts: [{v1_hosts}]}},
+                                                        v2: {{replicas: {v2}, hosts: [{v2_hosts}]}}}}}}
 """
 
 
