@@ -86,12 +86,13 @@
     if (sub) el(g, "text", { x, y: y + 17, "text-anchor": "middle", class: "role" }, sub);
     return g;
   }
-  function edge(svg, x1, y1, x2, y2, cls, label, attrs) {
-    const mx = (x1 + x2) / 2;
+  function edge(svg, x1, y1, x2, y2, cls, label, attrs, at) {
+    const mx = (x1 + x2) / 2, t = at === undefined ? 0.5 : at;   // the label at t along the curve
     const g = el(svg, "g", attrs || {});
     el(g, "path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, class: "gedge " + cls });
+    const lx = x1 + (x2 - x1) * t, ly = y1 + (y2 - y1) * (3 * t * t - 2 * t * t * t);
     if (label) label.split("\n").forEach((line, i) =>
-      el(g, "text", { x: mx, y: (y1 + y2) / 2 - 5 + 12 * i, "text-anchor": "middle", class: "elabel" }, line));
+      el(g, "text", { x: lx, y: ly - 5 + 12 * i, "text-anchor": "middle", class: "elabel" }, line));
     return g;
   }
 
@@ -120,7 +121,8 @@
         (split ? `\n${split}` : "") + (e.ejecting ? "\nejection in force" : "");
       const sx = xOf(e.src) === X.svc ? X.svc + 55 : X.src + 50;
       edge(svg, sx, y[e.src], X.svc - 55, y[e.dst], cls, label,
-        { "data-edge": `${e.src}->${e.dst}`, "data-p50": e.p50_ms, "data-p99": e.p99_ms, "data-rps": e.rps });
+        { "data-edge": `${e.src}->${e.dst}`, "data-p50": e.p50_ms, "data-p99": e.p99_ms, "data-rps": e.rps },
+        srcs.length > 1 ? 0.35 : 0.5);
     }
     for (const s of sg.services) {
       for (const v of s.versions) {
