@@ -176,7 +176,8 @@ class TestbedCLI(FaultCommands, CLI):
 
     def command(self, line: str) -> tuple[bool, str]:
         """Run one shell command from another thread, as if typed: (ok, what it printed,
-        errors included). Waits for a command the shell is running."""
+        errors included). Waits for a command the shell is running. A rejected command is
+        answered to its caller, not counted in the session's exit status."""
         with self._lock:
             errors = self.errors
             captured = _ThreadOutput(threading.get_ident())
@@ -185,7 +186,8 @@ class TestbedCLI(FaultCommands, CLI):
                 self.onecmd(line)
             finally:
                 lg.removeHandler(captured)
-            return self.errors == errors, "".join(captured.lines)
+            ok, self.errors = self.errors == errors, errors
+            return ok, "".join(captured.lines)
 
     # --- minimesh commands -------------------------------------------------------------
 
