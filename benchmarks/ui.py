@@ -10,7 +10,8 @@ whole benchmark, while phases alternate: page closed (no event-stream client) an
 (``curl -N /events``: one SSE client, a state per second). Per phase:
 
 - CPU of the UI's threads (the aiohttp loop and the collector; /proc/self/task/TID/stat),
-  as a share of one core;
+  as a share of one core; and of the mesh's processes (sidecars, apps, agents, Pilot), which
+  answer the collector's scrapes;
 - the workload's p50/p99 latency over the requests sent in the phase.
 
 The phases alternate ``--rounds`` times, so the run-to-run noise of the closed phases is
@@ -65,6 +66,23 @@ def thread_cpu_s(tids: list[int]) -> float:
     return total / TICKS
 
 
+def pids_cpu_s(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / TICKS
+
+
+def mesh_pids(mesh) -> list[int]:
+    """Every process of the mesh: apps, sidecars, agents, the client sidecars, Pilot."""
+    pids = [p.pid for procs in mesh._procs.values() for p in procs.values()]
+    return pids + ([mesh._pilot.pid] if mesh._pilot is not None else [])
+
+
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -85,16 +103,18 @@ def run_phases(tb, mesh, server, hist_path: Path, clock: RunClock, args) -> list
             for kind in ("closed", "open"):
                 sse = subprocess.Popen(["curl", "-sN", server.url + "events"], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL) if kind == "open" else None
-                a, cpu0, ticks0 = clock.now(), thread_cpu_s(tids), server.ticks
+                pids = mesh_pids(mesh)
+                a, cpu0, ticks0, m0 = clock.now(), thread_cpu_s(tids), server.ticks, pids_cpu_s(pids)
                 clock.sleep_until(a + args.phase_s)
-                b, cpu1 = clock.now(), thread_cpu_s(tids)
+                b, cpu1, m1 = clock.now(), thread_cpu_s(tids), pids_cpu_s(pids)
                 if sse is not None:
                     sse.terminate()
                     sse.wait()
                 phases.append({"round": r, "kind": kind, "t0": a, "t1": b,
-                               "ui_cpu_pct": 100 * (cpu1 - cpu0) / (b - a), "ticks": server.ticks - ticks0})
+                               "ui_cpu_pct": 100 * (cpu1 - cpu0) / (b - a), "ticks": server.ticks - ticks0,
+                               "mesh_cpu_pct": 100 * (m1 - m0) / (b - a)})
                 print(f"  {kind:6} round {r}: UI CPU {phases[-1]['ui_cpu_pct']:.2f} % of a core, "
-                      f"{phases[-1]['ticks']} ticks", flush=True)
+                      f"mesh processes {phases[-1]['mesh_cpu_pct']:.1f} %, {phases[-1]['ticks']} ticks", flush=True)
     finally:
         wl.wait(timeout=total + 30)
     return phases
@@ -131,7 +151,8 @@ def main() -> int:
         sel = [r for r in reqs if p["t0"] <= r.t_start < p["t1"]]
         lat = [r.latency_s * 1000 for r in sel if r.ok]
         p.update(requests=len(sel), ok=sum(r.ok for r in sel), p50_ms=pct(lat, 0.5), p99_ms=pct(lat, 0.99))
-        print(f"{p['kind']:6} r{p['round']}: UI CPU {p['ui_cpu_pct']:5.2f} %  requests {p['requests']} "
+        print(f"{p['kind']:6} r{p['round']}: UI CPU {p['ui_cpu_pct']:5.2f} %  mesh CPU {p['mesh_cpu_pct']:5.1f} %  "
+              f"requests {p['requests']} "
               f"(ok {p['ok']})  p50 {p['p50_ms']:.2f} ms  p99 {p['p99_ms']:.2f} ms")
     for kind in ("closed", "open"):
         ps = [p for p in phases if p["kind"] == kind]
