@@ -124,7 +124,27 @@ def edge_p99(driver, edge: str) -> float | None:
     return float(v) if v not in (None, "", "null") else None
 
 
-def run_action(driver, command: str, args: str) -> tuple[bool, str]:
+DR = """apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+VS_BAD = """apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - route:
+    - destination: {host: echo, subset: v9}
+"""
+
+
+def run_action(driver, command: str, args: str, yaml: str = "") -> tuple[bool, str]:
     from selenium.webdriver.support.ui import Select
     out = driver.find_element("id", "action-output")
     driver.execute_script("arguments[0].removeAttribute('data-ok'); arguments[0].textContent = '';", out)
@@ -132,6 +152,7 @@ def run_action(driver, command: str, args: str) -> tuple[bool, str]:
     box = driver.find_element("id", "action-args")
     box.clear()
     box.send_keys(args)
+    driver.execute_script("arguments[0].value = arguments[1];", driver.find_element("id", "action-yaml"), yaml)
     driver.find_element("id", "action-run").click()
     ok = wait_for(f"the answer to {command} {args}", lambda: out.get_attribute("data-ok"), 30)
     return ok == "true", out.text
@@ -182,6 +203,27 @@ def test_live_page_shows_the_mesh_and_drives_a_link_delay(tmp_path, browser):
         assert err.find(r"\*\*\* no node 'nosuch'.*").group(0).strip() == text.strip().splitlines()[-1].strip()
         assert "100ms" in browser.find_element("css selector", f'[data-link="{P}h1-{P}s"]').text
 
+        ok, text = run_action(browser, "crash", "echo-v2-0")          # a process fault from the page
+        assert ok, text
+        wait_for("the crash marked", lambda: "CRASHED" in browser.find_element(
+            "css selector", '[data-id="inst:echo-v2-0"]').text and "echo-v2-0 crashed" in browser.find_element(
+            "css selector", f'[data-id="{P}h2"]').text)
+        ok, text = run_action(browser, "restart", "echo-v2-0")
+        assert ok, text
+        wait_for("the instance back", lambda: "CRASHED" not in browser.find_element(
+            "css selector", '[data-id="inst:echo-v2-0"]').text, 40)
+
+        version = wait_for("Pilot's version", lambda: re.search(r"config version (\d+)", browser.find_element(
+            "id", "control").text)).group(1)
+        ok, text = run_action(browser, "apply", "", DR + "---\n" + VS_BAD)   # Galley rejects: nothing changes
+        assert not ok and "IST0101" in text and "rejected: nothing was changed" in text, text
+        time.sleep(1.5)
+        assert f"config version {version}," in browser.find_element("id", "control").text
+        ok, text = run_action(browser, "apply", "", DR)
+        assert ok and "applied 1 file(s)" in text, text
+        wait_for("the rule in Pilot's table", lambda: "DestinationRule/echo" in browser.find_element(
+            "id", "control").text)
+
         origin = url.rstrip("/")
         body = {"command": "link-set", "args": f"{P}h2 {P}s delay=50ms"}
         assert post(url, body, {"Origin": origin, "X-Minimesh-Token": "wrong"})[0] == 403
@@ -201,7 +243,9 @@ def test_live_page_shows_the_mesh_and_drives_a_link_delay(tmp_path, browser):
     assert proc.returncode == 1, "".join(err.lines)           # the typed link-set failed
     from testbed.history import read_history
     faults = read_history(out / "history.jsonl").faults
-    assert [(f.phase, f.description) for f in faults][:1] == [("apply", f"link {P}h1-{P}s delay=100ms")], faults
+    assert [(f.phase, f.description) for f in faults][:3] == [
+        ("apply", f"link {P}h1-{P}s delay=100ms"), ("apply", "crash echo-v2-0 (SIGKILL)"),
+        ("revert", "crash echo-v2-0 (SIGKILL)")], faults
     comments = subprocess.run(["tshark", "-r", str(cap / f"{P}c-eth0.pcapng"), "-Y", "frame.comment", "-T",
                                "fields", "-e", "frame.comment"], capture_output=True, text=True).stdout
     assert "minimesh fault #0 apply" in comments and "delay=100ms" in comments, comments[:2000]
