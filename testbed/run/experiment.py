@@ -377,8 +377,9 @@ class Experiment:
                       {"verdicts": Claim(False, "the experiment made no checks")})
         try:
             write_report(ctx.out, ctx.topology, title=self.name, captures=cap.dir if cap is not None else None)
-        except (OSError, ValueError) as e:     # the results stand without their page
-            print(f"*** report.html not written: {e}", file=sys.stderr)
+        except Exception as e:     # the results stand without their page; the failure is shown
+            traceback.print_exc()
+            print(f"*** report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
         passed = report(ctx)
         return status if status != 0 else passed
 
