@@ -211,8 +211,10 @@ class Collector:
         procs, partitions = self._process_faults()
         where = self._process_hosts()
         marks: dict[str, list[str]] = {}
+        hosts = {h.name for h in topo.hosts}
         for p, how in procs.items():
             marks.setdefault(where.get(p, p), []).append(f"{p} {how}")
+        elsewhere = [m for h, ms in marks.items() if h not in hosts for m in ms]    # no host known
         drops = [(r.src, r.dst) for r in self.tb.control.drops()]
         cut_hosts = {h for pair in drops for h in pair}
         roles = self._roles()
@@ -224,7 +226,8 @@ class Collector:
             fwd, back = link.get_shapes() if hasattr(link, "get_shapes") else (None, None)
             up = getattr(link, "is_up", lambda: True)() is not False
             links.append(link_state(a, b, fwd, back, up, False))
-        return {"nodes": nodes, "links": links, "drops": [list(d) for d in drops], "partitions": partitions}
+        return {"nodes": nodes, "links": links, "drops": [list(d) for d in drops], "partitions": partitions,
+                "processes": elsewhere}
 
     def _roles(self) -> dict[str, list[str]]:
         spec = self.spec

@@ -148,3 +148,37 @@ def test_demo_summary_names_its_report_first(tmp_path):
     assert "href='canary/report.html'" in page and "delay/report.html" not in page and "FAIL" in page
     lines = format_summary([Part("delay", True, "20 ms")], tmp_path, index).splitlines()
     assert lines[2].startswith(f"Report:  {index}")
+
+
+def test_collector_without_a_mesh_draws_links_drops_and_process_faults():
+    """The network part of the live state from a running testbed's control (fakes here):
+    shapes, a downed link, drop rules as cut pairs, crashed/paused processes over their host."""
+    from types import SimpleNamespace as NS
+    from testbed.faults.kinds import Crash, Pause
+    from testbed.topology.load import parse_topology
+    from testbed.ui.collect import Collector
+    topo = parse_topology("hosts: {h1: {}, h2: {}}\nswitches: {s1: {}}\n"
+                          "links: [{between: [h1, s1]}, {between: [h2, s1]}]\n")
+
+    class Link:
+        def __init__(self, shape, up=True):
+            self.shape, self.up = shape, up
+
+        def get_shapes(self):
+            return self.shape, self.shape
+
+        def is_up(self):
+            return self.up
+    control = NS(links=lambda: [("h1", "s1", Link(LinkShape(delay_ms=50))), ("h2", "s1", Link(LinkShape(), False))],
+                 drops=lambda: [NS(src="h1", dst="h2")])
+    tb = NS(topology=topo, control=control, host_names=["h1", "h2"])
+    nemesis = NS(outstanding={0: NS(fault=Crash("pilot")), 1: NS(fault=Pause("etcd1"))})
+    net = Collector(tb, None, NS(nemesis=nemesis)).network()
+    links = {(lk["a"], lk["b"]): lk for lk in net["links"]}
+    assert links[("h1", "s1")]["label"] == "50ms" and links[("h1", "s1")]["color"] == "slow"
+    assert links[("h2", "s1")]["up"] is False
+    assert net["drops"] == [["h1", "h2"]]
+    nodes = {n["id"]: n for n in net["nodes"]}
+    assert nodes["h1"]["cut"] and nodes["h2"]["cut"] and not nodes["s1"]["cut"]
+    assert set(nodes) == {"h1", "h2", "s1"}
+    assert net["processes"] == ["pilot crashed", "etcd1 paused"]     # no mesh: no host to mark, listed apart

@@ -75,7 +75,8 @@
       n.marks.forEach((m, i) => el(g, "text", { x, y: y - 20 - 12 * i, "text-anchor": "middle", class: "mark" }, m));
     }
     const parts = $("partitions");
-    if (parts) parts.textContent = net.partitions && net.partitions.length ? "partitions: " + net.partitions.join("; ") : "";
+    if (parts) parts.textContent = (net.partitions && net.partitions.length ? "partitions: " + net.partitions.join("; ") : "") +
+      (net.processes && net.processes.length ? "  processes: " + net.processes.join(", ") : "");
   }
 
   /* ---- the service graph: sources -> services -> versions -> instances ---- */
