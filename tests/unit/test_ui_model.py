@@ -43,6 +43,9 @@ def test_sidecar_sample_sums_codes_and_reads_gauges():
     assert d.buckets[5.0] == 50 and d.buckets[float("inf")] == 90
     assert s.ejections_active == {"outbound|8080|v1|echo": 1}
     assert s.cert_days == 0.5
+    from testbed.run.sidecar_stats import parse_prometheus      # as minimesh-proxy exports it
+    text = "envoy_server_days_until_first_cert_expiring_total 0.04\n"
+    assert sidecar_sample(parse_prometheus(text)).cert_days == 0.04
 
 
 def test_quantile_interpolates_like_histogram_quantile():

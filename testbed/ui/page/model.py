@@ -71,7 +71,8 @@ def sidecar_sample(prom: Mapping[str, float]) -> SidecarSample:
             d.buckets[le] = d.buckets.get(le, 0.0) + value
         elif name == "envoy_cluster_outlier_detection_ejections_active":
             s.ejections_active[labels.get("envoy_cluster_name", "")] = value
-        elif name == "envoy_server_days_until_first_cert_expiring":
+        elif name in ("envoy_server_days_until_first_cert_expiring",
+                      "envoy_server_days_until_first_cert_expiring_total"):   # minimesh-proxy exports it so
             s.cert_days = value
     return s
 
