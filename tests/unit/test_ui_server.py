@@ -128,3 +128,12 @@ def test_parse_listen():
     assert parse_listen("0.0.0.0:9") == ("0.0.0.0", 9)
     with pytest.raises(ValueError, match="PORT"):
         parse_listen("127.0.0.1:http")
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:http", "127.0.0.1:99999"])
+def test_up_refuses_a_bad_ui_address_before_building(value):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "testbed", "up", "linear,2", "--ui", value],
+                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 2 and f"--ui {value}: PORT" in r.stderr, r.stderr
