@@ -9,7 +9,8 @@
                         {"ok": bool, "output": text the shell printed}
 
 Who may drive it (docs/ui.md): the server listens on loopback unless an address is given;
-every request's ``Host`` must name the server itself (a DNS-rebinding page cannot pass it);
+every request's ``Host`` must name the server itself (a DNS-rebinding page cannot pass it;
+see :meth:`UIServer.host_ok`);
 an action needs ``Origin`` equal to the page's own origin, a JSON body (a cross-site form
 cannot send one without a CORS preflight, which is never answered), and the per-run token
 in ``X-Minimesh-Token`` (compared in constant time). The token is printed at start, in the
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import secrets
+import socket
 import threading
 import time
 from importlib import resources
@@ -179,15 +182,29 @@ class UIServer:
 
     # --- who may ask -----------------------------------------------------------------------------
 
-    def allowed_hosts(self) -> set[str]:
-        hosts = {f"{self.address}:{self.port}", f"[{self.address}]:{self.port}"}
+    def host_ok(self, host: str) -> bool:
+        """Does a request's Host header name this server? Its port, and: the address it listens
+        on (with localhost for loopback), or, listening on a wildcard address, an IP literal
+        or this machine's name. Never a DNS name of someone else's (DNS rebinding)."""
+        name, sep, port = host.rpartition(":")
+        if not sep or port != str(self.port):
+            return False
+        name = name.strip("[]").lower()
+        names = {self.address.lower()}
         if self.address in ("127.0.0.1", "::1", "localhost"):
-            hosts |= {f"localhost:{self.port}", f"127.0.0.1:{self.port}", f"[::1]:{self.port}"}
-        return hosts
+            names |= {"localhost", "127.0.0.1", "::1"}
+        if self.address in ("0.0.0.0", "::", ""):
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+            try:
+                ipaddress.ip_address(name)
+                return True
+            except ValueError:
+                pass
+        return name in names
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.host not in self.allowed_hosts():
+        if not self.host_ok(request.host):
             return web.json_response({"ok": False, "output": f"Host {request.host!r} is not this server "
                                       f"({self.address}:{self.port}); refused"}, status=403)
         return await handler(request)

@@ -137,3 +137,12 @@ def test_up_refuses_a_bad_ui_address_before_building(value):
     r = subprocess.run([sys.executable, "-m", "testbed", "up", "linear,2", "--ui", value],
                        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 2 and f"--ui {value}: PORT" in r.stderr, r.stderr
+
+
+def test_host_check():
+    lo = UIServer(FakeCollector(), None, "127.0.0.1", 8080)
+    assert lo.host_ok("127.0.0.1:8080") and lo.host_ok("localhost:8080") and lo.host_ok("[::1]:8080")
+    assert not lo.host_ok("127.0.0.1:8081") and not lo.host_ok("evil.example:8080") and not lo.host_ok("127.0.0.1")
+    any_ = UIServer(FakeCollector(), None, "0.0.0.0", 8080)
+    assert any_.host_ok("192.0.2.7:8080") and any_.host_ok("[2001:db8::1]:8080")
+    assert not any_.host_ok("rebind.evil.example:8080")
