@@ -2,7 +2,9 @@
 interpreter lacks what minimesh needs (Debian's /usr/bin/python3 has no pyroute2/aiohttp),
 re-exec the script under the project's interpreter: $MINIMESH_PYTHON if set, else
 <repo>/.venv/bin/python (``sudo ./minimesh test`` or ``sudo ./minimesh demo`` creates that
-venv). Import it first: ``import _bootstrap  # noqa: F401  (re-exec ...)``."""
+venv). Import it first: ``import _bootstrap  # noqa: F401  (re-exec ...)``. Once the
+interpreter is right, it imports the live view's plug-in (testbed.ui.experiment), which gives
+every lab script ``--ui`` (docs/ui.md)."""
 from __future__ import annotations
 
 import importlib.util
@@ -43,3 +45,4 @@ def ensure() -> None:
 
 
 ensure()
+import testbed.ui.experiment  # noqa: E402,F401  (after ensure(): registers the runner's --ui live view)

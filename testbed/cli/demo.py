@@ -13,8 +13,9 @@ Three parts, one results directory (``--out``, default ./results/demo-<timestamp
    99.9 % interval);
 
 parts 2 and 3 with packet capture (pcapng per host interface under <part>/pcap). Then a
-summary: each part's verdict and key number, where results, plots and captures are, and
-the tshark/wireshark commands to open them. Exit status 1 if any part fails.
+summary: first the demo's report.html (each part's verdict, linking the part's own
+self-contained report.html, docs/ui.md), then each part's verdict and key number, where results,
+plots and captures are, and the tshark/wireshark commands to open them. Exit status 1 if any part fails.
 ``--only PART`` (repeatable) runs a subset; ``--link-backend`` as for ``up``.
 """
 from __future__ import annotations
@@ -216,9 +217,12 @@ def canary_part(out: Path, status: int | None = 0) -> Part:
     return Part("canary", bool(doc.get("valid")) and status == 0, key, tuple(str(p) for p in files))
 
 
-def format_summary(parts: list[Part], out: Path) -> str:
-    """The text printed at the end of ``minimesh demo``."""
+def format_summary(parts: list[Part], out: Path, report: Path | None = None) -> str:
+    """The text printed at the end of ``minimesh demo``; ``report`` (the demo's report.html,
+    linking each part's) first."""
     lines = ["", "=== minimesh demo: summary"]
+    if report is not None:
+        lines.append(f"Report:  {report}  (open it in a browser: each part's report.html, no network needed)")
     for p in parts:
         lines.append(f"  [{'ok' if p.ok else 'FAIL'}] {p.name}: {p.key}")
     lines.append(f"\nResults: {out}  (each part's results.json, logs, plots and pcap/ under {out}/<part>/)")
@@ -283,6 +287,8 @@ def _run_delay(args: argparse.Namespace, topology: Any, fallback: bool, out: Pat
                       {m.label: {"configured_ms": m.configured_ms, "median_ms": m.median_ms,
                                  "samples": len(m.samples)} for m in results},
                       {"delay": {"valid": part.ok, "detail": part.key}})
+        from testbed.ui.page.report import write_report     # late: as above
+        write_report(out, tb.topology, title="demo: delay")
         return EXIT_OK if part.ok else EXIT_FAIL
     status = run_testbed("demo", topology, args.link_backend, demo)
     if status >= 128:                  # Ctrl-C or SIGTERM: torn down; stop the whole demo
@@ -324,6 +330,16 @@ def _run_experiment(name: str, args: argparse.Namespace, out: Path) -> Part:
     return (front_proxy_part if name == "front_proxy" else canary_part)(out, status)
 
 
+def _write_index(out: Path, parts: list[Part]) -> Path | None:
+    """The demo's report.html: each part's verdict, linking the part's own report.html."""
+    from testbed.ui.page.report import write_index     # late: keeps `minimesh` start-up and --help light
+    try:
+        return write_index(out, "minimesh demo", [(p.name, p.ok, p.key) for p in parts])
+    except OSError as e:
+        print(f"*** report.html not written: {e}", file=sys.stderr)
+        return None
+
+
 def _run(args: argparse.Namespace) -> int:
     parts_wanted = [p for p in PARTS if p in (args.only or PARTS)]
     fallback = not Path(args.topology).exists() and args.topology == str(DEFAULT_TOPOLOGY)
@@ -343,9 +359,9 @@ def _run(args: argparse.Namespace) -> int:
                          else _run_experiment(name, args, out / name))
     except KeyboardInterrupt:
         print("\n*** interrupted", file=sys.stderr)
-        print(format_summary(parts, out))
+        print(format_summary(parts, out, _write_index(out, parts)))
         return 130
-    print(format_summary(parts, out))
+    print(format_summary(parts, out, _write_index(out, parts)))
     print(f"(demo took {time.monotonic() - started:.0f} s)")
     return EXIT_OK if all(p.ok for p in parts) else EXIT_FAIL
 

@@ -27,9 +27,11 @@ an earlier command.
 """
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 from dataclasses import dataclass, field
-from typing import Any, IO
+from typing import Any, Callable, IO
 
 from mininet.cli import CLI
 from mininet.log import LEVELS, StreamHandlerNoNewline, error, lg, output
@@ -121,10 +123,26 @@ def route_output_to_stdout() -> None:
     lg.addHandler(out)
 
 
+class _ThreadOutput(logging.Handler):
+    """What Mininet's log (command output and errors) says in one thread."""
+
+    def __init__(self, thread: int):
+        super().__init__(logging.DEBUG)
+        self.thread = thread
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.lines.append(record.getMessage())
+
+
 class TestbedCLI(FaultCommands, CLI):
     """``TestbedCLI(testbed)`` runs the CLI (Mininet's CLI runs from its constructor). With
     ``history`` (a :class:`~testbed.history.History`) every fault op, the heal at exit
-    included, is appended to it, timed on ``clock`` (the history's RunClock)."""
+    included, is appended to it, timed on ``clock`` (the history's RunClock). ``on_ready(cli)``
+    runs once the mesh and the fault session exist, before the first command; what it returns
+    (a callable, or None) is called when the session ends (``minimesh up --ui`` starts and
+    stops its server so). :meth:`command` runs one command from another thread (the page)."""
 
     __test__ = False   # not a pytest class
 
@@ -133,19 +151,43 @@ class TestbedCLI(FaultCommands, CLI):
     HYPHENATED = ("link-set", "link-show", "link-down", "link-up")
 
     def __init__(self, testbed: RunningTestbed, stdin: IO[str] = sys.stdin, history: Any = None,
-                 clock: Any = None, **kwargs: Any):
+                 clock: Any = None, on_ready: Callable[["TestbedCLI"], Any] | None = None, **kwargs: Any):
         self.tb = testbed
         self.errors = 0
+        self._lock = threading.RLock()      # one command at a time, typed or from the page
         self.extra_commands = {cmd.name: cmd for cmd in registered_commands()}
         for cmd in self.extra_commands.values():
             setattr(self, "do_" + cmd.name, self._registered_command(cmd))
         # the mesh (None without a mesh: section) imports its logs into the history as it stops
         with mesh_session(testbed, history, clock) as self.mesh:
             self.faults_session = session_for(testbed, self.mesh, clock=clock, history=history)
+            stop = None
             try:
+                stop = on_ready(self) if on_ready is not None else None
                 super().__init__(testbed.net, stdin=stdin, **kwargs)
             finally:
+                if stop is not None:
+                    stop()
                 self.close_faults()                 # every session ends healed
+
+    def onecmd(self, line: str) -> Any:
+        with self._lock:
+            return super().onecmd(line)
+
+    def command(self, line: str) -> tuple[bool, str]:
+        """Run one shell command from another thread, as if typed: (ok, what it printed,
+        errors included). Waits for a command the shell is running. A rejected command is
+        answered to its caller, not counted in the session's exit status."""
+        with self._lock:
+            errors = self.errors
+            captured = _ThreadOutput(threading.get_ident())
+            lg.addHandler(captured)
+            try:
+                self.onecmd(line)
+            finally:
+                lg.removeHandler(captured)
+            ok, self.errors = self.errors == errors, errors
+            return ok, "".join(captured.lines)
 
     # --- minimesh commands -------------------------------------------------------------
 

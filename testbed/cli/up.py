@@ -1,14 +1,16 @@
 """``minimesh up TOPOLOGY``: build a topology and open the shell on it
 (:class:`testbed.cli.shell.TestbedCLI`; reads stdin when it is not a terminal), with the
 mesh of its ``mesh:`` section. ``--out DIR`` records the session's fault operations in
-DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotated at exit;
-with a mesh that runs Citadel, the sidecars' TLS secrets are embedded in every file then
-(``editcap --inject-secrets``), and the lines printed to open them carry the Decode As the
-service ports need.
+DIR/history.jsonl and writes DIR/report.html at exit; ``--capture DIR`` records pcapng per
+host interface, annotated at exit; with a mesh that runs Citadel, the sidecars' TLS secrets
+are embedded in every file then (``editcap --inject-secrets``), and the lines printed to open
+them carry the Decode As the service ports need. ``--ui [ADDR:PORT]`` serves the live page
+(docs/ui.md).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,10 @@ def _configure_up(p: argparse.ArgumentParser) -> None:
                    "session (tcpdump in each host; Wireshark name file DIR/hosts); at exit each file gets "
                    f"the fault operations as packet comments and a name block. Without --out the "
                    f"history is DIR/{HISTORY}, next to the captures")
+    p.add_argument("--ui", nargs="?", const="127.0.0.1:0", metavar="ADDR:PORT",
+                   help="serve a live view of the network, the mesh and the faults (docs/ui.md); default "
+                   "127.0.0.1 on a free port, printed at start with the token actions need; another "
+                   "address only when given")
 
 
 def up_history_path(out: str | None, capture: str | None) -> Path | None:
@@ -99,7 +105,7 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
     # late: Mininet's CLI (--help and the unit tests do without it); the history and the
     # capture for a light start-up
     from testbed.cli.shell import TestbedCLI
-    from testbed.history import RunClock
+    from testbed.history import History, RunClock
     from testbed.run.capture import Capture
     clock, cap, hist, ended, status = RunClock(), None, None, "exit", EXIT_FAIL
     try:
@@ -114,7 +120,10 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
             hist = open_history(history_path, clock)
             hist.event(UP_SOURCE, "session_start", topology=getattr(tb.topology, "name", ""), wall0=clock.wall0)
             print(f"*** history: fault operations go to {history_path}", file=sys.stderr)
-        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock).errors else EXIT_OK
+        if args.ui and hist is None:        # the page's timeline needs the session's fault ops
+            hist = History(stream=open(os.devnull, "w"), clock=clock)
+        on_ready = _ui_starter(args.ui, hist, clock) if args.ui else None
+        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock, on_ready=on_ready).errors else EXIT_OK
     except UpOptionError as e:
         print(f"minimesh up: {e}", file=sys.stderr)
     except BaseException as e:
@@ -125,7 +134,27 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
             hist.event(UP_SOURCE, "session_end", how=ended)
             hist.close()
         finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb), *_ports(tb))
+        if args.out and history_path is not None and history_path.exists():
+            _write_report(history_path.parent, tb, cap)
     return status if finished else EXIT_FAIL
+
+
+def _write_report(out: Path, tb: RunningTestbed, cap: Any) -> None:
+    """``up --out DIR``: DIR/report.html, the session on one page (docs/ui.md)."""
+    from testbed.ui.page.report import write_report     # late: light start-up (the history module)
+    try:
+        path = write_report(out, getattr(tb, "topology", None), captures=cap.dir if cap is not None else None)
+        print(f"*** report: {path}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"minimesh up --out: report.html not written: {e}", file=sys.stderr)
+
+
+def _ui_starter(listen: str, hist: Any, clock: Any) -> Any:
+    """The shell's on_ready for ``--ui``: the live page (testbed.ui.live)."""
+    from testbed.ui.live import start_live      # late: aiohttp
+    from testbed.ui.server import parse_listen
+    address, port = parse_listen(listen)
+    return lambda cli: start_live(cli, address, port, hist, clock)
 
 
 def _names(tb: RunningTestbed) -> dict[str, str]:
@@ -190,10 +219,18 @@ def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: di
         return False
 
 
+def _check_listen(value: str) -> None:
+    addr, sep, port = value.rpartition(":")
+    if sep and port and not port.isdigit() or (port.isdigit() and int(port) > 65535):
+        raise UpOptionError(f"--ui {value}: PORT {port!r} is not a number in 0..65535 (ADDR:PORT, e.g. 127.0.0.1:8080)")
+
+
 def _run_up(args: argparse.Namespace) -> int:
     topology = with_capture_keylogs(load_topology_or_exit(args.topology), args.capture)
     try:
         history_path = up_history_path(args.out, args.capture)
+        if args.ui:
+            _check_listen(args.ui)
     except UpOptionError as e:
         print(f"minimesh up: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -16,7 +16,8 @@ on every exit path, SIGTERM included), start tcpdump on every host interface, op
 terminal), stop every process it started, stop the capture, tear down. Then ``analyze`` reads
 the history back, the default plot (``timeline.png``: latency and success rate per second,
 fault windows shaded) is drawn, captures get fault comments and a name-resolution block,
-and ``results.json`` is written. Exit status 0 only when every verdict is valid.
+``results.json`` is written, and ``report.html`` (testbed.ui.page.report: the run on one
+self-contained page, docs/ui.md). Exit status 0 only when every verdict is valid.
 """
 from __future__ import annotations
 
@@ -49,13 +50,14 @@ from testbed.run.results import LiveProgress, plot_timeline, read_results, write
 from testbed.run.workload import workload_argv
 from testbed.topology.load import load_topology
 from testbed.topology.spec import TopologyError
+from testbed.ui.page.report import write_report
 
 if TYPE_CHECKING:
     from testbed.faults.base import NemesisTarget
     from testbed.mesh.deploy.mesh import Mesh
     from testbed.net.running import RunningTestbed
 
-__all__ = ["Claim", "Context", "Experiment", "start_mesh"]
+__all__ = ["Claim", "Context", "Experiment", "start_mesh", "register_live_view"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Context:
     closers: list[Callable[[], Any]] = field(default_factory=list)   # run at the end, newest first
     finishers: list[Callable[[], Any]] = field(default_factory=list)  # at the end, history still open
     topology: Any = None
+    mesh_hooks: list[Callable[[Any], Any]] = field(default_factory=list)   # called with each started mesh
 
     @property
     def python(self) -> str:
@@ -207,6 +210,8 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
     ctx.closers.append(mesh.stop)
     mesh.start()
     ctx.names.update(mesh_names(mesh.spec, ctx.tb.ip))
+    for hook in ctx.mesh_hooks:       # e.g. the live view (--ui) follows the mesh
+        hook(mesh)
 
     def copy_events() -> None:   # Pilot's events, sidecars' outlier logs: from the run dir, else the kept copy
         assert ctx.history is not None
@@ -223,6 +228,27 @@ def start_mesh(ctx: Context, rules: str | None = None, spec: Any = None, tag: st
         ctx.event("experiment", "rules_applied", rules=names)
         wait_for_config(mesh, f"the rules ({names})")
     return mesh
+
+
+# (ctx, ADDR:PORT) -> stop: what ``--ui`` starts once the run's history is open. Registered
+# by the live view's plug-in (testbed.ui.experiment, imported by experiments/_bootstrap.py);
+# the runner does not import it (testbed.ui sits above testbed.run).
+LiveView = Callable[[Context, str], Callable[[], None]]
+_live_views: list[LiveView] = []
+
+
+def register_live_view(view: LiveView) -> None:
+    _live_views.append(view)
+
+
+def _start_live_views(ctx: Context) -> list[Callable[[], None]]:
+    listen = getattr(ctx.args, "ui", None)
+    if not listen:
+        return []
+    if not _live_views:
+        raise RuntimeError("--ui: no live view is registered (run the script from experiments/: its "
+                           "_bootstrap imports testbed.ui.experiment)")
+    return [view(ctx, listen) for view in _live_views]
 
 
 RunFn = Callable[[Context], None]
@@ -248,6 +274,9 @@ class Experiment:
         ap.add_argument("--capture", type=Path, help="pcapng directory (default <out>/pcap)")
         ap.add_argument("--no-capture", action="store_true", help="no packet capture")
         ap.add_argument("--link-backend", choices=("auto", "netem", "userspace"), default="auto")
+        ap.add_argument("--ui", nargs="?", const="127.0.0.1:0", metavar="ADDR:PORT",
+                        help="serve the live view of the run (read-only; docs/ui.md), default 127.0.0.1 on a "
+                             "free port, printed at start")
         if self.configure:
             self.configure(ap)
         return ap
@@ -283,6 +312,7 @@ class Experiment:
             cap = state["capture"] = Capture(tb, capture_dir).start() if capture_dir else None
             with History(ctx.out / "history.jsonl", clock=ctx.clock) as hist:
                 ctx.history = hist
+                ctx.closers.extend(_start_live_views(ctx))
                 try:
                     if sys.stdout.isatty():
                         with LiveProgress(hist, ctx.clock, self.duration_hint_s, title=self.name):
@@ -345,12 +375,19 @@ class Experiment:
         ctx.params["host"] = socket.gethostname()
         write_results(ctx.out, self.name, ctx.seed, ctx.params, ctx.metrics, ctx.verdicts or
                       {"verdicts": Claim(False, "the experiment made no checks")})
+        try:
+            write_report(ctx.out, ctx.topology, title=self.name, captures=cap.dir if cap is not None else None)
+        except Exception as e:     # the results stand without their page; the failure is shown
+            traceback.print_exc()
+            print(f"*** report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
         passed = report(ctx)
         return status if status != 0 else passed
 
 
 def report(ctx: Context) -> int:
     res = read_results(ctx.out)
+    if (ctx.out / "report.html").exists():
+        print(f"\n=== {ctx.name}: report {ctx.out / 'report.html'}")
     print(f"\n=== {ctx.name}: checks")
     for name, v in res["verdicts"].items():
         detail = v.get("detail") or ", ".join(f"{k}={v[k]}" for k in list(v)[1:6])

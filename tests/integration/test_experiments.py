@@ -50,6 +50,7 @@ def _nothing_left(tag: str) -> None:
 
 def _common(out: Path, res: dict, elapsed: float, tag: str, fault_word: str) -> None:
     assert elapsed <= 75, f"--quick took {elapsed:.0f} s"            # <= 60 s of run + start-up slack
+    assert (out / "report.html").exists(), "every experiment writes its report.html"
     assert res["metrics"]["elapsed_s"] <= 60
     assert (out / "history.jsonl").exists() and read_history(out / "history.jsonl").faults
     comments = _comments(out / "pcap")

@@ -17,8 +17,9 @@ SOURCES = ("testbed", "proxy", "experiments", "benchmarks")
 # Highest first: a module may import its own layer and the layers below it, never above.
 LAYERS: list[tuple[str, ...]] = [
     ("testbed.cli", "testbed.__main__"),
-    ("lablib",),
+    ("lablib", "testbed.ui"),
     ("testbed.run",),
+    ("testbed.ui.page",),
     ("testbed.mesh.deploy",),
     ("testbed.mesh.pilot",),
     ("testbed.mesh.citadel",),

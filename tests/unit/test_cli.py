@@ -249,3 +249,36 @@ def test_forked_child_dies_by_signal_instead_of_raising():
                 os._exit(4)   # the handler raised in the child
         _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+
+
+def test_command_from_another_thread_runs_through_the_shell():
+    """TestbedCLI.command (the live page's actions): the shell's own dispatch, its output
+    and errors returned, node commands included in nothing, errors not counted in the
+    session's status; on_ready runs before the first typed command and its stop at the end."""
+    import threading
+    from testbed.cli.shell import TestbedCLI
+    results, order = {}, []
+
+    def on_ready(cli):
+        def act():
+            results["ok"] = cli.command("link-set h1 s1 delay=7ms")
+            results["bad"] = cli.command("link-set h1")
+        t = threading.Thread(target=act)
+        t.start()
+        t.join()
+        order.append("ready")
+        return lambda: order.append("stopped")
+    r, w = os.pipe()
+    os.write(w, b"link-down h1 s1\n")
+    os.close(w)
+    tb = RecordingTestbed()
+    with os.fdopen(r) as stdin:
+        cli = TestbedCLI(tb, stdin=stdin, stdout=io.StringIO(), on_ready=on_ready)
+    ok, text = results["ok"]
+    assert ok and "delay=7ms" in text
+    bad_ok, bad_text = results["bad"]
+    assert not bad_ok and bad_text.startswith("*** usage: link-set NODE1 NODE2"), bad_text
+    assert cli.errors == 0
+    assert tb.calls[0] == ("set_link", "h1", "s1", None, {"delay": "7ms"})
+    assert ("down", "h1", "s1") in tb.calls
+    assert order == ["ready", "stopped"]
