@@ -94,7 +94,8 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
             hist = open_history(history_path, clock)
             hist.event(UP_SOURCE, "session_start", topology=getattr(tb.topology, "name", ""), wall0=clock.wall0)
             print(f"*** history: fault operations go to {history_path}", file=sys.stderr)
-        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock).errors else EXIT_OK
+        control = _control(tb, args, history_path)
+        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock, control=control).errors else EXIT_OK
     except UpOptionError as e:
         print(f"minimesh up: {e}", file=sys.stderr)
     except BaseException as e:
@@ -106,6 +107,18 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
             hist.close()
         finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb))
     return status if finished else EXIT_FAIL
+
+
+def _control(tb: RunningTestbed, args: argparse.Namespace, history_path: Path | None) -> Any:
+    """The control socket's factory for the shell (``minimesh COMMAND --run ID``, ``ps``, ``exec``)."""
+    from testbed.cli.control import ControlServer    # late: the shell's thread server, when a shell runs
+    publish = {"topology": getattr(tb.topology, "name", "") or args.topology,
+               "hosts": {h: tb.host(h).pid for h in tb.host_names},
+               "switches": [s.name for s in getattr(tb.net, "switches", [])],
+               "out": str(history_path.parent) if history_path is not None and args.out else None,
+               "capture": str(Path(args.capture).expanduser().resolve()) if args.capture else None,
+               "mesh": bool((getattr(tb.topology, "sections", None) or {}).get("mesh"))}
+    return lambda cli: ControlServer(tb.journal, cli.remote, publish)
 
 
 def _names(tb: RunningTestbed) -> dict[str, str]:
