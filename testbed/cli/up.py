@@ -16,6 +16,7 @@ from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.mesh.spec import mesh_names
 from testbed.net.lifecycle import require_root, run_testbed
 from testbed.net.running import RunningTestbed
+from testbed.paths import hand_over_tree, user_dir
 
 __all__ = ["SUBCOMMANDS", "HISTORY", "UP_SOURCE", "UpOptionError", "up_history_path", "open_history"]
 
@@ -63,7 +64,7 @@ def up_history_path(out: str | None, capture: str | None) -> Path | None:
 def open_history(path: Path, clock: Any) -> Any:
     """A History on ``path``, created now (exclusively: an existing file is an UpOptionError)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        user_dir(path.parent)
         path.open("x").close()
     except FileExistsError:
         raise UpOptionError(f"{path} exists; a history is never overwritten") from None
@@ -106,6 +107,8 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
             hist.event(UP_SOURCE, "session_end", how=ended)
             hist.close()
         finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb))
+        for d in {p for p in (history_path.parent if history_path else None, cap.dir if cap else None) if p}:
+            hand_over_tree(d)           # what this session wrote there is the sudo user's
     return status if finished else EXIT_FAIL
 
 
