@@ -41,11 +41,27 @@ def build_parser(modules: Sequence[ModuleType | str] | None = None) -> argparse.
     commands = list(iter_subcommands(modules))
     if modules is None:     # the up shell's other commands, run in the running testbed (testbed.cli.remote)
         commands += remote.forwarders(c.name for c in commands)
+        commands.append(COMPLETION)
     for cmd in commands:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
+
+
+def _configure_completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", nargs="?", choices=("bash", "zsh", "tcsh"), default="bash")
+
+
+def _run_completion(args: argparse.Namespace) -> int:
+    """The completion script, made from this very parser by shtab (static: no Python runs at TAB)."""
+    import shtab    # late: only this command needs it
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+COMPLETION = Subcommand("completion", "print the shell completion script (as kubectl completion bash; "
+                        "./minimesh installs it in /etc/bash_completion.d)", _configure_completion, _run_completion)
 
 
 def package_version(dist: str = "minimesh") -> str:
