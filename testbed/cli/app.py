@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import testbed.cli.clean as clean
 import testbed.cli.demo as demo
 import testbed.cli.doctor as doctor
+import testbed.cli.inspection  # noqa: F401  (registers proxy-status, proxy-config, describe in the up shell)
 import testbed.cli.mesh as mesh
 import testbed.cli.remote as remote
 import testbed.cli.run as run
