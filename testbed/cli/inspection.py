@@ -202,7 +202,7 @@ def secret_rows(dump: dict, now: dt.datetime | None = None) -> list[tuple[str, .
         except ValueError:
             rows.append((s.get("name", ""), kind, "ACTIVE", "false", "-", "-", "-"))
             continue
-        after, before = cert.not_valid_after_utc, cert.not_valid_before_utc
+        after, before = (t.replace(tzinfo=dt.timezone.utc) for t in (cert.not_valid_after, cert.not_valid_before))
         rows.append((s.get("name", ""), kind, "ACTIVE", str(before <= now <= after).lower(),
                      f"{cert.serial_number:x}", after.strftime("%Y-%m-%dT%H:%M:%SZ"),
                      before.strftime("%Y-%m-%dT%H:%M:%SZ")))
