@@ -24,7 +24,7 @@ import socketserver
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -80,17 +80,19 @@ class RunInfo:
     out: str | None = None
     capture: str | None = None
     mesh: bool = False
+    ips: dict[str, str] = field(default_factory=dict)     # host -> its IP
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunInfo":
         return cls(int(d["pid"]), str(d.get("topology", "")), str(d["socket"]), float(d.get("started", 0)),
                    {str(k): int(v) for k, v in (d.get("hosts") or {}).items()}, list(d.get("switches") or []),
-                   d.get("out"), d.get("capture"), bool(d.get("mesh")))
+                   d.get("out"), d.get("capture"), bool(d.get("mesh")),
+                   {str(k): str(v) for k, v in (d.get("ips") or {}).items()})
 
     def as_json(self) -> dict:
         return {"id": self.pid, "topology": self.topology, "socket": self.socket, "started": self.started,
                 "hosts": self.hosts, "switches": self.switches, "out": self.out, "capture": self.capture,
-                "mesh": self.mesh}
+                "mesh": self.mesh, "ips": self.ips}
 
 
 # --- server side (inside `minimesh up`) ---------------------------------------------------------
@@ -288,7 +290,8 @@ def remote_command(name: str, words: Sequence[str]) -> int:
 
 
 def exec_argv(run: RunInfo, node: str, cmd: Sequence[str]) -> list[str]:
-    """nsenter into ``node``'s network and mount namespaces (its /etc/hosts) running ``cmd``."""
+    """nsenter into ``node``'s network and mount namespaces (its /etc/hosts) running ``cmd``.
+    A word that is a host's name becomes its IP, as Mininet's CLI does (``exec h1 ping h2``)."""
     if node not in run.hosts:
         if node in run.switches:
             raise ControlError(f"{node} is a switch of testbed {run.pid}: switches live in the root "
@@ -299,7 +302,7 @@ def exec_argv(run: RunInfo, node: str, cmd: Sequence[str]) -> list[str]:
     pid = run.hosts[node]
     if not proc_alive(pid, None):
         raise ControlError(f"host {node} of testbed {run.pid} has no shell (pid {pid} is gone)")
-    return ["nsenter", "-t", str(pid), "-n", "-m", "--", *cmd]
+    return ["nsenter", "-t", str(pid), "-n", "-m", "--", cmd[0], *(run.ips.get(w, w) for w in cmd[1:])]
 
 
 def ps_rows(runs: Sequence[RunInfo], now: float | None = None) -> list[tuple[str, ...]]:

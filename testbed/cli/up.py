@@ -116,7 +116,7 @@ def _control(tb: RunningTestbed, args: argparse.Namespace, history_path: Path | 
     """The control socket's factory for the shell (``minimesh COMMAND --run ID``, ``ps``, ``exec``)."""
     from testbed.cli.control import ControlServer    # late: the shell's thread server, when a shell runs
     publish = {"topology": getattr(tb.topology, "name", "") or args.topology,
-               "hosts": {h: tb.host(h).pid for h in tb.host_names},
+               "hosts": {h: tb.host(h).pid for h in tb.host_names}, "ips": {h: tb.ip(h) for h in tb.host_names},
                "switches": [s.name for s in getattr(tb.net, "switches", [])],
                "out": str(history_path.parent) if history_path is not None and args.out else None,
                "capture": str(Path(args.capture).expanduser().resolve()) if args.capture else None,

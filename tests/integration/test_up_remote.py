@@ -93,7 +93,7 @@ def test_faults_exec_ps_from_another_terminal(tmp_path):
         assert "healed #1: partition" in mm(tmp_path, "restore").stdout
         assert mm(tmp_path, "exec", HA, "ping", "-c", "1", "-W", "2", HB).returncode == 0
         hosts = mm(tmp_path, "exec", HA, "cat", "/etc/hosts").stdout      # the host's own mount namespace
-        assert HB in hosts
+        assert f"10.0.0.1\t{HA}" in hosts                  # not the root namespace's /etc/hosts
         # errors: nothing changes
         bad = [mm(tmp_path, "exec", "nohost", "true"), mm(tmp_path, "heal", "--run", "1"),
                mm(tmp_path, "link-set", HA, "nohost", "delay=1ms"), mm(tmp_path, "crash", "pilot")]

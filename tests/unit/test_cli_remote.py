@@ -146,10 +146,13 @@ def test_no_run_missing_run_and_ambiguous(state, capsys, tmp_path):
 
 
 def test_exec_argv_and_errors():
-    run = RunInfo(1, "t", "/x.sock", 0.0, {"h1": os.getpid()}, ["s1"])
+    run = RunInfo(1, "t", "/x.sock", 0.0, {"h1": os.getpid(), "h2": 1}, ["s1"], ips={"h1": "10.0.0.1",
+                                                                                        "h2": "10.0.0.2"})
     assert exec_argv(run, "h1", ["curl", "-s", "x"]) == ["nsenter", "-t", str(os.getpid()), "-n", "-m", "--",
                                                           "curl", "-s", "x"]
-    with pytest.raises(ControlError, match="has no host 'h9'; hosts: h1"):
+    # host names become IPs, as in Mininet's CLI (h1 ping h2)
+    assert exec_argv(run, "h1", ["ping", "-c1", "h2"])[-3:] == ["ping", "-c1", "10.0.0.2"]
+    with pytest.raises(ControlError, match="has no host 'h9'; hosts: h1, h2"):
         exec_argv(run, "h9", ["true"])
     with pytest.raises(ControlError, match="s1 is a switch"):
         exec_argv(run, "s1", ["true"])
