@@ -7,7 +7,8 @@ minimesh-proxy the same way:
   (each ``{version_info, cluster, last_updated}``, the cluster as CDS delivered it);
 - ``ListenersConfigDump``: ``static_listeners``, ``dynamic_listeners`` (``{name, active_state:
   {version_info, listener, last_updated}}``);
-- ``RoutesConfigDump``: ``dynamic_route_configs`` (``{version_info, route_config, last_updated}``);
+- ``RoutesConfigDump``: ``static_route_configs`` (the listeners' inline ones, as Envoy) and
+  ``dynamic_route_configs`` (``{version_info, route_config, last_updated}``);
 - ``SecretsConfigDump``: ``dynamic_active_secrets`` ``default`` (certificate chain, private key
   redacted as Envoy does) and ``ROOTCA`` (trust bundle), when the sidecar holds an identity;
 - ``EndpointsConfigDump`` only with ``?include_eds`` (as Envoy): ``dynamic_endpoint_configs``.
@@ -56,12 +57,25 @@ def _listeners(server: Any, xds: Any) -> dict:
                 for lst in lm.listeners.values() if lst.spec not in b.listeners]}
 
 
-def _routes(xds: Any) -> dict:
+def _inline_routes(server: Any) -> list[dict]:
+    """The listeners' inline ``route_config``s (Envoy dumps them as static route configs)."""
+    out = []
+    for lst in server.listener_manager.listeners.values():
+        for chain in (lst.spec.raw or {}).get("filter_chains") or []:
+            for f in chain.get("filters") or []:
+                rc = (f.get("typed_config") or {}).get("route_config")
+                if rc:
+                    out.append({"route_config": rc})
+    return out
+
+
+def _routes(server: Any, xds: Any) -> dict:
     out = []
     for name, rc in (getattr(xds, "routes", None) or {}).items():
         version, t, _ = _accepted(xds, f"rds {name}")
         out.append({"version_info": version, "route_config": rc.raw, "last_updated": _ts(t) if t else ""})
-    return {"@type": _T + "RoutesConfigDump", "static_route_configs": [], "dynamic_route_configs": out}
+    return {"@type": _T + "RoutesConfigDump", "static_route_configs": _inline_routes(server),
+            "dynamic_route_configs": out}
 
 
 def _endpoints(xds: Any) -> dict:
@@ -95,7 +109,7 @@ def config_dump(server: Any, include_eds: bool = False) -> dict:
     raw = b.raw or {}
     xds = getattr(server, "xds", None)
     configs = [{"@type": _T + "BootstrapConfigDump", "bootstrap": raw},
-               _clusters(server, xds, raw.get("static_resources") or {}), _listeners(server, xds), _routes(xds)]
+               _clusters(server, xds, raw.get("static_resources") or {}), _listeners(server, xds), _routes(server, xds)]
     secrets = _secrets(server)
     if secrets is not None:
         configs.append(secrets)

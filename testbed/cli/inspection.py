@@ -161,8 +161,11 @@ def route_rows(dump: dict) -> list[tuple[str, ...]]:
             shown = domains[0] + (f" +{len(domains) - 1} more" if len(domains) > 1 else "") if domains else "*"
             for r in vh.get("routes", []):
                 name = r.get("name", "")
-                rows.append((rc.get("name", ""), vh.get("name", ""), shown, _route_match(r),
-                             name if name and name != "default" else "-"))
+                vs, dot, index = name.rpartition(".")       # Pilot names a route <VirtualService>.<index>
+                row = (rc.get("name", ""), vh.get("name", ""), shown, _route_match(r),
+                       vs if dot and index.isdigit() else name if name and name != "default" else "-")
+                if row not in rows:        # Envoy lists an inline route once per filter chain
+                    rows.append(row)
     return rows
 
 
@@ -203,9 +206,10 @@ def secret_rows(dump: dict, now: dt.datetime | None = None) -> list[tuple[str, .
             rows.append((s.get("name", ""), kind, "ACTIVE", "false", "-", "-", "-"))
             continue
         after, before = (t.replace(tzinfo=dt.timezone.utc) for t in (cert.not_valid_after, cert.not_valid_before))
-        rows.append((s.get("name", ""), kind, "ACTIVE", str(before <= now <= after).lower(),
-                     f"{cert.serial_number:x}", after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     before.strftime("%Y-%m-%dT%H:%M:%SZ")))
+        row = (s.get("name", ""), kind, "ACTIVE", str(before <= now <= after).lower(),
+               f"{cert.serial_number:x}", after.strftime("%Y-%m-%dT%H:%M:%SZ"), before.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        if row not in rows:         # Envoy lists a secret once per SDS subscription (listener, clusters)
+            rows.append(row)
     return rows
 
 
@@ -228,7 +232,17 @@ def _describe_routes(vs: dict) -> list[str]:
     for r in vs["routes"]:
         dests = ", ".join(f"{d['host']}{'/' + d['subset'] if d['subset'] else ''}"
                           f"{' ' + str(d['weight']) + '%' if d['weight'] is not None else ''}" for d in r["route"])
-        extra = "".join(f"; {k} {v}" for k, v in r.items() if k in ("timeout_ms", "retries", "fault"))
+        extra = ""
+        if "timeout_ms" in r:
+            extra += f"; timeout {r['timeout_ms']} ms"
+        if "retries" in r:
+            per_try = r["retries"].get("per_try_timeout_ms")
+            extra += f"; retries {r['retries']['attempts']}" + (f" x {per_try} ms" if per_try else "")
+        f = r.get("fault") or {}
+        if f.get("delay_ms") is not None:
+            extra += f"; fault delay {f['delay_ms']} ms ({f.get('delay_percent', 100):g}%)"
+        if f.get("abort_status") is not None:
+            extra += f"; fault abort {f['abort_status']} ({f.get('abort_percent', 100):g}%)"
         out.append(f"   when {' or '.join(r['match'])} -> {dests}{extra}")
     return out
 
