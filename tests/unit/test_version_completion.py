@@ -48,7 +48,7 @@ def test_bash_completion_of_subcommands_and_options(tmp_path):
     script.write_text(r.stdout)
     assert "complete -o bashdefault -F _shtab_minimesh minimesh" in r.stdout
     assert complete(script, "minimesh link-") == ["link-down", "link-set", "link-show", "link-up"]
-    assert complete(script, "minimesh p") == ["partition", "pause", "ps"]
+    assert complete(script, "minimesh p") == ["partition", "pause", "proxy-config", "proxy-status", "ps"]
     assert "--link-backend" in complete(script, "minimesh up --")
     assert complete(script, "minimesh ps -o ") == ["json", "table"]
     assert "--version" in complete(script, "minimesh --")
