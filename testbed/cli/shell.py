@@ -18,6 +18,10 @@ restore and the fault commands) is a fault op of the session's Nemesis: listed b
 ``faults``, reverted by ``heal`` and at exit, and appended to the session's history
 (``minimesh up --out DIR``) as it happens.
 
+Other terminals run the same commands through the control socket (:mod:`testbed.cli.control`):
+:meth:`TestbedCLI.remote` runs a line as if typed, one command at a time (a lock around
+``onecmd``), and returns what it printed.
+
 ``cmd.Cmd`` reads a command name as a run of ``identchars``; '-' is added to them and
 each hyphenated command is registered under its hyphenated name (``do_link-set``), so
 ``help``, completion and dispatch all see ``link-set``. When standard input is not a

@@ -2,6 +2,9 @@
 (:class:`testbed.cli.shell.TestbedCLI`; reads stdin when it is not a terminal), with the
 mesh of its ``mesh:`` section. ``--out DIR`` records the session's fault operations in
 DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotated at exit.
+While the shell runs, its control socket (:mod:`testbed.cli.control`) takes the same commands
+from other terminals (``minimesh COMMAND --run ID``, ``ps``, ``exec``). What it writes for the
+user is handed to SUDO_UID (:func:`testbed.paths.hand_over`).
 """
 from __future__ import annotations
 

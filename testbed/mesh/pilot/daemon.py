@@ -6,9 +6,9 @@ through the etcd client and the xDS resources, cryptography: it is for the Pilot
 only; ``AdminClient``, which ``minimesh apply`` / ``registry`` load, lives in ``process``.
 
 - :class:`MeshPilot`: :class:`~testbed.mesh.pilot.server.Pilot` that can tell which nodes
-  are current (``GET /status``);
+  are current (``GET /status``) and each node's sync per xDS type (``GET /proxy-status``);
 - :class:`AdminApi`: the HTTP API on the unix socket (``POST /apply``, ``GET /registry``,
-  ``/status``, ``/syncz``, ``/healthz``);
+  ``/status``, ``/syncz``, ``/proxy-status``, ``/describe``, ``/healthz``);
 - :func:`run`: the process's body, from the config to SIGTERM.
 """
 from __future__ import annotations
