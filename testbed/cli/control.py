@@ -186,10 +186,9 @@ def running_ups(directory: Path | None = None) -> list[RunInfo]:
     """The published ``minimesh up`` runs whose process is alive, oldest first."""
     d = directory or up_dir()
     out = []
-    try:
-        files = sorted(d.glob("*.json"))
-    except PermissionError:
-        raise ControlError(f"cannot read {d}: the running testbeds are root's; run with sudo") from None
+    if d.is_dir() and not os.access(d, os.R_OK | os.X_OK):    # glob would just find nothing
+        raise ControlError(f"cannot read {d}: the running testbeds are root's; run with sudo")
+    files = sorted(d.glob("*.json"))
     for f in files:
         try:
             data = json.loads(f.read_text())

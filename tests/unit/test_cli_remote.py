@@ -145,6 +145,19 @@ def test_no_run_missing_run_and_ambiguous(state, capsys, tmp_path):
     assert sorted(r.pid for r in control.running_ups()) == sorted([os.getpid(), os.getppid()])
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory")
+def test_not_root_is_told_to_use_sudo(state, capsys):
+    (state / "up").mkdir(parents=True)
+    os.chmod(state / "up", 0o700)
+    os.chmod(state / "up", 0o000)
+    try:
+        assert main(["faults"]) == 1
+        assert "the running testbeds are root's; run with sudo" in capsys.readouterr().err
+        assert main(["ps"]) == 1
+    finally:
+        os.chmod(state / "up", 0o700)
+
+
 def test_exec_argv_and_errors():
     run = RunInfo(1, "t", "/x.sock", 0.0, {"h1": os.getpid(), "h2": 1}, ["s1"], ips={"h1": "10.0.0.1",
                                                                                         "h2": "10.0.0.2"})
