@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -32,11 +33,11 @@ def start_up(state: Path, *args: str, env: dict | None = None) -> subprocess.Pop
                             stderr=open(state / "up.err", "w"))
 
 
-def mm(state: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def mm(state: Path, *args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
     """`minimesh ARGS` from "another terminal" (another process, same state dir)."""
     env = dict(os.environ, MINIMESH_STATE_DIR=str(state), PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=timeout)
+                          cwd=REPO, timeout=timeout, input=input)
 
 
 def wait_published(state: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
@@ -94,6 +95,12 @@ def test_faults_exec_ps_from_another_terminal(tmp_path):
         assert mm(tmp_path, "exec", HA, "ping", "-c", "1", "-W", "2", HB).returncode == 0
         hosts = mm(tmp_path, "exec", HA, "cat", "/etc/hosts").stdout      # the host's own mount namespace
         assert f"10.0.0.1\t{HA}" in hosts                  # not the root namespace's /etc/hosts
+        assert mm(tmp_path, "exec", HB, "cat", input="through stdin\n").stdout == "through stdin\n"
+        if shutil.which("script"):                         # a terminal passes through: an interactive shell
+            env = dict(os.environ, MINIMESH_STATE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
+            tty = subprocess.run(["script", "-qec", f"{sys.executable} -m testbed exec {HA} sh -c 'tty; hostname -I'",
+                                  "/dev/null"], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+            assert "/dev/pts/" in tty.stdout and "10.0.0.1" in tty.stdout, tty
         # errors: nothing changes
         bad = [mm(tmp_path, "exec", "nohost", "true"), mm(tmp_path, "heal", "--run", "1"),
                mm(tmp_path, "link-set", HA, "nohost", "delay=1ms"), mm(tmp_path, "crash", "pilot")]
