@@ -14,6 +14,12 @@ to ``http://<service>:<port>/`` (``--<service>-url`` to override), i.e. through 
 sidecar. Trace and routing headers are propagated to every upstream call, as Istio asks
 of applications: x-request-id, traceparent, tracestate, b3, x-b3-*, x-ot-span-context,
 end-user, user-agent, cookie.
+
+Timeouts are Istio's sample's own, so its fault-injection task plays out the same way:
+productpage gives ``details`` 3 s and ``reviews`` 3 s with one retry (6 s in all), and then
+shows "Sorry, product reviews are currently unavailable for this book."; reviews v2 waits
+10 s for ``ratings`` and v3 2.5 s (hard-coded in Istio's Java reviews service; the task's
+"bug": a 7 s delay on ratings is within reviews' 10 s but beyond productpage's 6 s).
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ from aiohttp import web
 
 from testbed.apps.echo import serve
 
-__all__ = ["APPS", "PROPAGATE", "Config", "make_app", "main"]
+__all__ = ["APPS", "PROPAGATE", "Config", "make_app", "main", "TIMEOUTS", "RATINGS_TIMEOUT_S",
+           "REVIEWS_UNAVAILABLE"]
 
 APPS = ("productpage", "details", "reviews", "ratings")
 PROPAGATE = ("x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
@@ -36,6 +43,11 @@ PROPAGATE = ("x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", 
              "end-user", "user-agent", "cookie")
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 STARS = {"v1": None, "v2": "black", "v3": "red"}
+# (per-try timeout s, retries): Istio's productpage.py and reviews' LibertyRestEndpoint.java
+TIMEOUTS = {"details": (3.0, 0), "reviews": (3.0, 1)}
+RATINGS_TIMEOUT_S = {"v2": 10.0, "v3": 2.5}
+REVIEWS_UNAVAILABLE = "Sorry, product reviews are currently unavailable for this book."
+DETAILS_UNAVAILABLE = "Sorry, product details are currently unavailable for this book."
 DEFAULT_URLS = {"details": "http://details:9080/details/0",
                 "reviews": "http://reviews:9080/reviews/0",
                 "ratings": "http://ratings:9080/ratings/0"}
@@ -47,7 +59,7 @@ class Config:
     version: str = "v1"
     instance: str = ""
     urls: tuple[tuple[str, str], ...] = tuple(DEFAULT_URLS.items())
-    timeout_s: float = 3.0
+    timeout_s: float = 30.0        # the session's ceiling; each call has its own (TIMEOUTS)
 
     def url(self, service: str) -> str:
         return dict(self.urls)[service]
@@ -57,15 +69,21 @@ def _forward(request: web.Request) -> dict[str, str]:
     return {k: request.headers[k] for k in PROPAGATE if k in request.headers}
 
 
-async def _call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> dict:
-    try:
-        async with session.get(url, headers=headers) as r:
-            body = await r.json(content_type=None)
-            if r.status != 200:
-                return {"error": f"{url}: HTTP {r.status}", "status": r.status}
-            return body
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
-        return {"error": f"{url}: {type(e).__name__}: {e}"}
+async def _call(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                timeout_s: float, retries: int = 0) -> dict:
+    """GET ``url`` with ``timeout_s`` per try and ``retries`` more tries after a timeout or
+    a connection error (not after an HTTP error answer, as in Istio's productpage)."""
+    for attempt in range(retries + 1):
+        try:
+            async with session.get(url, headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+                if r.status != 200:     # e.g. an injected abort: its body is not JSON
+                    return {"error": f"{url}: HTTP {r.status}", "status": r.status}
+                return await r.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            failure = {"error": f"{url}: {type(e).__name__}: {e}".rstrip(": "),
+                       "attempts": attempt + 1}
+    return failure
 
 
 def make_app(cfg: Config) -> web.Application:
@@ -79,8 +97,13 @@ def make_app(cfg: Config) -> web.Application:
         body: dict[str, Any] = dict(me, trace={k: v for k, v in hdrs.items()
                                                if k not in ("user-agent", "cookie")})
         if cfg.app == "productpage":
-            details, reviews = await asyncio.gather(_call(session, cfg.url("details"), hdrs),
-                                                    _call(session, cfg.url("reviews"), hdrs))
+            details, reviews = await asyncio.gather(
+                _call(session, cfg.url("details"), hdrs, *TIMEOUTS["details"]),
+                _call(session, cfg.url("reviews"), hdrs, *TIMEOUTS["reviews"]))
+            if "error" in reviews:
+                reviews["message"] = REVIEWS_UNAVAILABLE
+            if "error" in details:
+                details["message"] = DETAILS_UNAVAILABLE
             body.update(product={"id": 0, "title": "The Comedy of Errors"},
                         details=details, reviews=reviews)
         elif cfg.app == "details":
@@ -97,7 +120,8 @@ def make_app(cfg: Config) -> web.Application:
                 {"reviewer": "Reviewer2", "text": "Absolutely fun and entertaining. The "
                  "play lacks thematic depth when compared to other plays by Shakespeare."}]
             if color is not None:
-                ratings = await _call(session, cfg.url("ratings"), hdrs)
+                ratings = await _call(session, cfg.url("ratings"), hdrs,
+                                      RATINGS_TIMEOUT_S.get(cfg.version, 2.5))
                 body["ratings_from"] = {k: ratings.get(k) for k in ("version", "instance", "error")
                                         if k in ratings}
                 for r in book_reviews:

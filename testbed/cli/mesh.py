@@ -1,7 +1,7 @@
 """Mesh subcommands: ``minimesh apply -f FILE``, ``minimesh analyze FILE...``,
 ``minimesh registry [list]``; and the mesh part of ``minimesh up`` (the Mininet CLI's
-``apply FILE`` and ``registry`` commands, and starting the mesh of a topology that has a
-``mesh:`` section).
+``apply FILE``, ``delete -f FILE``, ``get KIND [NAME] [-o yaml|json]`` and ``registry``
+commands, and starting the mesh of a topology that has a ``mesh:`` section).
 
 ``apply`` and ``registry`` talk to the running ``up`` through Pilot's admin unix socket
 (``<state dir>/mesh-*/pilot.sock``, published in ``<state dir>/mesh/<pid>.json``); a unix
@@ -33,8 +33,8 @@ from testbed.net.running import RunningTestbed
 from testbed.topology.load import load_topology
 from testbed.topology.spec import TopologyError
 
-__all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "analyze_paths", "analyze_messages",
-           "message_json", "format_registry", "default_sidecar"]
+__all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "cli_delete", "cli_get", "analyze_paths",
+           "analyze_messages", "message_json", "format_registry", "format_get", "parse_get", "default_sidecar"]
 
 
 # --- analyze ------------------------------------------------------------------------------
@@ -57,6 +57,7 @@ def analyze_messages(paths: Sequence[str]) -> list[Message]:
     from testbed.mesh.rules.galley import analyze, load_files  # late: keeps `minimesh` start-up and --help light
     services: list | None = None
     rule_files: list[str] = []
+    topology_rules: list[str] = []
     msgs: list[Message] = []
     for path in paths:
         if _is_topology(path):
@@ -68,11 +69,15 @@ def analyze_messages(paths: Sequence[str]) -> list[Message]:
                 continue
             mesh = topo.sections.get("mesh")
             services = (services or []) + list(mesh.service_specs() if mesh else ())
-            rule_files += list(mesh.rules if mesh else ())
+            topology_rules += list(mesh.rules if mesh else ())
         else:
             rule_files.append(path)
+    _, base, msgs_base = load_files(topology_rules)
     _, rules, rule_msgs = load_files(rule_files)
-    msgs += rule_msgs
+    msgs += msgs_base + rule_msgs
+    # the files given are applied on top of the topology's rules: same kind/namespace/name replaces
+    given = {(r.kind, r.namespace, r.name) for r in rules}
+    rules = [r for r in base if (r.kind, r.namespace, r.name) not in given] + rules
     if services is None and rules:
         msgs.append(Message("MM0010", INFO, "no topology given: hosts and subsets were not "
                             "checked against services (pass the topology file too)"))
@@ -293,8 +298,140 @@ def cli_registry(mesh: Any, line: str) -> str:
     return json.dumps(body, indent=1) + "\n" if "json" in " ".join(words) else format_registry(body)
 
 
+# --- delete -f / get, as kubectl has them -------------------------------------------------
+
+# kubectl's names for the kinds minimesh takes: singular, plural, short -> (Kind, API group)
+KINDS = {"virtualservice": ("VirtualService", "networking.istio.io"),
+         "destinationrule": ("DestinationRule", "networking.istio.io"),
+         "peerauthentication": ("PeerAuthentication", "security.istio.io"),
+         "authorizationpolicy": ("AuthorizationPolicy", "security.istio.io")}
+KIND_ALIASES = {**{k: k for k in KINDS}, **{k + "s": k for k in KINDS}, "authorizationpolicies": "authorizationpolicy",
+                "vs": "virtualservice", "dr": "destinationrule", "pa": "peerauthentication",
+                "ap": "authorizationpolicy"}
+GET_USAGE = ("usage: get virtualservice|destinationrule|peerauthentication|authorizationpolicy [NAME] "
+             "[-o yaml|json] [-A]")
+
+
+def cli_delete(mesh: Any, line: str) -> str:
+    """The shell's ``delete -f FILE...`` (kubectl delete -f): removes what the files name;
+    a name that was not applied is a NotFound error, the others are still deleted."""
+    from testbed.mesh.deploy.mesh import ApplyError     # late: the deployment loads cryptography
+    if mesh is None:
+        raise CLIUsageError("delete: this topology has no mesh: section")
+    words = line.split()
+    paths = [w for w in words if w not in ("-f", "--filename")]
+    if not paths or words[0] not in ("-f", "--filename"):
+        raise CLIUsageError("usage: delete -f FILE...  (removes the resources the files name)")
+    for p in paths:
+        if not Path(p).is_file():
+            raise CLIUsageError(f"delete: {p}: no such file")
+    try:
+        deleted, missing = mesh.delete_files(paths)
+    except ApplyError as e:
+        raise CLIUsageError("\n".join(e.errors + ["rejected: nothing was deleted"])) from None
+    except AdminUnavailable as e:
+        raise CLIUsageError(f"delete: cannot reach Pilot: {e}") from None
+    out = "".join(f"{k.split('/')[0].lower()}.{_group(k)} \"{k.split('/', 1)[1]}\" deleted\n" for k in deleted)
+    if missing:
+        raise CLIUsageError(out + "\n".join(f"Error from server (NotFound): {m}" for m in missing))
+    return out
+
+
+def _group(kind_name: str) -> str:
+    kind = kind_name.split("/")[0]
+    return next((g for k, g in KINDS.values() if k == kind), "istio.io")
+
+
+def _age(s: float) -> str:
+    """kubectl's AGE column: 45s, 3m5s, 42m, 5h."""
+    s = int(s)
+    if s < 120:
+        return f"{s}s"
+    if s < 600:
+        return f"{s // 60}m{s % 60}s"
+    return f"{s // 60}m" if s < 3 * 3600 else f"{s // 3600}h"
+
+
+def _row(kind: str, r: dict) -> list[str]:
+    spec = (r.get("manifest") or {}).get("spec") or {}
+    if kind == "VirtualService":
+        return [json.dumps(spec.get("gateways") or []) if spec.get("gateways") else "",
+                json.dumps(spec.get("hosts") or [])]
+    if kind == "DestinationRule":
+        return [str(spec.get("host", ""))]
+    if kind == "PeerAuthentication":
+        return [str((spec.get("mtls") or {}).get("mode", ""))]
+    return [str(spec.get("action", "ALLOW"))]
+
+
+def format_get(rules: list[dict], what: str, name: str | None, output: str | None,
+               all_namespaces: bool) -> str:
+    """``get`` as kubectl prints it (a table, or -o yaml / -o json of the applied documents)."""
+    kind, group = KINDS[what]
+    picked = sorted((r for r in rules if r["kind"] == kind and (all_namespaces or r["namespace"] == "default")
+                     and (name is None or r["name"] == name)), key=lambda r: (r["namespace"], r["name"]))
+    if name is not None and not picked:
+        raise CLIUsageError(f"Error from server (NotFound): {what}s.{group} \"{name}\" not found")
+    # the documents as applied (a rule Pilot got as a value, not as YAML, shows its identity)
+    docs = [dict(r["manifest"] or {"apiVersion": f"{group}/v1", "kind": kind},
+                 metadata={**((r["manifest"] or {}).get("metadata") or {"name": r["name"]}),
+                           "namespace": r["namespace"]}) for r in picked]
+    if output in ("yaml", "json"):
+        body: Any = docs[0] if name is not None else {"apiVersion": "v1", "items": docs, "kind": "List",
+                                                      "metadata": {"resourceVersion": ""}}
+        return json.dumps(body, indent=4) + "\n" if output == "json" else \
+            yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+    if not picked:
+        return "No resources found" + ("" if all_namespaces else " in default namespace") + ".\n"
+    head = {"VirtualService": ["GATEWAYS", "HOSTS"], "DestinationRule": ["HOST"],
+            "PeerAuthentication": ["MODE"], "AuthorizationPolicy": ["ACTION"]}[kind]
+    rows = [(["NAMESPACE"] if all_namespaces else []) + ["NAME"] + head + ["AGE"]]
+    rows += [([r["namespace"]] if all_namespaces else []) + [r["name"]] + _row(kind, r) + [_age(r["age_s"])]
+             for r in picked]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+                   for row in rows)
+
+
+def parse_get(line: str) -> tuple[str, str | None, str | None, bool]:
+    """'virtualservice reviews -o yaml' -> (kind key, name or None, output or None, -A)."""
+    words = line.split()
+    output, all_ns, rest = None, False, []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w in ("-o", "--output") and i + 1 < len(words):
+            output, i = words[i + 1], i + 2
+            continue
+        if w.startswith("-o") and len(w) > 2 or w.startswith("--output="):
+            output = w.split("=", 1)[1] if "=" in w else w[2:]
+        elif w in ("-A", "--all-namespaces"):
+            all_ns = True
+        else:
+            rest.append(w)
+        i += 1
+    if not rest or len(rest) > 2 or output not in (None, "yaml", "json", "wide"):
+        raise CLIUsageError(GET_USAGE)
+    what = KIND_ALIASES.get(rest[0].lower().split(".")[0])
+    if what is None:
+        raise CLIUsageError(f"error: the server doesn't have a resource type \"{rest[0]}\"; {GET_USAGE}")
+    return what, (rest[1] if len(rest) == 2 else None), (None if output == "wide" else output), all_ns
+
+
+def cli_get(mesh: Any, line: str) -> str:
+    """The shell's ``get KIND [NAME] [-o yaml|json] [-A]``: the rules applied to the mesh."""
+    if mesh is None:
+        raise CLIUsageError("get: this topology has no mesh: section")
+    what, name, output, all_ns = parse_get(line)
+    try:
+        rules = mesh.rules()
+    except AdminUnavailable as e:
+        raise CLIUsageError(f"get: cannot reach Pilot: {e}") from None
+    return format_get(rules, what, name, output, all_ns)
+
+
 register_mesh_session(mesh_session)
 register_command(ShellCommand("apply", "Apply Istio rules to the mesh (all or nothing). Usage: apply FILE...",
                               cli_apply))
-register_command(ShellCommand("registry", "List the mesh's services and endpoints from etcd. "
-                              "Usage: registry [list] [-o json]", cli_registry))
+__all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "cli_delete", "cli_get", "analyze_paths",
+           "analyze_messages", "message_json", "format_registry", "format_get", "parse_get", "default_sidecar"]

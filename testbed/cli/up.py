@@ -1,10 +1,12 @@
 """``minimesh up TOPOLOGY``: build a topology and open the shell on it
 (:class:`testbed.cli.shell.TestbedCLI`; reads stdin when it is not a terminal), with the
 mesh of its ``mesh:`` section. ``--out DIR`` records the session's fault operations in
-DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotated at exit.
-While the shell runs, its control socket (:mod:`testbed.cli.control`) takes the same commands
-from other terminals (``minimesh COMMAND --run ID``, ``ps``, ``exec``). What it writes for the
-user is handed to SUDO_UID (:func:`testbed.paths.hand_over`).
+DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotated at exit;
+with a mesh that runs Citadel, the sidecars' TLS secrets are embedded in every file then
+(``editcap --inject-secrets``), and the lines printed to open them carry the Decode As the
+service ports need. While the shell runs, its control socket (:mod:`testbed.cli.control`)
+takes the same commands from other terminals (``minimesh COMMAND --run ID``, ``ps``,
+``exec``). What it writes for the user is handed to SUDO_UID (:func:`testbed.paths.hand_over`).
 """
 from __future__ import annotations
 
@@ -77,6 +79,23 @@ def open_history(path: Path, clock: Any) -> Any:
     return History(path, clock=clock)
 
 
+KEYLOG_DIR = ".tls-keys"           # under --capture DIR: the sidecars' key logs during the session
+KEYLOG = "tls-keys.log"             # under --capture DIR: all of them, also embedded in each pcapng
+
+
+def with_capture_keylogs(topology: Any, capture: str | None) -> Any:
+    """With ``--capture DIR`` and a mesh that runs Citadel, every minimesh-proxy sidecar
+    writes its TLS key log under DIR (it outlives the mesh's run dir), so the captures can
+    carry the secrets at exit. Otherwise the topology as it is."""
+    mesh = (getattr(topology, "sections", None) or {}).get("mesh")
+    if not capture or mesh is None or not mesh.security.citadel:
+        return topology
+    from dataclasses import replace
+    keylog_dir = Path(capture).expanduser().resolve() / KEYLOG_DIR
+    security = replace(mesh.security, keylog=True, keylog_dir=str(keylog_dir))
+    return replace(topology, sections={**topology.sections, "mesh": replace(mesh, security=security)})
+
+
 def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path | None) -> int:
     """The CLI on a built network, with its history and capture (both closed on every exit
     path, before teardown: the heal at exit is recorded and captured, tcpdump flushes)."""
@@ -109,7 +128,7 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
         if hist is not None:
             hist.event(UP_SOURCE, "session_end", how=ended)
             hist.close()
-        finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb))
+        finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb), *_ports(tb))
         for d in {p for p in (history_path.parent if history_path else None, cap.dir if cap else None) if p}:
             hand_over_tree(d)           # what this session wrote there is the sudo user's
     return status if finished else EXIT_FAIL
@@ -136,9 +155,42 @@ def _names(tb: RunningTestbed) -> dict[str, str]:
     return names
 
 
-def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: dict[str, str]) -> bool:
-    """Stop tcpdump, put the history's fault ops on the packets as comments, then the name
-    block (last: editcap drops name blocks). A failure is reported (False), files are kept."""
+def _ports(tb: RunningTestbed) -> tuple[list[int], list[str]]:
+    """The mesh's service ports on the wire (sidecar to sidecar), for Decode As, and the
+    hosts that run its instances (their captures are the ones worth opening first)."""
+    spec = (getattr(getattr(tb, "topology", None), "sections", None) or {}).get("mesh")
+    if spec is None:
+        return [], []
+    return sorted({i.port for i in spec.instances}), [i.host for i in spec.instances]
+
+
+def _embed_secrets(cap: Any, ports: list[int], hosts: tuple[str, ...] = ()) -> None:
+    """The sidecars' TLS key logs merged into DIR/tls-keys.log and embedded in every capture
+    (Wireshark then decrypts without settings); prints how to open the files."""
+    from testbed.run.capture import merge_keylogs, viewer_lines     # late: light start-up
+    keys_dir, merged = cap.dir / KEYLOG_DIR, cap.dir / KEYLOG
+    secrets = merge_keylogs(keys_dir, merged)
+    if keys_dir.is_dir():
+        for f in keys_dir.glob("*.keys"):
+            f.unlink()
+        keys_dir.rmdir()
+    if secrets:
+        n = cap.inject_secrets(merged)
+        print(f"*** capture: {secrets} TLS secrets embedded in {n} files ({merged}); Wireshark "
+              "and tshark decrypt the sidecars' mTLS without options", file=sys.stderr)
+    files = [f.path for f in sorted(cap.files, key=lambda f: f.host not in hosts)   # a service's host first
+             if f.path.exists() and f.path.stat().st_size > 0]
+    if ports and files:
+        print("*** capture: open with (Decode As for the mesh's service ports):", file=sys.stderr)
+        for line in viewer_lines(files, ports, tls=secrets > 0):
+            print(line, file=sys.stderr)
+
+
+def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: dict[str, str],
+                    ports: list[int] | None = None, hosts: list[str] | tuple[str, ...] = ()) -> bool:
+    """Stop tcpdump, put the history's fault ops on the packets as comments, the TLS
+    secrets, then the name block (last: editcap drops name blocks). A failure is reported
+    (False), files are kept."""
     from testbed.history import HistoryError, read_history     # late: light start-up
     try:
         cap.stop()
@@ -147,6 +199,7 @@ def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: di
             if added:
                 print(f"*** capture: fault comments in {len(added)} files "
                       f"(tshark -r FILE -Y frame.comment)", file=sys.stderr)
+        _embed_secrets(cap, ports or [], tuple(hosts))
         cap.write_names(names)
         return True
     except (subprocess.CalledProcessError, OSError, ValueError, HistoryError) as e:
@@ -156,7 +209,7 @@ def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: di
 
 
 def _run_up(args: argparse.Namespace) -> int:
-    topology = load_topology_or_exit(args.topology)
+    topology = with_capture_keylogs(load_topology_or_exit(args.topology), args.capture)
     try:
         history_path = up_history_path(args.out, args.capture)
     except UpOptionError as e:

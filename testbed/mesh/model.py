@@ -181,6 +181,7 @@ class TrafficPolicy:
     http2_max_requests: int | None = None
     max_retries: int | None = None
     outlier: OutlierDetection | None = None
+    tls_mode: str | None = None          # ISTIO_MUTUAL | DISABLE | None (auto mTLS)
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ class MeshState:
     services: tuple[ServiceSpec, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
     rules: tuple[Any, ...] = ()
+    auto_mtls: bool = False      # mTLS between sidecars from the start (mesh.security.auto_mtls)
 
     def service(self, name: str) -> ServiceSpec | None:
         for s in self.services:

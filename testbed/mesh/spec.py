@@ -26,7 +26,7 @@ from testbed.mesh.model import ServiceSpec, VersionSpec, service_vips
 from testbed.topology.load import register_section
 from testbed.topology.reader import Context
 
-__all__ = ["MeshSpec", "RegistrySpec", "SecuritySpec", "ServiceDecl", "InstanceSpec", "parse_mesh",
+__all__ = ["MeshSpec", "RegistrySpec", "SecuritySpec", "ServiceDecl", "InstanceSpec", "parse_mesh", "needs_citadel",
            "SIDECARS", "BUILTIN_APPS", "VIP_CIDR", "app_argv", "mesh_names", "CITADEL_PORT", "SECURITY_KINDS"]
 
 SIDECARS = ("minimesh", "envoy")
@@ -38,7 +38,7 @@ OUTBOUND_PORT = 15001     # the host's capture sidecar (k = 0 or the client side
 PILOT_PORT = 15010
 CITADEL_PORT = 15012      # Citadel on the control-plane host (mesh.security)
 MESH_FIELDS = ("registry", "control_plane", "services", "clients", "rules", "security")
-SECURITY_FIELDS = ("citadel", "cert_ttl_s", "renew_fraction", "trust_domain", "keylog")
+SECURITY_FIELDS = ("citadel", "auto_mtls", "cert_ttl_s", "renew_fraction", "trust_domain", "keylog")
 SECURITY_KINDS = ("PeerAuthentication", "AuthorizationPolicy")
 REGISTRY_FIELDS = ("members", "heartbeat_ms", "election_ms", "ttl_s")
 SERVICE_FIELDS = ("port", "run", "sidecar", "versions")
@@ -56,12 +56,18 @@ class RegistrySpec:
 
 @dataclass(frozen=True)
 class SecuritySpec:
-    """``mesh.security``: Citadel on the control-plane host and what sidecars ask of it."""
-    citadel: bool = False
+    """``mesh.security``: Citadel on the control-plane host and what sidecars ask of it.
+    Citadel runs in every mesh, as Istio's CA is part of every control plane; ``citadel:
+    false`` opts out. ``auto_mtls``: mTLS between sidecars before any security rule
+    (docs/security.md, "auto mTLS"). ``keylog_dir`` is set by ``minimesh up --capture``,
+    not by YAML: the key logs then outlive the mesh's run directory."""
+    citadel: bool = True
+    auto_mtls: bool = False
     cert_ttl_s: float = 3600.0
     renew_fraction: float = 0.5
     trust_domain: str = "cluster.local"
     keylog: bool = False
+    keylog_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -214,27 +220,40 @@ def _rules(ctx: Context, node: Node) -> tuple[str, ...]:
 
 
 def security_rule_kinds(paths: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(path, kind) of every PeerAuthentication/AuthorizationPolicy in the rule files
-    (unreadable files are skipped here: Galley reports them)."""
+    """(path, kind) of every rule that needs Citadel in the rule files: PeerAuthentication,
+    AuthorizationPolicy, and a DestinationRule with ``tls.mode: ISTIO_MUTUAL`` (unreadable
+    files are skipped here: Galley reports them)."""
     out = []
     for path in paths:
         try:
             docs = list(yaml.safe_load_all(Path(path).read_text()))
         except (OSError, yaml.YAMLError):
             continue
-        out += [(path, d["kind"]) for d in docs if isinstance(d, dict) and d.get("kind") in SECURITY_KINDS]
+        out += [(path, d["kind"]) for d in docs if isinstance(d, dict) and needs_citadel(d)]
     return out
 
 
+def needs_citadel(doc: dict) -> bool:
+    """A rule (a plain YAML mapping) that only works with Citadel's certificates."""
+    if doc.get("kind") in SECURITY_KINDS:
+        return True
+    if doc.get("kind") != "DestinationRule" or not isinstance(doc.get("spec"), dict):
+        return False
+    spec = doc["spec"]
+    policies = [spec.get("trafficPolicy")] + [s.get("trafficPolicy") for s in spec.get("subsets") or ()
+                                              if isinstance(s, dict)]
+    return any(isinstance(p, dict) and isinstance(p.get("tls"), dict)
+               and p["tls"].get("mode") == "ISTIO_MUTUAL" for p in policies)
+
+
 def _security(ctx: Context, node: Node | None, rules: tuple[str, ...]) -> SecuritySpec:
-    """``mesh.security``; Citadel defaults to on when the section is given or a rule file
-    holds a security rule (docs/topology.md)."""
+    """``mesh.security``; Citadel is on unless ``citadel: false`` (docs/topology.md)."""
     listed = security_rule_kinds(rules)
     if node is None or (isinstance(node, yaml.ScalarNode) and ctx.scalar(node, "mesh.security") is None):
-        return SecuritySpec(citadel=bool(listed))
+        return SecuritySpec()
     f = ctx.mapping(node, "mesh.security", SECURITY_FIELDS)
     kw: dict = {"citadel": True}
-    for key in ("citadel", "keylog"):
+    for key in ("citadel", "auto_mtls", "keylog"):
         if key in f:
             v = ctx.scalar(f[key][1], f"mesh.security.{key}")
             if not isinstance(v, bool):
@@ -257,6 +276,9 @@ def _security(ctx: Context, node: Node | None, rules: tuple[str, ...]) -> Securi
         path, kind = listed[0]
         ctx.error(f["citadel"][1], f"mesh.security.citadel: false, but {path} holds a {kind}; "
                                    "security rules need Citadel (set citadel: true or drop the rule)")
+    if spec.auto_mtls and not spec.citadel:
+        ctx.error(f["auto_mtls"][1], "mesh.security.auto_mtls: true needs Citadel, but citadel: false "
+                                     "opts out of it")
     return spec
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from testbed.net.running import RunningTestbed
 
 __all__ = ["Capture", "CaptureFile", "comment_plan", "fault_comments", "frame_times", "hosts_text",
-           "nrb_block", "insert_nrb"]
+           "nrb_block", "insert_nrb", "merge_keylogs", "decode_as", "viewer_lines"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,33 @@ def insert_nrb(data: bytes, names: Mapping[str, str]) -> bytes:
 def hosts_text(names: Mapping[str, str]) -> str:
     """Wireshark ``hosts`` format: ``address name`` per line (names without spaces)."""
     return "".join(f"{ip} {name.replace(' ', '_')}\n" for ip, name in sorted(names.items()))
+
+
+def merge_keylogs(directory: Path, out: Path) -> int:
+    """Concatenate every ``*.keys`` NSS key log under ``directory`` into ``out`` (one
+    file ``editcap --inject-secrets`` takes); returns the number of secret lines."""
+    lines: list[str] = []
+    for f in sorted(directory.glob("*.keys")) if directory.is_dir() else []:
+        lines += [ln for ln in f.read_text(errors="replace").splitlines() if ln and not ln.startswith("#")]
+    if lines:
+        out.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def decode_as(ports: Iterable[int], tls: bool) -> list[str]:
+    """Wireshark's Decode As for the mesh's service ports (``-d tcp.port==P,tls|http``):
+    sidecars talk on the services' own ports, which Wireshark does not map to TLS or HTTP by
+    itself; inside TLS, ALPN http/1.1 then gives HTTP."""
+    return [f"tcp.port=={p},{'tls' if tls else 'http'}" for p in sorted(set(ports))]
+
+
+def viewer_lines(files: Sequence[Path], ports: Iterable[int], tls: bool) -> list[str]:
+    """The tshark and Wireshark command lines printed at the end of ``up --capture``."""
+    if not files:
+        return []
+    opts = "".join(f" -d {x}" for x in decode_as(ports, tls))
+    f = str(files[0])
+    return [f"  tshark -r {f} -N n{opts} -Y http", f"  wireshark{opts} {f}"]
 
 
 class Capture:

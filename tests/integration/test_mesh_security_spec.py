@@ -1,6 +1,7 @@
-"""``mesh.security`` parsing and the deploy-side helpers (no root, no network): defaults,
-errors at file:line, the bootstrap metadata and key log paths, and the refusal of security
-rules by a mesh without Citadel (MM0120)."""
+"""``mesh.security`` parsing and the deploy-side helpers (no root, no network): defaults
+(Citadel in every mesh, as in Istio; ``citadel: false`` opts out), errors at file:line, the
+bootstrap metadata and key log paths, and the refusal of the rules that need Citadel by a
+mesh that opted out (MM0120, naming the opt-out)."""
 from __future__ import annotations
 
 import pytest
@@ -35,29 +36,47 @@ def security(extra: str = "", file: str = "<t>"):
     return parse_topology(BASE + extra, file).sections["mesh"].security
 
 
-def test_defaults_off_without_section_and_on_with_it():
-    assert security() == SecuritySpec(citadel=False)
+def test_citadel_runs_in_every_mesh_unless_opted_out():
+    assert security() == SecuritySpec(citadel=True, auto_mtls=False)
     assert security("  security: {}\n") == SecuritySpec(citadel=True)
+    assert security("  security: {citadel: false}\n").citadel is False
+    assert security("  security: {auto_mtls: true}\n").auto_mtls is True
     s = security("  security: {cert_ttl_s: 30, renew_fraction: 0.25, keylog: true}\n")
     assert (s.citadel, s.cert_ttl_s, s.renew_fraction, s.keylog) == (True, 30.0, 0.25, True)
 
 
-def test_a_listed_security_rule_turns_citadel_on(tmp_path):
-    (tmp_path / "strict.yaml").write_text(STRICT)
+DR_MTLS = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: echo}
+spec: {host: echo, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+"""
+
+
+@pytest.mark.parametrize("rule, kind", [(STRICT, "PeerAuthentication"), (DR_MTLS, "DestinationRule")])
+def test_a_listed_rule_that_needs_citadel_conflicts_with_the_opt_out(tmp_path, rule, kind):
+    (tmp_path / "r.yaml").write_text(rule)
     topo = tmp_path / "t.yaml"
-    topo.write_text(BASE + "  rules: [strict.yaml]\n")
+    topo.write_text(BASE + "  rules: [r.yaml]\n")
     from testbed.topology.load import load_topology
     assert load_topology(str(topo)).sections["mesh"].security.citadel is True
-    topo.write_text(BASE + "  rules: [strict.yaml]\n  security: {citadel: false}\n")
+    topo.write_text(BASE + "  rules: [r.yaml]\n  security: {citadel: false}\n")
     with pytest.raises(TopologyError) as e:
         load_topology(str(topo))
-    assert f"{topo}:10:" in str(e.value) and "holds a PeerAuthentication" in str(e.value)
+    assert f"{topo}:10:" in str(e.value) and f"holds a {kind}" in str(e.value)
+
+
+def test_auto_mtls_needs_citadel():
+    with pytest.raises(TopologyError) as e:
+        security("  security: {citadel: false, auto_mtls: true}\n")
+    assert str(e.value).startswith("<t>:9:") and "auto_mtls: true needs Citadel" in str(e.value)
 
 
 @pytest.mark.parametrize("extra, words", [
     ("  security: {cert_ttl_s: 0}\n", "cert_ttl_s: 0 must be a number from 1 to 86400"),
     ("  security: {renew_fraction: 1.5}\n", "renew_fraction: 1.5 must be a number from 0.05 to 0.95"),
     ("  security: {keylog: maybe}\n", "keylog: 'maybe' is not a boolean"),
+    ("  security: {auto_mtls: 1}\n", "auto_mtls: 1 is not a boolean"),
     ("  security: {trust_domain: example.org}\n", "allowed: cluster.local"),
     ("  security: {ca: x}\n", "unknown field 'ca'"),
 ])
@@ -89,9 +108,12 @@ def test_metadata_and_keylog_paths(tmp_path):
     assert off.metadata("echo-v1-0", "echo", kind="envoy") == {} and off.keylogs() == {}
 
 
-def test_a_mesh_without_citadel_refuses_security_rules():
+def test_a_mesh_that_opted_out_of_citadel_refuses_the_rules_that_need_it():
     with pytest.raises(ApplyRejected) as e:
-        _refuse_security([{"name": "s.yaml", "text": STRICT}])
-    (msg,) = [m.format() for m in e.value.messages]
-    assert msg.startswith("Error [MM0120] (PeerAuthentication default) s.yaml:1 ") and "needs Citadel" in msg
+        _refuse_security([{"name": "s.yaml", "text": STRICT + "---\n" + DR_MTLS + "---\n"}])
+    msgs = [m.format() for m in e.value.messages]
+    assert msgs[0].startswith("Error [MM0120] (PeerAuthentication default) s.yaml:1 ") and "needs Citadel" in msgs[0]
+    assert msgs[1].startswith("Error [MM0120] (DestinationRule echo) s.yaml:6 tls.mode ISTIO_MUTUAL needs")
+    assert all("mesh.security.citadel: false" in m for m in msgs)     # names the opt-out
     _refuse_security([{"name": "vs.yaml", "text": "kind: VirtualService\n"}])   # traffic rules pass
+    _refuse_security([{"name": "dr.yaml", "text": DR_MTLS.replace("ISTIO_MUTUAL", "DISABLE")}])

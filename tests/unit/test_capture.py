@@ -103,3 +103,36 @@ def test_annotate_and_names_round_trip_through_wireshark_tools(tmp_path):
                             "-e", "ip.dst_host", "-c", "1"], capture_output=True, text=True).stdout
     assert named.split() == ["client", "server"]
     assert (tmp_path / "hosts").read_text() == "10.0.0.1 client\n10.0.0.2 server\n"
+
+
+def test_keylogs_merged_and_decode_as_lines(tmp_path):
+    from testbed.run.capture import decode_as, merge_keylogs, viewer_lines
+    d = tmp_path / "keys"
+    d.mkdir()
+    (d / "a.keys").write_text("# comment\nCLIENT_TRAFFIC_SECRET_0 aa bb\n")
+    (d / "b.keys").write_text("SERVER_TRAFFIC_SECRET_0 cc dd\n\n")
+    (d / "c.txt").write_text("not a key log\n")
+    out = tmp_path / "all.log"
+    assert merge_keylogs(d, out) == 2
+    assert out.read_text() == "CLIENT_TRAFFIC_SECRET_0 aa bb\nSERVER_TRAFFIC_SECRET_0 cc dd\n"
+    assert merge_keylogs(tmp_path / "none", tmp_path / "x.log") == 0 and not (tmp_path / "x.log").exists()
+    assert decode_as([9080, 8080, 9080], tls=True) == ["tcp.port==8080,tls", "tcp.port==9080,tls"]
+    assert decode_as([9080], tls=False) == ["tcp.port==9080,http"]
+    f = tmp_path / "h1-eth0.pcapng"
+    assert viewer_lines([f], [9080], True) == [
+        f"  tshark -r {f} -N n -d tcp.port==9080,tls -Y http", f"  wireshark -d tcp.port==9080,tls {f}"]
+    assert viewer_lines([], [9080], True) == []
+
+
+def test_up_capture_turns_key_logs_on_for_a_mesh_with_citadel(tmp_path):
+    from pathlib import Path
+
+    import testbed.mesh.spec  # noqa: F401  (registers the mesh: section)
+    from testbed.cli.up import KEYLOG_DIR, with_capture_keylogs
+    from testbed.topology.load import load_topology
+    repo = Path(__file__).resolve().parents[2]
+    topo = load_topology(str(repo / "topologies/bookinfo.yaml"))
+    assert with_capture_keylogs(topo, None) is topo
+    sec = with_capture_keylogs(topo, str(tmp_path / "cap")).sections["mesh"].security
+    assert sec.keylog and sec.keylog_dir == str(tmp_path / "cap" / KEYLOG_DIR) and sec.citadel
+    assert topo.sections["mesh"].security.keylog is False          # the original is unchanged

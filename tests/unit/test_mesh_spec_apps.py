@@ -112,3 +112,49 @@ def test_load_client_counts_codes_and_versions():
     assert r["versions"] == {"v1": 6, "v2": 2} and set(seen) == {"Android"}
     dead = client_run(f"http://127.0.0.1:{free_ports(1)[0]}/", 2, {}, timeout_s=1)
     assert dead["errors"] == 2 and dead["first_error"]
+
+
+def test_bookinfo_timeouts_are_istios():
+    """Istio's productpage: details 3 s, reviews 3 s + 1 retry; reviews v2 -> ratings 10 s,
+    v3 2.5 s (the numbers Istio's fault-injection task reasons with)."""
+    from testbed.apps import bookinfo
+    assert bookinfo.TIMEOUTS == {"details": (3.0, 0), "reviews": (3.0, 1)}
+    assert bookinfo.RATINGS_TIMEOUT_S == {"v2": 10.0, "v3": 2.5}
+
+
+def test_productpage_retries_a_slow_reviews_once_then_shows_istios_message(monkeypatch):
+    """Scaled down (0.3 s per try): a reviews that never answers in time is tried twice, so
+    the page comes after 2 tries (~0.6 s) with Istio's "unavailable" message."""
+    import time
+
+    from testbed.apps import bookinfo
+    monkeypatch.setitem(bookinfo.TIMEOUTS, "reviews", (0.3, 1))
+    names = ("productpage", "details", "reviews")
+    ports = dict(zip(names, free_ports(3), strict=True))
+    urls = tuple((s, f"http://127.0.0.1:{ports.get(s, 1)}/{s}/0") for s in ("details", "reviews", "ratings"))
+    calls: list[float] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        calls.append(time.monotonic())
+        await asyncio.sleep(2)
+        return web.Response(text="{}")
+    slow_app = web.Application()
+    slow_app.router.add_get("/{tail:.*}", slow)
+    apps = {"productpage": make_app(Config("productpage", "v1", "pp-0", urls)),
+            "details": make_app(Config("details", "v1", "d-0", urls)), "reviews": slow_app}
+
+    async def go() -> tuple[dict, float]:
+        runners = await _serve(apps, ports)
+        try:
+            async with aiohttp.ClientSession() as s:
+                t0 = time.monotonic()
+                async with s.get(f"http://127.0.0.1:{ports['productpage']}/productpage") as r:
+                    return await r.json(), time.monotonic() - t0
+        finally:
+            for r in runners:
+                await r.cleanup()
+    page, elapsed = asyncio.run(go())
+    assert len(calls) == 2 and 0.55 < elapsed < 1.5, (calls, elapsed)
+    assert page["reviews"]["message"] == bookinfo.REVIEWS_UNAVAILABLE
+    assert page["reviews"]["attempts"] == 2 and "TimeoutError" in page["reviews"]["error"]
+    assert page["details"]["service"] == "details"

@@ -22,3 +22,17 @@ def test_help_loads_nothing_heavy():
     loaded = set(r.stdout.split())
     heavy = sorted(m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY))
     assert not heavy, f"`minimesh --help` loads {heavy}"
+
+
+def test_a_plaintext_sidecar_never_loads_cryptography():
+    """Citadel runs in every mesh, but a sidecar that holds no identity (``citadel: false``,
+    or minimesh-proxy on a plain Envoy config) stays without ``cryptography`` (~16 MB of RSS,
+    docs/performance.md): its native module is not mapped into the running process."""
+    from tests.support.configs import placeholders, render, CONFIG_DIR
+    from tests.support.ports import free_ports
+    from tests.support.procs import start_proxy
+    names = placeholders((CONFIG_DIR / "minimal.yaml").read_text())
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    with start_proxy("minimesh", render("minimal.yaml", ports), ports["ADMIN_PORT"]) as p:
+        maps = Path(f"/proc/{p.pid}/maps").read_text()
+        assert "python" in maps and "cryptography" not in maps

@@ -296,7 +296,8 @@ class Mesh:
             or self.etcd_endpoints,
             "listen": [self.cp_ip, PILOT_PORT], "events": str(self.events),
             "socket": str(self.socket), "applied": str(self._dir() / "applied.jsonl"),
-            "hold_s": self.hold_s, "citadel": self.spec.security.citadel, "sds_root": str(self._dir() / "sds")}
+            "hold_s": self.hold_s, "citadel": self.spec.security.citadel,
+            "auto_mtls": self.spec.security.auto_mtls, "sds_root": str(self._dir() / "sds")}
 
     def stop_pilot(self) -> None:
         """Stop Pilot (SIGTERM); sidecars keep serving on their last config."""
@@ -474,6 +475,19 @@ class Mesh:
     def apply_files(self, paths: list[str | Path]) -> list[str]:
         return self.apply_texts([(Path(p).read_text(), str(p)) for p in paths])
 
+    def delete_files(self, paths: list[str | Path]) -> tuple[list[str], list[str]]:
+        """``kubectl delete -f``: (deleted ``Kind/name``, NotFound errors). Raises ApplyError
+        (nothing deleted) when a file does not parse."""
+        status, body = self.admin.delete_texts([(Path(p).read_text(), str(p)) for p in paths])
+        if status != 200:
+            raise ApplyError(list(body["errors"]))
+        return list(body["deleted"]), list(body["errors"])
+
+    def rules(self) -> list[dict]:
+        """The applied rules (Pilot's ``GET /rules``): kind, namespace, name, file, line,
+        age_s and ``manifest`` (the YAML document as applied)."""
+        return list(self.admin.get("/rules")["rules"])
+
     def iter_events(self) -> Iterator[dict]:
         """Pilot's events so far (:attr:`events`), one dict per line."""
         try:
@@ -537,7 +551,8 @@ class Mesh:
         control-plane host (testbed subnets are not routed to the root namespace)."""
         sec = self.security
         if sec is None or not sec.enabled:
-            raise MeshError("no Citadel in this mesh: set mesh.security (docs/topology.md)")
+            raise MeshError("no Citadel in this mesh: it opted out with mesh.security.citadel: false "
+                            "(docs/topology.md)")
         cp = self.spec.control_plane
         out, err, code = self.tb.host(cp).pexec(citadel_curl_argv(sec.url, action, body))
         if code != 0:

@@ -14,7 +14,8 @@ control-plane host and what each sidecar's bootstrap needs to use it.
   every client host (its xDS node is service ``client``; Citadel only issues the service
   the node id names).
 * Key logs (``keylog: true``): one NSS key log per sidecar,
-  ``<run dir>/keylog/<instance>.keys`` or ``client@<host>.keys``, for
+  ``<run dir>/keylog/<instance>.keys`` or ``client@<host>.keys`` (in ``keylog_dir`` instead
+  when ``minimesh up --capture`` sets it, so they outlive the run dir), for
   ``tshark -o tls.keylog_file:FILE`` / ``editcap --inject-secrets tls,FILE``.
 * Real Envoy (``sidecar: envoy``) reads its secrets from SDS files that Pilot names
   (``pilot.security.sds_dir``: ``$MINIMESH_SDS_ROOT/<node instance>``; the deployer gives
@@ -89,7 +90,7 @@ class MeshSecurity:
             return {}     # real Envoy: SDS files from sds_agent_argv's process
         keylog = ""
         if self.spec.keylog:
-            path = self.run_dir / "keylog" / f"{name}.keys"
+            path = Path(self.spec.keylog_dir or self.run_dir / "keylog") / f"{name}.keys"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
             self._keylogs[name] = path

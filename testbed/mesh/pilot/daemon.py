@@ -29,7 +29,8 @@ from testbed.mesh.pilot.describe import DescribeError, describe_service
 from testbed.mesh.pilot.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, XdsSource
 from testbed.mesh.pilot.security import SDS_ROOT_ENV
 from testbed.mesh.pilot.server import ApplyRejected, NodeState, Pilot
-from testbed.mesh.spec import SECURITY_KINDS
+from testbed.mesh.rules.yamldoc import document_identity, load_documents
+from testbed.mesh.spec import needs_citadel
 
 __all__ = ["MeshPilot", "AdminApi", "run"]
 
@@ -125,32 +126,40 @@ def _load_pilot(cfg: dict) -> MeshPilot:
     if cfg.get("sds_root"):  # where real-Envoy sidecars find their SDS files (pilot/security.py)
         os.environ[SDS_ROOT_ENV] = cfg["sds_root"]
     pilot = MeshPilot(_services(cfg["services"]), events_path=cfg.get("events"),
-                      hold_s=float(cfg.get("hold_s", 15)), source=XdsSource())
+                      hold_s=float(cfg.get("hold_s", 15)), source=XdsSource(),
+                      auto_mtls=bool(cfg.get("auto_mtls", False)))
     if cfg.get("rules"):
         pilot.apply_texts([(Path(p).read_text(), p) for p in cfg["rules"]])
     applied = _applied_path(cfg)
     if applied is not None and applied.exists():  # a restarted Pilot keeps what was applied
         for line in applied.read_text().splitlines():
-            pilot.apply_texts([(f["text"], f["name"]) for f in json.loads(line)])
+            entry = json.loads(line)
+            if isinstance(entry, dict) and "delete" in entry:
+                pilot.delete_texts([(f["text"], f["name"]) for f in entry["delete"]])
+            else:
+                pilot.apply_texts([(f["text"], f["name"]) for f in entry])
     return pilot
 
 
 def _refuse_security(files: list[dict]) -> None:
-    """A mesh deployed without Citadel (``mesh.security.citadel: false`` or no security
-    at all) rejects PeerAuthentication/AuthorizationPolicy: its sidecars have no certificate."""
+    """A mesh deployed with ``mesh.security.citadel: false`` rejects the rules that need
+    Citadel (PeerAuthentication, AuthorizationPolicy, DestinationRule ``tls.mode:
+    ISTIO_MUTUAL``): its sidecars hold no certificate."""
     bad = []
     for f in files:
         try:
-            nodes = list(yaml.compose_all(f["text"]))
+            docs = load_documents(f["text"])
         except yaml.YAMLError:
             continue  # Galley reports it
-        for node in nodes:
-            d = yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.MappingNode) else None
-            if isinstance(d, dict) and d.get("kind") in SECURITY_KINDS:
-                name = (d.get("metadata") or {}).get("name", "") if isinstance(d.get("metadata"), dict) else ""
-                bad.append(Message("MM0120", "Error", f"{d['kind']} needs Citadel, but this mesh runs "
-                                   "without it; deploy with mesh.security (docs/topology.md)",
-                                   f["name"], node.start_mark.line + 1, f"{d['kind']} {name}".strip()))
+        for doc in docs:
+            d = doc.plain()
+            if isinstance(d, dict) and needs_citadel(d):
+                kind, name = document_identity(doc)
+                what = "tls.mode ISTIO_MUTUAL" if kind == "DestinationRule" else kind
+                bad.append(Message("MM0120", "Error", f"{what} needs Citadel, but this mesh opted out "
+                                   "of it with mesh.security.citadel: false; remove that line from the "
+                                   "topology (Citadel runs in every mesh by default) and start it again",
+                                   f["name"], doc.line, f"{kind} {name}"))
     if bad:
         raise ApplyRejected(bad)
 
@@ -170,6 +179,8 @@ class AdminApi:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/apply", self.apply)
+        app.router.add_post("/delete", self.delete)
+        app.router.add_get("/rules", self.rules)
         app.router.add_get("/registry", self.registry)
         app.router.add_get("/status", self.status)
         app.router.add_get("/syncz", self.syncz)
@@ -201,6 +212,33 @@ class AdminApi:
                 out.write(json.dumps(files) + "\n")
         return web.json_response({"applied": True, "generation": self.pilot.generation,
                                   "warnings": [m.format() for m in msgs]})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """``kubectl delete -f``: 200 {deleted, generation, errors (NotFound)}; 400 when a
+        file does not parse (nothing deleted)."""
+        body = await request.json()
+        files = [{"name": f["name"], "text": f["text"]} for f in body.get("files", [])]
+        try:
+            deleted, missing = self.pilot.delete_texts([(f["text"], f["name"]) for f in files])
+        except ApplyRejected as e:
+            return web.json_response({"deleted": [], "generation": self.pilot.generation,
+                                      "errors": [m.format() for m in e.messages]}, status=400)
+        if deleted and self.applied is not None:
+            with open(self.applied, "a") as out:
+                out.write(json.dumps({"delete": files}) + "\n")
+        return web.json_response({"deleted": deleted, "generation": self.pilot.generation,
+                                  "errors": [m.format() for m in missing]})
+
+    async def rules(self, request: web.Request) -> web.Response:
+        """Every applied rule: kind, namespace, name, file, line, age and its YAML document."""
+        now = self.pilot.clock()
+        out = []
+        for r in self.pilot.state.rules:
+            m = self.pilot.manifests.get((r.kind, r.namespace, r.name), {})
+            out.append({"kind": r.kind, "namespace": r.namespace, "name": r.name, "file": r.file,
+                        "line": r.line, "age_s": round(now - m.get("applied", now), 1),
+                        "manifest": m.get("manifest")})
+        return web.json_response({"generation": self.pilot.generation, "rules": out})
 
     async def registry(self, request: web.Request) -> web.Response:
         out: dict[str, Any] = {"discovery": {"healthy": self.discovery.healthy,

@@ -9,13 +9,14 @@ CONFIG (written by :mod:`testbed.mesh.deploy.mesh`)::
      "listen": ["10.0.0.8", 15010], "events": "run/pilot-events.jsonl",
      "socket": "run/pilot.sock", "applied": "run/applied.jsonl", "hold_s": 15}
 
-Every accepted apply is appended to ``applied`` (one JSON line per apply), and a
-restarted Pilot re-applies them after the topology's rules, so stopping Pilot loses no
+Every accepted apply is appended to ``applied`` (one JSON line per apply; a delete is a
+line ``{"delete": [files]}``), and a restarted Pilot replays them after the topology's rules, so stopping Pilot loses no
 config. Pilot serves xDS on ``listen`` (inside the testbed) and watches the registry with
 :class:`~testbed.mesh.etcd.registry.Discovery`. A second HTTP server on the **unix socket**
 ``socket`` is the way in from the root namespace (a unix socket's path is reachable from
 every network namespace that sees the file): ``POST /apply`` (same body and answers as
-Pilot's own /apply), ``GET /registry`` (a linearizable listing of etcd), ``GET /status``
+Pilot's own /apply), ``POST /delete`` (the same body; ``kubectl delete -f``), ``GET /rules``
+(the applied rules with their YAML), ``GET /registry`` (a linearizable listing of etcd), ``GET /status``
 (generation, endpoints, which nodes have ACKed everything), ``GET /syncz``, ``/healthz``,
 ``GET /proxy-status`` (per node and xDS type: SYNCED, STALE, NOT SENT) and
 ``GET /describe?service=NAME`` (:mod:`testbed.mesh.pilot.describe`).
@@ -85,6 +86,14 @@ class AdminClient:
         if status not in (200, 400):
             raise RuntimeError(f"POST /apply: HTTP {status}: {body}")
         return bool(body["applied"]), body
+
+    def delete_texts(self, files: list[tuple[str, str]]) -> tuple[int, dict]:
+        """``kubectl delete -f``: (HTTP status, {deleted, generation, errors})."""
+        status, body = self.request("POST", "/delete",
+                                    {"files": [{"name": n, "text": t} for t, n in files]})
+        if status not in (200, 400):
+            raise RuntimeError(f"POST /delete: HTTP {status}: {body}")
+        return status, body
 
     def apply_files(self, paths: list[str]) -> tuple[list[str], int]:
         """`minimesh apply -f`: (message lines, exit code 0 / 1 rejected / 2 unreachable)."""

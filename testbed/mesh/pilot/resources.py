@@ -340,17 +340,20 @@ def outbound_clusters(state: MeshState) -> dict[str, tuple[ServiceSpec, dict[str
 def build_clusters(state: MeshState, node: NodeInfo, source: XdsSource) -> list[dict]:
     out = []
     outbound = outbound_clusters(state)
+    tls_modes: dict[str, str | None] = {}
     for name in outbound:
         subset, host = name.split("|")[2:]
-        out.append(_cluster(name, _merged_policy(_first(state.rules, DestinationRule, host),
-                                                 subset), source))
+        policy = _merged_policy(_first(state.rules, DestinationRule, host), subset)
+        tls_modes[name] = policy.tls_mode if policy is not None else None
+        out.append(_cluster(name, policy, source))
     svc = state.service(node.service)
     if svc is not None and node.app_port is not None:
         name = cluster_name("inbound", svc.port, "", svc.name)
         out.append({"@type": CLUSTER, "name": name, "type": "STATIC", "connect_timeout": "10s",
                     "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
                         {"endpoint": _socket("127.0.0.1", node.app_port)}]}]}})
-    return secure_clusters(state, node, out, outbound)   # UpstreamTlsContext for mTLS destinations
+    # UpstreamTlsContext for mTLS destinations (DestinationRule tls.mode, else auto mTLS)
+    return secure_clusters(state, node, out, outbound, tls_modes)
 
 
 def build_endpoints(state: MeshState, names: list[str]) -> list[dict]:

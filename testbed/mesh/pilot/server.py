@@ -29,6 +29,7 @@ from aiohttp import web
 
 from testbed.mesh.rules.galley import analyze
 from testbed.mesh.rules.traffic import parse_rules
+from testbed.mesh.rules.yamldoc import Y, document_identity, load_documents, read_documents
 from testbed.mesh.model import ERROR, Endpoint, MeshState, Message, ServiceSpec
 from testbed.mesh.pilot.resources import CLUSTER, ENDPOINT, ROUTE, TYPE_BY_PATH, NodeInfo, XdsSource, build
 
@@ -87,7 +88,7 @@ class Pilot:
                  events_path: str | Path | None = None,
                  on_event: Callable[[dict], None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 builder: Callable[..., list[dict]] = build) -> None:
+                 builder: Callable[..., list[dict]] = build, auto_mtls: bool = False) -> None:
         if hold_s * 1000 >= source.request_timeout_ms:
             raise ValueError(f"hold_s={hold_s} must be shorter than the sidecars' xDS "
                              f"request_timeout ({source.request_timeout_ms} ms)")
@@ -98,7 +99,10 @@ class Pilot:
         self._on_event = on_event
         self._lock = threading.Lock()
         self._events_lock = threading.Lock()
-        self.state = MeshState(tuple(services), tuple(_endpoint(e) for e in endpoints), ())
+        self.state = MeshState(tuple(services), tuple(_endpoint(e) for e in endpoints), (),
+                               auto_mtls=auto_mtls)
+        # (kind, namespace, name) -> {"manifest": the applied YAML document, "applied": time}
+        self.manifests: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.generation = 0
         self.nodes: dict[str, NodeState] = {}
         self._nonce = 0
@@ -140,22 +144,21 @@ class Pilot:
             self._commit(replace(self.state, endpoints=eps), "endpoints")
 
     def apply(self, rules: Iterable) -> list[Message]:
-        """Create-or-replace rules by (kind, namespace, name) after Galley validation.
+        """Create-or-replace rules by (kind, namespace, name) after Galley validation, as
+        ``kubectl apply`` does (within one apply too: the later resource replaces the earlier).
         Returns warnings; raises ApplyRejected (nothing changed) on any Error."""
-        rules = list(rules)
+        rules = list({(r.kind, r.namespace, r.name): r for r in rules}.values())
         keys = {(r.kind, r.namespace, r.name) for r in rules}
-        dup = len(keys) != len(rules)
         merged = [r for r in self.state.rules if (r.kind, r.namespace, r.name) not in keys]
         msgs = analyze(self.state.services, merged + rules)
-        if dup:
-            msgs = analyze(self.state.services, rules) + msgs
         errors = [m for m in msgs if m.level == ERROR]
         if errors:
             self.event("apply_rejected", messages=[m.format() for m in errors])
             raise ApplyRejected(errors)
         self._commit(replace(self.state, rules=tuple(merged + rules)), "apply",
                      applied=[f"{r.kind}/{r.name}" for r in rules])
-        return msgs
+        files = {r.file for r in rules}     # warn about what this apply brings, as kubectl does
+        return [m for m in msgs if m.file in files]
 
     def apply_text(self, text: str, file: str = "<string>") -> list[Message]:
         """Parse Istio YAML and apply it; schema errors reject it like Galley errors."""
@@ -163,6 +166,7 @@ class Pilot:
 
     def apply_texts(self, files: Iterable[tuple[str, str]]) -> list[Message]:
         """Apply several (text, file name) at once: all or nothing."""
+        files = list(files)
         rules: list = []
         msgs: list[Message] = []
         for text, file in files:
@@ -173,15 +177,46 @@ class Pilot:
         if errors:
             self.event("apply_rejected", messages=[m.format() for m in errors])
             raise ApplyRejected(errors)
-        return msgs + self.apply(rules)
+        out = msgs + self.apply(rules)
+        now = self.clock()
+        for text, _ in files:         # what `get -o yaml` shows: the documents as applied
+            for doc in load_documents(text):
+                key = _identity(doc)
+                if any((r.kind, r.namespace, r.name) == key for r in self.state.rules):
+                    self.manifests[key] = {"manifest": doc.plain(), "applied": now}
+        return out
 
     def remove(self, kind: str, name: str, namespace: str = "default") -> bool:
-        rules = tuple(r for r in self.state.rules
-                      if (r.kind, r.namespace, r.name) != (kind, namespace, name))
-        if len(rules) == len(self.state.rules):
-            return False
-        self._commit(replace(self.state, rules=rules), "remove", removed=f"{kind}/{name}")
-        return True
+        return bool(self.remove_all([(kind, namespace, name)]))
+
+    def remove_all(self, keys: Iterable[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """Remove the rules named by (kind, namespace, name) in one config change; returns
+        the keys that were there (the others are left to the caller to report)."""
+        keys = set(keys)
+        have = {(r.kind, r.namespace, r.name) for r in self.state.rules}
+        found = sorted(keys & have)
+        if found:
+            rules = tuple(r for r in self.state.rules if (r.kind, r.namespace, r.name) not in keys)
+            self._commit(replace(self.state, rules=rules), "remove",
+                         removed=[f"{k}/{n}" for k, _, n in found])
+            for key in found:
+                self.manifests.pop(key, None)
+        return found
+
+    def delete_texts(self, files: Iterable[tuple[str, str]]) -> tuple[list[str], list[Message]]:
+        """``kubectl delete -f``: remove every resource the files name (kind, namespace,
+        name; the rest of each document is not checked). Returns (deleted, NotFound errors
+        for names that were not applied); YAML that does not parse rejects the whole call."""
+        named: list[tuple[tuple[str, str, str], str, int]] = []
+        for text, file in files:
+            docs, bad = read_documents(text, file)
+            if bad:
+                raise ApplyRejected(bad)
+            named += [(_identity(d), file, d.line) for d in docs]
+        found = set(self.remove_all(k for k, _, _ in named))
+        missing = [Message("NotFound", ERROR, f"{k[0]} {k[1]}/{k[2]} not found", file, line,
+                           f"{k[0]} {k[2]}") for k, file, line in named if k not in found]
+        return [f"{k[0]}/{k[2]}" for k in sorted(found)], missing
 
     # ------------------------------------------------------------ events
     def event(self, kind: str, **fields: Any) -> None:
@@ -374,6 +409,14 @@ class Pilot:
             if self._events_file:
                 self._events_file.close()
                 self._events_file = None
+
+
+def _identity(doc: Y) -> tuple[str, str, str]:
+    """(kind, namespace, name) of a resource document (namespace "default" if not given)."""
+    kind, name = document_identity(doc)
+    meta = doc.v.get("metadata") if isinstance(doc.v, dict) else None
+    ns = meta.v.get("namespace") if meta is not None and isinstance(meta.v, dict) else None
+    return kind, str(ns.v) if ns is not None and ns.v else "default", name
 
 
 def _endpoint(e: Endpoint | Mapping[str, Any]) -> Endpoint:

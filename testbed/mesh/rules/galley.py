@@ -13,7 +13,7 @@ Codes (Istio's where Istio has one, MM0xxx for minimesh's own):
   IST0131 VirtualServiceIneffectiveMatch match duplicates an earlier one  Warning
   MM0001  route weights do not sum to 100                                 Error
   MM0002  kind/field/gateway not supported by minimesh (yet)              Error
-  MM0003  duplicate resource (same kind, namespace and name)              Error
+  MM0003  duplicate resource (same kind, namespace and name; the later wins) Warning
   MM0004  destination port is not the service's port                      Error
   MM0005  duplicate subset name in a DestinationRule                      Error
   MM0006  subset labels select no declared version of the service         Warning
@@ -21,6 +21,7 @@ Codes (Istio's where Istio has one, MM0xxx for minimesh's own):
   MM0008  bad mesh.services declaration in a topology                     Error
   MM0009  file cannot be read or parsed                                   Error
   MM0010  no topology given, host/subset checks skipped                   Info
+  IST0004 Deprecated: a field Istio still accepts (applied, same meaning)  Warning
 """
 from __future__ import annotations
 
@@ -149,13 +150,17 @@ def analyze(services: Sequence[ServiceSpec] | None, rules: Iterable) -> list[Mes
     rules = list(rules)
     svc = None if services is None else {s.name: s for s in services}
     out: list[Message] = []
-    seen: dict[tuple[str, str, str], Rule] = {}
+    defined: dict[tuple[str, str, str], Rule] = {}
+    latest: dict[tuple[str, str, str], Rule] = {}
     for r in rules:
         key = (r.kind, r.namespace, r.name)
-        if key in seen:
-            out.append(_msg("MM0003", ERROR, f"duplicate {r.kind} {r.namespace}/{r.name} (first "
-                            f"defined at {seen[key].file}:{seen[key].line})", r, r.line))
-        seen.setdefault(key, r)
+        if key in defined:
+            out.append(_msg("MM0003", WARNING, f"duplicate {r.kind} {r.namespace}/{r.name} (first "
+                            f"defined at {defined[key].file}:{defined[key].line}); this one replaces "
+                            "it, as kubectl apply does", r, r.line))
+        defined.setdefault(key, r)
+        latest[key] = r
+    rules = list(latest.values())
     drs = [r for r in rules if isinstance(r, DestinationRule)]
     subsets: dict[str, set[str]] = defaultdict(set)
     dr_by_host: dict[str, DestinationRule] = {}

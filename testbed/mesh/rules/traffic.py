@@ -21,8 +21,16 @@ from testbed.mesh.rules.yamldoc import Reader, Y, check_header, document_identit
 
 API_GROUPS = ("networking.istio.io/v1", "networking.istio.io/v1beta1",
               "networking.istio.io/v1alpha3")
-NOT_YET = {"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}
+NOT_YET = {"RequestAuthentication"}
 LB_SIMPLE = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+TLS_MODES = ("ISTIO_MUTUAL", "DISABLE")
+WHY_NOT = {      # the Istio kinds a minimesh testbed has no place for
+    "Gateway": " (minimesh has no ingress/egress gateway: `clients:` hosts reach services through "
+               "their own sidecar)",
+    "ServiceEntry": " (a minimesh testbed has no outside network to reach)",
+    "Sidecar": " (every minimesh sidecar sees every service)",
+    "EnvoyFilter": " (Pilot builds the Envoy config itself)",
+    "WorkloadEntry": " (workloads are the topology's mesh.services)"}
 
 
 _RE2_ONLY = re.compile(r"\(\?(?:=|!|<=|<!|>|P=|\()|\\[1-9]")
@@ -89,32 +97,43 @@ def _match(r: Reader, y: Y, path: str) -> HTTPMatch:
                                                    f"{path}.sourceLabels"), y.line)
 
 
+def _percent(r: Reader, f: dict[str, Y], path: str) -> float:
+    """``percentage: {value}``, or Istio's deprecated integer ``percent`` (same meaning,
+    with a warning; ``percentage`` wins when both are given, as in Pilot)."""
+    if "percent" in f:
+        r.deprecated(f["percent"], f"{path}.percent", f"{path}.percentage.value")
+        old = r.integer(f["percent"], f"{path}.percent", 0, 100)
+        if "percentage" not in f and old is not None:
+            return float(old)
+    return r.percentage(f.get("percentage"), f"{path}.percentage")
+
+
 def _fault(r: Reader, y: Y, path: str) -> HTTPFault:
     f = r.fields(y, path, ("delay", "abort"))
     out = HTTPFault()
     if "delay" in f:
-        d = r.fields(f["delay"], f"{path}.delay", ("fixedDelay", "percentage"),
-                     ("exponentialDelay", "percent"))
+        d = r.fields(f["delay"], f"{path}.delay", ("fixedDelay", "percentage", "percent"),
+                     ("exponentialDelay",))
         if "fixedDelay" not in d:
             r.err(f["delay"], f"{path}.delay.fixedDelay", "required field missing")
         out = HTTPFault(r.duration(d.get("fixedDelay"), f"{path}.delay.fixedDelay"),
-                    r.percentage(d.get("percentage"), f"{path}.delay.percentage"))
+                        _percent(r, d, f"{path}.delay"))
     if "abort" in f:
-        a = r.fields(f["abort"], f"{path}.abort", ("httpStatus", "percentage"),
+        a = r.fields(f["abort"], f"{path}.abort", ("httpStatus", "percentage", "percent"),
                      ("grpcStatus", "http2Error"))
         if "httpStatus" not in a:
             r.err(f["abort"], f"{path}.abort.httpStatus", "required field missing")
         out = HTTPFault(out.delay_ms, out.delay_percent,
-                    r.integer(a.get("httpStatus"), f"{path}.abort.httpStatus", 200, 599),
-                    r.percentage(a.get("percentage"), f"{path}.abort.percentage"))
+                        r.integer(a.get("httpStatus"), f"{path}.abort.httpStatus", 200, 599),
+                        _percent(r, a, f"{path}.abort"))
     return out
 
 
 def _http_route(r: Reader, y: Y, path: str) -> HTTPRoute:
     f = r.fields(y, path, ("name", "match", "route", "timeout", "retries", "fault", "mirror",
-                           "mirrorPercentage"),
+                           "mirrorPercentage", "mirror_percent", "mirrorPercent"),
                  ("redirect", "rewrite", "headers", "corsPolicy", "mirrors", "delegate",
-                  "directResponse", "mirror_percent", "mirrorPercent"))
+                  "directResponse"))
     routes = []
     for p, c in r.items(f.get("route"), f"{path}.route"):
         rf = r.fields(c, p, ("destination", "weight"), ("headers",))
@@ -139,16 +158,28 @@ def _http_route(r: Reader, y: Y, path: str) -> HTTPRoute:
         route=tuple(routes), timeout_ms=r.duration(f.get("timeout"), f"{path}.timeout"),
         retries=retries, fault=_fault(r, f["fault"], f"{path}.fault") if "fault" in f else None,
         mirror=_destination(r, f["mirror"], f"{path}.mirror") if "mirror" in f else None,
-        mirror_percent=r.percentage(f.get("mirrorPercentage"), f"{path}.mirrorPercentage"),
-        line=y.line)
+        mirror_percent=_mirror_percent(r, f, path), line=y.line)
+
+
+def _mirror_percent(r: Reader, f: dict[str, Y], path: str) -> float:
+    """``mirrorPercentage``, or the deprecated integer ``mirrorPercent``/``mirror_percent``."""
+    for key in ("mirrorPercent", "mirror_percent"):
+        if key in f:
+            r.deprecated(f[key], f"{path}.{key}", f"{path}.mirrorPercentage.value")
+            old = r.integer(f[key], f"{path}.{key}", 0, 100)
+            if "mirrorPercentage" not in f and old is not None:
+                return float(old)
+    return r.percentage(f.get("mirrorPercentage"), f"{path}.mirrorPercentage")
 
 
 def _traffic_policy(r: Reader, y: Y | None, path: str) -> TrafficPolicy | None:
     if y is None:
         return None
-    f = r.fields(y, path, ("loadBalancer", "connectionPool", "outlierDetection"),
-                 ("tls", "portLevelSettings", "tunnel", "proxyProtocol"))
+    f = r.fields(y, path, ("loadBalancer", "connectionPool", "outlierDetection", "tls"),
+                 ("portLevelSettings", "tunnel", "proxyProtocol"))
     kw: dict[str, Any] = {}
+    if "tls" in f:
+        kw["tls_mode"] = _tls_mode(r, f["tls"], f"{path}.tls")
     if "loadBalancer" in f:
         lb = r.fields(f["loadBalancer"], f"{path}.loadBalancer", ("simple", "consistentHash"),
                       ("localityLbSetting", "warmupDurationSecs"))
@@ -184,19 +215,49 @@ def _traffic_policy(r: Reader, y: Y | None, path: str) -> TrafficPolicy | None:
                                                f"{p}.http.http2MaxRequests"),
                   max_retries=r.integer(http.get("maxRetries"), f"{p}.http.maxRetries"))
     if "outlierDetection" in f:
-        p = f"{path}.outlierDetection"
-        od = r.fields(f["outlierDetection"], p, (
-            "consecutive5xxErrors", "consecutiveGatewayErrors", "interval", "baseEjectionTime",
-            "maxEjectionPercent"), ("consecutiveErrors", "minHealthPercent",
-                                    "splitExternalLocalOriginErrors",
-                                    "consecutiveLocalOriginFailures"))
-        kw["outlier"] = OutlierDetection(
-            r.integer(od.get("consecutive5xxErrors"), f"{p}.consecutive5xxErrors"),
-            r.integer(od.get("consecutiveGatewayErrors"), f"{p}.consecutiveGatewayErrors"),
-            r.duration(od.get("interval"), f"{p}.interval"),
-            r.duration(od.get("baseEjectionTime"), f"{p}.baseEjectionTime"),
-            r.integer(od.get("maxEjectionPercent"), f"{p}.maxEjectionPercent", 0, 100))
+        kw["outlier"] = _outlier(r, f["outlierDetection"], f"{path}.outlierDetection")
     return TrafficPolicy(**kw)
+
+
+def _outlier(r: Reader, y: Y, p: str) -> OutlierDetection:
+    od = r.fields(y, p, (
+        "consecutive5xxErrors", "consecutiveGatewayErrors", "interval", "baseEjectionTime",
+        "maxEjectionPercent", "consecutiveErrors"), ("minHealthPercent",
+                                                     "splitExternalLocalOriginErrors",
+                                                     "consecutiveLocalOriginFailures"))
+    gateway = r.integer(od.get("consecutiveGatewayErrors"), f"{p}.consecutiveGatewayErrors")
+    if "consecutiveErrors" in od:   # Pilot: counts gateway errors (502/503/504) only
+        r.deprecated(od["consecutiveErrors"], f"{p}.consecutiveErrors",
+                     f"{p}.consecutiveGatewayErrors or consecutive5xxErrors")
+        old = r.integer(od["consecutiveErrors"], f"{p}.consecutiveErrors")
+        if gateway is None and "consecutive5xxErrors" not in od:
+            gateway = old
+    return OutlierDetection(
+        r.integer(od.get("consecutive5xxErrors"), f"{p}.consecutive5xxErrors"),
+        gateway,
+        r.duration(od.get("interval"), f"{p}.interval"),
+        r.duration(od.get("baseEjectionTime"), f"{p}.baseEjectionTime"),
+        r.integer(od.get("maxEjectionPercent"), f"{p}.maxEjectionPercent", 0, 100))
+
+
+def _tls_mode(r: Reader, y: Y, path: str) -> str | None:
+    """``tls.mode``: ISTIO_MUTUAL (Citadel's certificates) or DISABLE; SIMPLE and MUTUAL
+    (the application's own certificates, for egress) are not supported."""
+    t = r.fields(y, path, ("mode",), ("clientCertificate", "privateKey", "caCertificates",
+                                      "credentialName", "subjectAltNames", "sni",
+                                      "insecureSkipVerify", "caCrl"))
+    m = t.get("mode")
+    if m is None:
+        return None
+    if m.v in ("SIMPLE", "MUTUAL"):
+        r.messages.append(Message("MM0002", ERROR, f"{path}.mode: {m.v} (TLS with the application's "
+                                  "own certificates) is not supported by minimesh; use ISTIO_MUTUAL or "
+                                  "DISABLE", r.file, m.line, r.resource))
+        return None
+    if m.v not in TLS_MODES:
+        r.err(m, f"{path}.mode", f"{m.v!r} is not one of {', '.join(TLS_MODES)}, SIMPLE, MUTUAL")
+        return None
+    return str(m.v)
 
 
 def _virtual_service(r: Reader, spec: Y, name: str, ns: str, file: str,
@@ -243,12 +304,15 @@ def parse_rule(doc: Y, file: str) -> tuple[Rule | None, list[Message]]:
     if kind in ("PeerAuthentication", "AuthorizationPolicy"):    # security.istio.io (Citadel)
         return parse_security_resource(doc, file)
     if kind in NOT_YET:
-        return None, [Message("MM0002", ERROR, f"{api}/{kind} is not supported yet (the security "
-                              "resources arrive with Citadel); nothing applied", file, doc.line,
+        return None, [Message("MM0002", ERROR, f"{api}/{kind} is not supported by minimesh (no "
+                              "JWT end-user authentication; PeerAuthentication and "
+                              "AuthorizationPolicy are); nothing applied", file, doc.line,
                               r.resource)]
     if kind not in ("VirtualService", "DestinationRule"):
-        return None, [Message("MM0002", ERROR, f"unsupported kind {kind!r}; minimesh understands "
-                              "VirtualService and DestinationRule", file, doc.line, r.resource)]
+        why = WHY_NOT.get(kind, "")
+        return None, [Message("MM0002", ERROR, f"unsupported kind {kind!r}{why}; minimesh understands "
+                              "VirtualService, DestinationRule, PeerAuthentication and "
+                              "AuthorizationPolicy", file, doc.line, r.resource)]
     ns = check_header(r, doc, f, api, API_GROUPS)
     if "spec" not in f:
         r.err(doc, "spec", "required field missing")

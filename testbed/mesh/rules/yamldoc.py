@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from testbed.mesh.model import ERROR, Message
+from testbed.mesh.model import ERROR, WARNING, Message
 
 __all__ = ["Y", "load_documents", "read_documents", "parse_duration_ms", "Reader", "kind_of",
            "document_identity", "check_header"]
@@ -46,11 +46,19 @@ def _to_y(node: yaml.Node, loader: yaml.SafeLoader) -> Y:
     return Y(loader.construct_object(node), line)
 
 
+def _empty(node: yaml.Node | None) -> bool:
+    """An empty document (``---`` at the end of a file, or only comments): kubectl and
+    istioctl skip it, and so do we."""
+    return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+                            and node.value in ("", "~", "null"))
+
+
 def load_documents(text: str) -> list[Y]:
-    """All non-empty documents of a YAML text, as line-carrying `Y` trees."""
+    """All non-empty documents of a YAML text, as line-carrying `Y` trees (empty ones,
+    such as the one after a trailing ``---``, are skipped as kubectl skips them)."""
     loader = yaml.SafeLoader("")
     return [_to_y(n, loader) for n in yaml.compose_all(text, Loader=yaml.SafeLoader)
-            if n is not None]
+            if not _empty(n)]
 
 
 def read_documents(text: str, file: str) -> tuple[list[Y], list[Message]]:
@@ -87,6 +95,12 @@ class Reader:
     def err(self, y: Y, path: str, text: str) -> None:
         self.messages.append(Message("IST0106", ERROR, f"Schema validation error: {path}: "
                                      f"{text}", self.file, y.line, self.resource))
+
+    def deprecated(self, y: Y, path: str, instead: str) -> None:
+        """A field Istio still accepts but has deprecated: applied, with istioctl's warning."""
+        self.messages.append(Message("IST0004", WARNING, f"Deprecated: {path} is deprecated; use "
+                                     f"{instead} (applied with the same meaning)", self.file,
+                                     y.line, self.resource))
 
     def fields(self, y: Y, path: str, allowed: tuple[str, ...],
                unsupported: tuple[str, ...] = ()) -> dict[str, Y]:
