@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from testbed.cli.control import table
 from testbed.cli.shell_commands import CLIUsageError, ShellCommand, register_command
 
-__all__ = ["format_proxy_status", "cluster_rows", "listener_rows", "route_rows", "endpoint_rows",
+__all__ = ["format_proxy_status", "proxy_version", "cluster_rows", "listener_rows", "route_rows", "endpoint_rows",
            "secret_rows", "format_describe", "cli_proxy_status", "cli_proxy_config", "cli_describe",
            "PROXY_CONFIG_TYPES"]
 
@@ -292,10 +292,27 @@ def _admin_get(mesh: Any, url: str, command: str) -> Any:
     return body
 
 
+def proxy_version(server_info: dict) -> str:
+    """The VERSION column from a sidecar's ``/server_info``: ``envoy 1.40.0`` (Envoy's
+    ``sha/1.40.0/Clean/RELEASE/BoringSSL``) or ``minimesh-proxy 0.1.0``."""
+    v = str(server_info.get("version", ""))
+    if v.startswith("minimesh-proxy/"):
+        return "minimesh-proxy " + v.split("/", 1)[1]
+    parts = v.split("/")
+    return f"envoy {parts[1]}" if len(parts) >= 2 else v or "?"
+
+
 def _kinds(mesh: Any) -> dict[str, str]:
+    """Sidecar name -> its version, asked of its admin (``/server_info``); the configured kind
+    when it does not answer."""
+    from testbed.mesh.deploy.mesh import MeshError     # late: the deployment loads cryptography
     kinds = {i.instance: f"{'envoy' if i.sidecar == 'envoy' else 'minimesh-proxy'}" for i in mesh.instances()}
     for name in mesh.sidecar_nodes():
         kinds.setdefault(name, "envoy" if mesh.sidecar_default == "envoy" else "minimesh-proxy")
+        try:
+            kinds[name] = proxy_version(json.loads(mesh.sidecar_admin(name, "/server_info")))
+        except (MeshError, ValueError, AttributeError):
+            pass
     return kinds
 
 

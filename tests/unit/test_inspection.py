@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from testbed.cli.inspection import (cli_describe, cli_proxy_config, cli_proxy_status, cluster_rows, endpoint_rows,
-                                    format_describe, format_proxy_status, listener_rows, route_rows, secret_rows)
+                                    format_describe, format_proxy_status, listener_rows, proxy_version, route_rows,
+                                    secret_rows)
 from testbed.cli.shell_commands import CLIUsageError
 from testbed.mesh.pilot.describe import DescribeError, describe_service
 from testbed.mesh.pilot.server import Pilot
@@ -63,6 +64,12 @@ def test_endpoints_and_secrets_from_both_sidecars(kind):
     assert sec[1][5] == "2026-12-05T18:5" + sec[1][5][15:] and int(sec[1][4], 16) > 0
     later = secret_rows(dump(kind), NOW + dt.timedelta(hours=2))       # the leaf has expired by then
     assert [r[3] for r in later[1:]] == ["false", "true"]
+
+
+def test_proxy_version_column():
+    assert proxy_version({"version": "6c2a3c3a/1.40.0/Clean/RELEASE/BoringSSL"}) == "envoy 1.40.0"
+    assert proxy_version({"version": "minimesh-proxy/0.1.0"}) == "minimesh-proxy 0.1.0"
+    assert proxy_version({}) == "?"
 
 
 def test_proxy_status_table():
@@ -145,7 +152,8 @@ class FakeAdmin:
 
 def fake_mesh(**answers) -> types.SimpleNamespace:
     texts = {("client@c", "/config_dump"): json.dumps(dump("minimesh")),
-             ("client@c", "/clusters?format=json"): json.dumps(clusters_json("minimesh"))}
+             ("client@c", "/clusters?format=json"): json.dumps(clusters_json("minimesh")),
+             ("client@c", "/server_info"): json.dumps({"version": "minimesh-proxy/0.1.0"})}
     return types.SimpleNamespace(
         sidecar_nodes=lambda: {"client@c": "sidecar~10.0.0.1~c~client"}, sidecar_default="minimesh",
         instances=lambda: [], admin=FakeAdmin(answers), sidecar_admin=lambda name, path: texts[(name, path)])
@@ -165,7 +173,8 @@ def test_shell_commands_glue_and_errors():
                      ("clusters client@c -o yaml", "expected json or table")]:
         with pytest.raises(CLIUsageError, match=msg):
             cli_proxy_config(m, bad)
-    assert cli_proxy_status(m, "").splitlines()[1].split()[0] == "client@c"       # running, not yet seen by Pilot
+    row = cli_proxy_status(m, "").splitlines()[1]
+    assert row.split()[0] == "client@c" and row.endswith("minimesh-proxy 0.1.0")   # running, not yet seen by Pilot
     assert json.loads(cli_proxy_status(m, "-o json")) == {"generation": 1, "proxies": []}
     with pytest.raises(CLIUsageError, match="no service 'nope'"):
         cli_describe(m, "nope")
