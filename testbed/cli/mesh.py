@@ -433,5 +433,9 @@ def cli_get(mesh: Any, line: str) -> str:
 register_mesh_session(mesh_session)
 register_command(ShellCommand("apply", "Apply Istio rules to the mesh (all or nothing). Usage: apply FILE...",
                               cli_apply))
-__all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "cli_delete", "cli_get", "analyze_paths",
-           "analyze_messages", "message_json", "format_registry", "format_get", "parse_get", "default_sidecar"]
+register_command(ShellCommand("registry", "List the mesh's services and endpoints from etcd. "
+                              "Usage: registry [list] [-o json]", cli_registry))
+register_command(ShellCommand("delete", "Remove the Istio rules a file names (kubectl delete -f). "
+                              "Usage: delete -f FILE...", cli_delete))
+register_command(ShellCommand("get", "Show applied Istio rules (kubectl get). " + GET_USAGE[0].upper() + GET_USAGE[1:],
+                              cli_get))

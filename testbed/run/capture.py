@@ -131,6 +131,7 @@ def merge_keylogs(directory: Path, out: Path) -> int:
         lines += [ln for ln in f.read_text(errors="replace").splitlines() if ln and not ln.startswith("#")]
     if lines:
         out.write_text("\n".join(lines) + "\n")
+        hand_over(out)
     return len(lines)
 
 

@@ -33,11 +33,12 @@ def start_up(state: Path, *args: str, env: dict | None = None) -> subprocess.Pop
                             stderr=open(state / "up.err", "w"))
 
 
-def mm(state: Path, *args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+def mm(state: Path, *args: str, timeout: float = 60, input: str | None = None,
+       cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`minimesh ARGS` from "another terminal" (another process, same state dir)."""
     env = dict(os.environ, MINIMESH_STATE_DIR=str(state), PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=timeout, input=input)
+                          cwd=cwd, timeout=timeout, input=input)
 
 
 def wait_published(state: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
@@ -260,6 +261,14 @@ def test_inspection_of_minimesh_and_envoy_sidecars(tmp_path, envoy_bin):
         assert curl.stdout == "200", curl
         registry = json.loads(mm(tmp_path, "registry", "-o", "json").stdout)
         assert {"echo", "env"} <= set(registry["services"])
+        # the shell's kubectl-style commands are forwarded as they are: get, delete -f (a path
+        # relative to this terminal's directory)
+        got = json.loads(mm(tmp_path, "get", "destinationrule", "echo", "-o", "json").stdout)
+        assert got["metadata"]["name"] == "echo" and got["spec"]["host"] == "echo"
+        deleted = mm(tmp_path, "delete", "-f", rules.name, cwd=tmp_path)
+        assert deleted.returncode == 0 and 'virtualservice.networking.istio.io "echo" deleted' in deleted.stdout, \
+            deleted.stderr
+        assert "No resources found" in mm(tmp_path, "get", "virtualservice").stdout
     finally:
         rc, out, err = finish(tmp_path, proc, timeout=120)
     assert rc == 0, err
