@@ -14,7 +14,18 @@ package ``__init__`` files only name the public API and load it on first use.
 """
 from proxy.lazy import lazy_exports
 
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, as pip shows it)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("minimesh")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "proxy.server": ("Server",),

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from proxy import __version__
 from proxy.config.bootstrap import Bootstrap, load_bootstrap
 from proxy.config.reader import ConfigError
 from proxy.errors import StartupError
@@ -20,6 +21,8 @@ LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minimesh-proxy", description="Envoy-compatible HTTP/1.1 sidecar")
+    p.add_argument("--version", action="version", version=f"%(prog)s version: {__version__}",
+                   help="print the version (from the package metadata) and exit, as envoy --version")
     p.add_argument("-c", "--config-path", dest="config", required=True, help="bootstrap YAML or JSON")
     p.add_argument("--mode", choices=("serve", "validate"), default="serve",
                    help="validate: check the config and exit (0 = accepted)")

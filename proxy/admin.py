@@ -13,6 +13,7 @@ from typing import Any, Collection, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from proxy import __version__
+from proxy.config_dump import config_dump
 from proxy.errors import StartupError
 from proxy.running import RunningServer
 from proxy.http.codec import END, ProtocolError, RequestHead, ServerCodec, encode_response_head
@@ -119,7 +120,7 @@ class AdminServer:
     # --- endpoints ------------------------------------------------------------------------------
     def handle(self, method: str, target: str) -> tuple[int, bytes, bytes]:
         u = urlsplit(target)
-        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        q = {k: v[-1] for k, v in parse_qs(u.query, keep_blank_values=True).items()}
         path = u.path.rstrip("/") or "/"
         mutating = {"/quitquitquit", "/healthcheck/fail", "/healthcheck/ok"}
         if path in mutating and method != "POST":
@@ -202,23 +203,7 @@ class AdminServer:
         return 200, ("\n".join(lines) + "\n").encode(), _TEXT
 
     def _config_dump(self, q) -> tuple[int, bytes, bytes]:
-        b = self.server.bootstrap
-        raw = b.raw or {}
-        static = (raw.get("static_resources") or {})
-        lm = self.server.listener_manager
-        dump = {"configs": [
-            {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": raw},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
-             "static_clusters": [{"cluster": c} for c in static.get("clusters") or []],
-             "dynamic_active_clusters": [{"cluster": {"name": n}} for n, c in
-                                         self.server.cluster_manager.clusters.items()
-                                         if c.spec not in b.clusters]},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-             "static_listeners": [{"listener": lst.spec.raw} for lst in lm.listeners.values()
-                                  if lst.spec in b.listeners],
-             "dynamic_listeners": [{"name": lst.spec.name, "active_state": {"listener": lst.spec.raw}}
-                                   for lst in lm.listeners.values() if lst.spec not in b.listeners]},
-        ]}
+        dump = config_dump(self.server, include_eds="include_eds" in q)
         return 200, json.dumps(dump, indent=2, default=str).encode(), _JSON
 
     def _ready(self, q) -> tuple[int, bytes, bytes]:

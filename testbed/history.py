@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Awaitable, Callable, ClassVar, Iterable, Mapping, TypeVar, Union
 
+from testbed.paths import hand_over
+
 __all__ = ["Request", "FaultRecord", "Event", "EtcdOp", "Record", "History", "HistoryData",
            "HistoryError", "read_history", "RunClock", "FakeClock", "fault_windows", "jsonable"]
 
@@ -153,6 +155,7 @@ class History:
         if path is not None and stream is None:
             self.path = Path(path)
             self._file = open(self.path, "a", encoding="utf-8")
+            hand_over(self.path)        # the sudo user's, readable
         elif stream is not None and path is None:
             self.path, self._file = None, stream
         else:

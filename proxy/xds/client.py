@@ -143,6 +143,9 @@ class XdsClient:
         self._timers: list = []                      # warming timeouts (handles and tasks)
         self.connected = False
         self.last_update = clock()
+        # subscription label ("cds", "lds", "eds NAME", "rds NAME") -> (version, wall time,
+        # resources) of its last accepted update, for the admin's /config_dump
+        self.accepted: dict[str, tuple[str, float, tuple[dict, ...]]] = {}
         server.stats.gauge_sources.append(self.stat_items)
 
     # ------------------------------------------------------------ lifecycle
@@ -226,6 +229,7 @@ class XdsClient:
                 await self._activate(lambda s: _rds_name(s) == st.names[0])   # ends warming
             return
         st.accepted(resp.version_info, resp.nonce, empty=not resp.resources)
+        self.accepted[sub.label] = (resp.version_info, time.time(), tuple(resp.resources))   # /config_dump
         log.info("xDS %s: applied version %s (%d resources)", sub.label, resp.version_info, len(resp.resources))
 
     def _contact(self, ok: bool) -> None:
@@ -266,6 +270,7 @@ class XdsClient:
         for name in list(self.eds):
             if upd.eds.get(name) != self.eds[name].key:
                 sub = self.eds.pop(name)
+                self.accepted.pop(sub.label, None)
                 if sub.task is not None:
                     sub.task.cancel()
         for name, (resource, source) in upd.eds.items():
@@ -360,6 +365,7 @@ class XdsClient:
         for name in list(self.rds):
             if upd.rds.get(name) != self.rds[name].source:
                 sub = self.rds.pop(name)
+                self.accepted.pop(sub.label, None)
                 if sub.task is not None:
                     sub.task.cancel()
                 self.routes.pop(name, None)

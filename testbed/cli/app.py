@@ -15,15 +15,17 @@ from typing import Iterator, Sequence
 import testbed.cli.clean as clean
 import testbed.cli.demo as demo
 import testbed.cli.doctor as doctor
+import testbed.cli.inspection  # noqa: F401  (registers proxy-status, proxy-config, describe in the up shell)
 import testbed.cli.mesh as mesh
+import testbed.cli.remote as remote
 import testbed.cli.run as run
 import testbed.cli.up as up
 from testbed.cli.subcommand import Subcommand
 from testbed.net.lifecycle import EXIT_FAIL
 
-__all__ = ["SUBCOMMAND_MODULES", "iter_subcommands", "build_parser", "main"]
+__all__ = ["SUBCOMMAND_MODULES", "iter_subcommands", "build_parser", "package_version", "main"]
 
-SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, mesh)
+SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, mesh, remote)
 
 
 def iter_subcommands(modules: Sequence[ModuleType | str] | None = None) -> Iterator[Subcommand]:
@@ -35,15 +37,49 @@ def iter_subcommands(modules: Sequence[ModuleType | str] | None = None) -> Itera
 def build_parser(modules: Sequence[ModuleType | str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minimesh", description="Mininet-based network emulation testbed for service-mesh experiments")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for cmd in iter_subcommands(modules):
+    commands = list(iter_subcommands(modules))
+    if modules is None:     # the up shell's other commands, run in the running testbed (testbed.cli.remote)
+        commands += remote.forwarders(c.name for c in commands)
+        commands.append(COMPLETION)
+    for cmd in commands:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
 
 
+def _configure_completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", nargs="?", choices=("bash", "zsh", "tcsh"), default="bash")
+
+
+def _run_completion(args: argparse.Namespace) -> int:
+    """The completion script, made from this very parser by shtab (static: no Python runs at TAB)."""
+    import shtab    # late: only this command needs it
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+COMPLETION = Subcommand("completion", "print the shell completion script (as kubectl completion bash; "
+                        "./minimesh installs it in /etc/bash_completion.d)", _configure_completion, _run_completion)
+
+
+def package_version(dist: str = "minimesh") -> str:
+    """The installed distribution's version (pyproject.toml), as pip shows it."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown (not installed: run ./minimesh once)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[1:2] not in (["-h"], ["--help"]) and argv[0] in remote.forwarded_names(
+            c.name for c in iter_subcommands()):
+        # the shell's own options and --run may come anywhere: the line is the shell's to parse
+        return remote.remote_command(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args))

@@ -39,7 +39,7 @@ from testbed.cli.subcommand import BACKENDS, Subcommand, load_topology_or_exit
 from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.net.lifecycle import Terminated, require_root, run_testbed, teardown_signals
 from testbed.net.running import RunningTestbed
-from testbed.paths import REPO
+from testbed.paths import REPO, hand_over_tree, user_dir
 
 __all__ = ["SUBCOMMANDS", "parse_ping", "path_between", "Measurement", "Part", "delay_part",
            "front_proxy_part", "canary_part", "format_summary", "PARTS"]
@@ -300,7 +300,7 @@ def _run_delay(args: argparse.Namespace, topology: Any, fallback: bool, out: Pat
 def _run_experiment(name: str, args: argparse.Namespace, out: Path) -> Part:
     """``experiments/<name>.py --quick --out <out>`` (capture on: <out>/pcap), its output
     shown and kept in <out>/run.log."""
-    out.mkdir(parents=True, exist_ok=True)
+    user_dir(out)
     argv = [sys.executable, str(REPO / "experiments" / f"{name}.py"), "--quick", "--out", str(out),
             "--link-backend", args.link_backend]
     print(f"\n*** {name}: {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr, flush=True)
@@ -348,8 +348,7 @@ def _run(args: argparse.Namespace) -> int:
     from mininet.log import setLogLevel     # late: Mininet (--help and the unit tests do without it)
     setLogLevel("output")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = (args.out or Path("results") / f"demo-{stamp}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = user_dir((args.out or Path("results") / f"demo-{stamp}").resolve())
     started = time.monotonic()
     parts: list[Part] = []
     try:
@@ -361,7 +360,9 @@ def _run(args: argparse.Namespace) -> int:
         print("\n*** interrupted", file=sys.stderr)
         print(format_summary(parts, out, _write_index(out, parts)))
         return 130
-    print(format_summary(parts, out, _write_index(out, parts)))
+    index = _write_index(out, parts)
+    hand_over_tree(out)
+    print(format_summary(parts, out, index))
     print(f"(demo took {time.monotonic() - started:.0f} s)")
     return EXIT_OK if all(p.ok for p in parts) else EXIT_FAIL
 

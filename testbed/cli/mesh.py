@@ -34,7 +34,7 @@ from testbed.topology.load import load_topology
 from testbed.topology.spec import TopologyError
 
 __all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "cli_delete", "cli_get", "analyze_paths",
-           "format_registry", "format_get", "parse_get", "default_sidecar"]
+           "analyze_messages", "message_json", "format_registry", "format_get", "parse_get", "default_sidecar"]
 
 
 # --- analyze ------------------------------------------------------------------------------
@@ -42,6 +42,18 @@ __all__ = ["SUBCOMMANDS", "mesh_session", "cli_apply", "cli_registry", "cli_dele
 def analyze_paths(paths: Sequence[str]) -> tuple[list[str], int]:
     """Galley over topologies (their mesh.services and mesh.rules files, fully validated by
     the topology loader) and rule files: (formatted messages, exit code 1 on any Error)."""
+    msgs = analyze_messages(paths)
+    return [m.format() for m in msgs], int(any(m.level == ERROR for m in msgs))
+
+
+def message_json(m: Message) -> dict:
+    """One message as ``istioctl analyze -o json`` prints it (plus file and line apart)."""
+    return {"code": m.code, "level": m.level, "message": m.text, "origin": m.resource,
+            "reference": f"{m.file}:{m.line}" if m.file else "", "file": m.file, "line": m.line}
+
+
+def analyze_messages(paths: Sequence[str]) -> list[Message]:
+    """The messages of :func:`analyze_paths`, sorted by file, line and code."""
     from testbed.mesh.rules.galley import analyze, load_files  # late: keeps `minimesh` start-up and --help light
     services: list | None = None
     rule_files: list[str] = []
@@ -69,8 +81,7 @@ def analyze_paths(paths: Sequence[str]) -> tuple[list[str], int]:
     if services is None and rules:
         msgs.append(Message("MM0010", INFO, "no topology given: hosts and subsets were not "
                             "checked against services (pass the topology file too)"))
-    msgs = sorted(msgs + analyze(services, rules), key=lambda m: (m.file, m.line, m.code))
-    return [m.format() for m in msgs], int(any(m.level == ERROR for m in msgs))
+    return sorted(msgs + analyze(services, rules), key=lambda m: (m.file, m.line, m.code))
 
 
 def _is_topology(path: str) -> bool:
@@ -84,6 +95,10 @@ def _is_topology(path: str) -> bool:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
+    if args.output == "json":
+        msgs = analyze_messages(args.files)
+        print(json.dumps([message_json(m) for m in msgs], indent=1))
+        return int(any(m.level == ERROR for m in msgs))
     lines, code = analyze_paths(args.files)
     for line in lines:
         print(line)
@@ -115,11 +130,26 @@ def _admin(run: int | None) -> AdminClient:
     return AdminClient(meshes[0]["socket"])
 
 
+def _up_run(run: int | None) -> int | None:
+    """The ``minimesh up`` (with a mesh) that ``--run`` names, or the only one; None: use
+    Pilot's admin socket (a mesh an experiment runs, or none: _admin says so)."""
+    from testbed.cli.control import ControlError, running_ups
+    try:
+        ups = [r for r in running_ups() if r.mesh and (run is None or r.pid == run)]
+    except ControlError:
+        return None
+    return ups[0].pid if len(ups) == 1 else None
+
+
 def _run_apply(args: argparse.Namespace) -> int:
     for p in args.file:
         if not Path(p).is_file():
             print(f"minimesh apply: {p}: no such file", file=sys.stderr)
             return EXIT_USAGE
+    run = _up_run(args.run)
+    if run is not None:      # the running `up`'s own apply: the same path as typing it there
+        from testbed.cli.control import remote_command
+        return remote_command("apply", [str(Path(p).resolve()) for p in args.file] + ["--run", str(run)])
     lines, code = _admin(args.run).apply_files(args.file)
     for line in lines:
         print(line, file=sys.stderr if code else sys.stdout)
@@ -151,7 +181,8 @@ def _run_registry(args: argparse.Namespace) -> int:
     except AdminUnavailable as e:
         print(f"minimesh registry: cannot reach Pilot: {e}", file=sys.stderr)
         return EXIT_FAIL
-    print(json.dumps(body, indent=1) if args.json else format_registry(body), end="\n" if args.json else "")
+    as_json = args.output == "json"
+    print(json.dumps(body, indent=1) if as_json else format_registry(body), end="\n" if as_json else "")
     return EXIT_OK if status == 200 else EXIT_FAIL
 
 
@@ -165,11 +196,15 @@ def _configure_apply(p: argparse.ArgumentParser) -> None:
 
 def _configure_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="topology and/or Istio rule files")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                   help="json: a list of {code, level, message, origin, reference}, as istioctl analyze -o json")
 
 
 def _configure_registry(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", choices=("list",), default="list")
-    p.add_argument("--json", action="store_true", help="print the raw listing")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                   help="json: the listing as Pilot's admin API gives it")
+    p.add_argument("--json", action="store_const", dest="output", const="json", help="same as -o json")
     p.add_argument("--run", type=int, default=None, metavar="PID")
 
 
@@ -251,13 +286,16 @@ def cli_registry(mesh: Any, line: str) -> str:
     """The Mininet CLI's ``registry [list]``; raises CLIUsageError on usage or an unreachable Pilot."""
     if mesh is None:
         raise CLIUsageError("registry: this topology has no mesh: section")
-    if line.strip() not in ("", "list"):
-        raise CLIUsageError("usage: registry [list]")
+    words = line.split()
+    if words[:1] == ["list"]:
+        words = words[1:]
+    if words not in ([], ["-o", "json"], ["-o", "table"], ["-ojson"], ["--json"]):
+        raise CLIUsageError("usage: registry [list] [-o json]")
     try:
         _, body = mesh.admin.request("GET", "/registry")
     except AdminUnavailable as e:
         raise CLIUsageError(f"registry: cannot reach Pilot: {e}") from None
-    return format_registry(body)
+    return json.dumps(body, indent=1) + "\n" if "json" in " ".join(words) else format_registry(body)
 
 
 # --- delete -f / get, as kubectl has them -------------------------------------------------
@@ -395,8 +433,8 @@ def cli_get(mesh: Any, line: str) -> str:
 register_mesh_session(mesh_session)
 register_command(ShellCommand("apply", "Apply Istio rules to the mesh (all or nothing). Usage: apply FILE...",
                               cli_apply))
-register_command(ShellCommand("registry", "List the mesh's services and endpoints from etcd. Usage: registry [list]",
-                              cli_registry))
+register_command(ShellCommand("registry", "List the mesh's services and endpoints from etcd. "
+                              "Usage: registry [list] [-o json]", cli_registry))
 register_command(ShellCommand("delete", "Remove the Istio rules a file names (kubectl delete -f). "
                               "Usage: delete -f FILE...", cli_delete))
 register_command(ShellCommand("get", "Show applied Istio rules (kubectl get). " + GET_USAGE[0].upper() + GET_USAGE[1:],

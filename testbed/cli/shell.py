@@ -18,6 +18,10 @@ restore and the fault commands) is a fault op of the session's Nemesis: listed b
 ``faults``, reverted by ``heal`` and at exit, and appended to the session's history
 (``minimesh up --out DIR``) as it happens.
 
+Other terminals run the same commands through the control socket (:mod:`testbed.cli.control`):
+:meth:`TestbedCLI.remote` runs a line as if typed, one command at a time (a lock around
+``onecmd``), and returns what it printed.
+
 ``cmd.Cmd`` reads a command name as a run of ``identchars``; '-' is added to them and
 each hyphenated command is registered under its hyphenated name (``do_link-set``), so
 ``help``, completion and dispatch all see ``link-set``. When standard input is not a
@@ -27,15 +31,20 @@ an earlier command.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
+import json
 import logging
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, IO
+from typing import Any, Callable, ContextManager, IO, Iterator
 
 from mininet.cli import CLI
 from mininet.log import LEVELS, StreamHandlerNoNewline, error, lg, output
 
+from testbed.cli.control import REFUSED
 from testbed.cli.faults import FaultCommandError, FaultCommands, session_for
 from testbed.cli.shell_commands import CLIUsageError, ShellCommand, mesh_session, registered_commands
 from testbed.faults.base import FaultError
@@ -44,7 +53,8 @@ from testbed.net.control import ControlError
 from testbed.net.running import RunningTestbed
 from testbed.shape import ShapeError
 
-__all__ = ["TestbedCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop",]
+__all__ = ["TestbedCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop",
+           "parse_output", "link_show"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,40 @@ def parse_restore(line: str) -> tuple[str | None, str | None]:
     return (words + [None, None])[0], (words + [None, None])[1]
 
 
+def parse_output(line: str, command: str) -> str:
+    """``[-o table|json]`` (kubectl's flag) -> the format; anything else is a usage error."""
+    words = line.split()
+    if not words:
+        return "table"
+    if len(words) == 2 and words[0] in ("-o", "--output") and words[1] in ("table", "json"):
+        return words[1]
+    if len(words) == 1 and words[0] in ("-ojson", "--output=json", "-otable", "--output=table"):
+        return words[0].rpartition("json")[1] or "table"
+    raise CLIUsageError(f"usage: {command} [-o json]")
+
+
+def link_show(ctl: Any, fmt: str = "table") -> str:
+    """``link-show``: each link's shape per direction (and whether it is down), then the drops;
+    ``fmt`` "json": {"links": [{"a", "b", "up", "forward", "backward"}], "drops": [{"src", "dst", "src_ip"}]}
+    with the shapes in netem's units (LinkShape's fields)."""
+    links, lines = [], []
+    for a, b, link in ctl.links():
+        if hasattr(link, "get_shapes"):
+            fwd, back = link.get_shapes()
+            up = getattr(link, "is_up", lambda: True)() is not False
+            links.append({"a": a, "b": b, "up": up, "forward": dataclasses.asdict(fwd),
+                          "backward": dataclasses.asdict(back)})
+            down = "" if up else "  [DOWN]"
+            lines.append(f"{a:>8} -> {b:<8} {fwd.describe()}{down}\n{b:>8} -> {a:<8} {back.describe()}{down}\n")
+        else:
+            links.append({"a": a, "b": b, "up": True, "forward": None, "backward": None})
+            lines.append(f"{a} <-> {b}: (not shaped)\n")
+    drops = [{"src": r.src, "dst": r.dst, "src_ip": r.src_ip} for r in ctl.drops()]
+    if fmt == "json":
+        return json.dumps({"links": links, "drops": drops}, indent=1) + "\n"
+    return "".join(lines) + "".join(f"drop {d['src']} -> {d['dst']} ({d['src_ip']})\n" for d in drops)
+
+
 def route_output_to_stdout() -> None:
     """Mininet logs everything, command output included, to stderr. Send the 'output'
     level (what commands print) to stdout, so ``... | minimesh up t.yaml | grep`` works;
@@ -151,10 +195,11 @@ class TestbedCLI(FaultCommands, CLI):
     HYPHENATED = ("link-set", "link-show", "link-down", "link-up")
 
     def __init__(self, testbed: RunningTestbed, stdin: IO[str] = sys.stdin, history: Any = None,
-                 clock: Any = None, on_ready: Callable[["TestbedCLI"], Any] | None = None, **kwargs: Any):
+                 clock: Any = None, on_ready: Callable[["TestbedCLI"], Any] | None = None,
+                 control: Callable[["TestbedCLI"], ContextManager[Any]] | None = None, **kwargs: Any):
         self.tb = testbed
         self.errors = 0
-        self._lock = threading.RLock()      # one command at a time, typed or from the page
+        self._lock = threading.RLock()      # one command at a time: typed, from the control socket or the page
         self.extra_commands = {cmd.name: cmd for cmd in registered_commands()}
         for cmd in self.extra_commands.values():
             setattr(self, "do_" + cmd.name, self._registered_command(cmd))
@@ -164,15 +209,13 @@ class TestbedCLI(FaultCommands, CLI):
             stop = None
             try:
                 stop = on_ready(self) if on_ready is not None else None
-                super().__init__(testbed.net, stdin=stdin, **kwargs)
+                # the control socket (minimesh COMMAND --run ID) lives as long as the prompt
+                with control(self) if control is not None else contextlib.nullcontext():
+                    super().__init__(testbed.net, stdin=stdin, **kwargs)
             finally:
                 if stop is not None:
                     stop()
                 self.close_faults()                 # every session ends healed
-
-    def onecmd(self, line: str) -> Any:
-        with self._lock:
-            return super().onecmd(line)
 
     def command(self, line: str) -> tuple[bool, str]:
         """Run one shell command from another thread, as if typed: (ok, what it printed,
@@ -188,6 +231,29 @@ class TestbedCLI(FaultCommands, CLI):
                 lg.removeHandler(captured)
             ok, self.errors = self.errors == errors, errors
             return ok, "".join(captured.lines)
+    # --- commands from another terminal (testbed.cli.control) ------------------------------
+
+    def onecmd(self, line: str) -> bool:
+        with self._lock:
+            return bool(super().onecmd(line))
+
+    def remote(self, line: str, client: str = "") -> tuple[str, str, int]:
+        """Run ``line`` as if typed at the prompt (the same fault ops, history, capture
+        comments); returns (stdout, stderr, status 0/1). Its output is also shown here. A
+        failed remote command is the caller's failure, not the session's (``errors`` unchanged)."""
+        name = line.split(maxsplit=1)[0] if line.strip() else ""
+        if name in REFUSED or "do_" + name not in self.get_names():
+            known = name in getattr(getattr(self, "mn", None), "nameToNode", {})
+            why = (f"{name} is a node: use minimesh exec {name} CMD..." if known else
+                   f"{name!r} is not a command this shell takes from another terminal")
+            return "", f"*** {why}\n", 2
+        with self._lock:
+            output(f"{self.prompt}{line}    # from {client or 'another terminal'}\n")
+            with _captured() as (out, err):
+                before = self.errors
+                self.onecmd(line)
+                failed, self.errors = self.errors > before, before
+        return out.getvalue(), err.getvalue(), int(failed)
 
     # --- minimesh commands -------------------------------------------------------------
 
@@ -201,20 +267,8 @@ class TestbedCLI(FaultCommands, CLI):
         self._guard(run)
 
     def do_link_show(self, line: str) -> None:
-        """Show every link's shape per direction, and active drops. Usage: link-show"""
-        def run() -> None:
-            ctl = self.tb.control
-            for a, b, link in ctl.links():
-                if hasattr(link, "get_shapes"):
-                    fwd, back = link.get_shapes()
-                    down = "  [DOWN]" if getattr(link, "is_up", lambda: True)() is False else ""
-                    output(f"{a:>8} -> {b:<8} {fwd.describe()}{down}\n"
-                           f"{b:>8} -> {a:<8} {back.describe()}{down}\n")
-                else:
-                    output(f"{a} <-> {b}: (not shaped)\n")
-            for rule in ctl.drops():
-                output(f"drop {rule.src} -> {rule.dst} ({rule.src_ip})\n")
-        self._guard(run)
+        """Show every link's shape per direction, and active drops. Usage: link-show [-o json]"""
+        self._guard(lambda: output(link_show(self.tb.control, parse_output(line, "link-show"))))
 
     def do_link_down(self, line: str) -> None:
         """Bring a link down (both ends). Usage: link-down NODE1 NODE2"""
@@ -278,6 +332,25 @@ class TestbedCLI(FaultCommands, CLI):
         except KeyboardInterrupt:
             node.sendInt()
             raise
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """What this thread logs through Mininet's logger: 'output' into the first buffer,
+    warnings and errors into the second (the terminal's handlers still print it all)."""
+    out, err = io.StringIO(), io.StringIO()
+    me, level = threading.get_ident(), LEVELS["output"]
+
+    class Tee(logging.Handler):
+        def emit(self, rec: logging.LogRecord) -> None:
+            if rec.thread == me and (rec.levelno == level or rec.levelno >= logging.WARNING):
+                (out if rec.levelno == level else err).write(rec.getMessage())
+    handler = Tee()
+    lg.addHandler(handler)
+    try:
+        yield out, err
+    finally:
+        lg.removeHandler(handler)
 
 
 for _name in TestbedCLI.HYPHENATED:

@@ -1,11 +1,12 @@
 """``minimesh up TOPOLOGY``: build a topology and open the shell on it
 (:class:`testbed.cli.shell.TestbedCLI`; reads stdin when it is not a terminal), with the
 mesh of its ``mesh:`` section. ``--out DIR`` records the session's fault operations in
-DIR/history.jsonl and writes DIR/report.html at exit; ``--capture DIR`` records pcapng per
-host interface, annotated at exit; with a mesh that runs Citadel, the sidecars' TLS secrets
-are embedded in every file then (``editcap --inject-secrets``), and the lines printed to open
-them carry the Decode As the service ports need. ``--ui [ADDR:PORT]`` serves the live page
-(docs/ui.md).
+DIR/history.jsonl; ``--capture DIR`` records pcapng per host interface, annotated at exit;
+with a mesh that runs Citadel, the sidecars' TLS secrets are embedded in every file then
+(``editcap --inject-secrets``), and the lines printed to open them carry the Decode As the
+service ports need. While the shell runs, its control socket (:mod:`testbed.cli.control`)
+takes the same commands from other terminals (``minimesh COMMAND --run ID``, ``ps``,
+``exec``). What it writes for the user is handed to SUDO_UID (:func:`testbed.paths.hand_over`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.mesh.spec import mesh_names
 from testbed.net.lifecycle import require_root, run_testbed
 from testbed.net.running import RunningTestbed
+from testbed.paths import hand_over_tree, user_dir
 
 __all__ = ["SUBCOMMANDS", "HISTORY", "UP_SOURCE", "UpOptionError", "up_history_path", "open_history"]
 
@@ -72,7 +74,7 @@ def up_history_path(out: str | None, capture: str | None) -> Path | None:
 def open_history(path: Path, clock: Any) -> Any:
     """A History on ``path``, created now (exclusively: an existing file is an UpOptionError)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        user_dir(path.parent)
         path.open("x").close()
     except FileExistsError:
         raise UpOptionError(f"{path} exists; a history is never overwritten") from None
@@ -123,7 +125,8 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
         if args.ui and hist is None:        # the page's timeline needs the session's fault ops
             hist = History(stream=open(os.devnull, "w"), clock=clock)
         on_ready = _ui_starter(args.ui, hist, clock) if args.ui else None
-        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock, on_ready=on_ready).errors else EXIT_OK
+        status = EXIT_FAIL if TestbedCLI(tb, history=hist, clock=clock, on_ready=on_ready,
+                                            control=_control(tb, args, history_path)).errors else EXIT_OK
     except UpOptionError as e:
         print(f"minimesh up: {e}", file=sys.stderr)
     except BaseException as e:
@@ -136,6 +139,8 @@ def _up_session(tb: RunningTestbed, args: argparse.Namespace, history_path: Path
         finished = cap is None or _finish_capture(cap, history_path, clock.wall0, _names(tb), *_ports(tb))
         if args.out and history_path is not None and history_path.exists():
             _write_report(history_path.parent, tb, cap)
+        for d in {p for p in (history_path.parent if history_path else None, cap.dir if cap else None) if p}:
+            hand_over_tree(d)           # what this session wrote there is the sudo user's
     return status if finished else EXIT_FAIL
 
 
@@ -155,6 +160,18 @@ def _ui_starter(listen: str, hist: Any, clock: Any) -> Any:
     from testbed.ui.server import parse_listen
     address, port = parse_listen(listen)
     return lambda cli: start_live(cli, address, port, hist, clock)
+
+
+def _control(tb: RunningTestbed, args: argparse.Namespace, history_path: Path | None) -> Any:
+    """The control socket's factory for the shell (``minimesh COMMAND --run ID``, ``ps``, ``exec``)."""
+    from testbed.cli.control import ControlServer    # late: the shell's thread server, when a shell runs
+    publish = {"topology": getattr(tb.topology, "name", "") or args.topology,
+               "hosts": {h: tb.host(h).pid for h in tb.host_names}, "ips": {h: tb.ip(h) for h in tb.host_names},
+               "switches": [s.name for s in getattr(tb.net, "switches", [])],
+               "out": str(history_path.parent) if history_path is not None and args.out else None,
+               "capture": str(Path(args.capture).expanduser().resolve()) if args.capture else None,
+               "mesh": bool((getattr(tb.topology, "sections", None) or {}).get("mesh"))}
+    return lambda cli: ControlServer(tb.journal, cli.remote, publish)
 
 
 def _names(tb: RunningTestbed) -> dict[str, str]:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from testbed.paths import hand_over, user_dir
+
 if TYPE_CHECKING:
     from testbed.net.running import RunningTestbed
 
@@ -129,6 +131,7 @@ def merge_keylogs(directory: Path, out: Path) -> int:
         lines += [ln for ln in f.read_text(errors="replace").splitlines() if ln and not ln.startswith("#")]
     if lines:
         out.write_text("\n".join(lines) + "\n")
+        hand_over(out)
     return len(lines)
 
 
@@ -160,7 +163,7 @@ class Capture:
     def start(self, ready_timeout_s: float = 5.0) -> "Capture":
         if shutil.which("tcpdump") is None:
             raise RuntimeError("--capture needs tcpdump (apt install tcpdump)")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        user_dir(self.dir)
         logs = []
         for h in self.hosts:
             for intf in self.tb.host(h).intfNames():
@@ -200,12 +203,14 @@ class Capture:
         for cf in self.files:      # tcpdump writes pcap: make every file the pcapng its name says
             if cf.path.exists() and cf.path.stat().st_size > 0 and cf.path.read_bytes()[:4] != b"\x0a\x0d\x0d\x0a":
                 self._rewrite(cf.path, ["editcap", "-F", "pcapng"])
+            hand_over(cf.path)        # tcpdump -Z root wrote it: the sudo user's, readable
 
     def _rewrite(self, path: Path, argv: list[str]) -> None:
         tmp = path.with_suffix(".tmp.pcapng")
         subprocess.run(argv + [str(path), str(tmp)] if argv[0] == "editcap" else argv + ["-w", str(tmp)],
                        check=True, capture_output=True)
         os.replace(tmp, path)
+        hand_over(path)
 
     def annotate(self, faults: Iterable[Any], wall0: float, events: Iterable[Any] = ()) -> dict[str, int]:
         """Fault ops (and milestone ``events``, see :func:`event_comments`) as packet comments
@@ -234,7 +239,8 @@ class Capture:
                 tmp = f.path.with_suffix(".tmp.pcapng")
                 tmp.write_bytes(insert_nrb(f.path.read_bytes(), names))
                 os.replace(tmp, f.path)
-        return hosts
+                hand_over(f.path)
+        return hand_over(hosts)
 
     def inject_secrets(self, keylog: Path) -> int:
         """Embed a TLS key log in every capture (Wireshark then decrypts without settings)."""

@@ -42,6 +42,7 @@ from testbed.faults.targets import TestbedTarget
 from testbed.history import History, HistoryData, RunClock, read_history
 from testbed.mesh.spec import mesh_names     # importing it registers the topology's mesh: section
 from testbed.net.lifecycle import require_root, run_testbed
+from testbed.paths import hand_over_tree, user_dir
 from testbed.paths import REPO, child_env
 from testbed.run.capture import Capture
 from testbed.run.config_sync import wait_for_config
@@ -284,8 +285,7 @@ class Experiment:
     def main(self, argv: Sequence[str] | None = None) -> int:
         args = self.parser().parse_args(argv)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = (args.out or Path("results") / f"{self.name}-{stamp}").resolve()
-        out.mkdir(parents=True, exist_ok=True)
+        out = user_dir((args.out or Path("results") / f"{self.name}-{stamp}").resolve())
         (out / "history.jsonl").unlink(missing_ok=True)
         require_root(f"run experiments/{self.name}.py")
         try:
@@ -380,6 +380,8 @@ class Experiment:
         except Exception as e:     # the results stand without their page; the failure is shown
             traceback.print_exc()
             print(f"*** report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
+        for d in {ctx.out, *([cap.dir] if cap is not None else [])}:
+            hand_over_tree(d)       # logs, plots, captures: the sudo user's, readable
         passed = report(ctx)
         return status if status != 0 else passed
 

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 from rich.live import Live
 from rich.table import Table
 
+from testbed.paths import hand_over, user_dir
 from testbed.run.checkers.requests import windows
 from testbed.run.checkers.split import SplitVerdict
 from testbed.history import Event, FaultRecord, History, Record, Request, fault_windows, jsonable
@@ -47,8 +48,7 @@ def overall_valid(verdicts: Mapping[str, Any]) -> tuple[bool, list[str]]:
 def write_results(out_dir: str | Path, experiment: str, seed: int | None, params: Mapping[str, Any],
                   metrics: Mapping[str, Any], verdicts: Mapping[str, Any]) -> Path:
     """Write ``out_dir/results.json`` atomically (a reader never sees half a file)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = user_dir(out_dir)
     valid, failed = overall_valid(verdicts)
     doc = {"experiment": experiment, "seed": seed, "params": jsonable(params), "metrics": jsonable(metrics),
            "verdicts": jsonable(dict(verdicts)), "valid": valid, "failed": failed}
@@ -61,7 +61,7 @@ def write_results(out_dir: str | Path, experiment: str, seed: int | None, params
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return out / "results.json"
+    return hand_over(out / "results.json")     # mkstemp made it 0600: readable, and the sudo user's
 
 
 def read_results(out_dir: str | Path) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequenc
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
-    return Path(path)
+    return hand_over(path)
 
 
 def plot_split(path: str | Path, verdict: SplitVerdict, title: str = "") -> Path:
@@ -143,7 +143,7 @@ def plot_split(path: str | Path, verdict: SplitVerdict, title: str = "") -> Path
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
-    return Path(path)
+    return hand_over(path)
 
 
 class LiveProgress:

@@ -6,9 +6,9 @@ through the etcd client and the xDS resources, cryptography: it is for the Pilot
 only; ``AdminClient``, which ``minimesh apply`` / ``registry`` load, lives in ``process``.
 
 - :class:`MeshPilot`: :class:`~testbed.mesh.pilot.server.Pilot` that can tell which nodes
-  are current (``GET /status``);
+  are current (``GET /status``) and each node's sync per xDS type (``GET /proxy-status``);
 - :class:`AdminApi`: the HTTP API on the unix socket (``POST /apply``, ``GET /registry``,
-  ``/status``, ``/syncz``, ``/healthz``);
+  ``/status``, ``/syncz``, ``/proxy-status``, ``/describe``, ``/healthz``);
 - :func:`run`: the process's body, from the config to SIGTERM.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from testbed.aio import stop_event
 from testbed.mesh.etcd.client import EtcdClient
 from testbed.mesh.etcd.registry import DEFAULT_PREFIX, Discovery, parse_endpoint
 from testbed.mesh.model import Message, ServiceSpec, VersionSpec
+from testbed.mesh.pilot.describe import DescribeError, describe_service
 from testbed.mesh.pilot.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, XdsSource
 from testbed.mesh.pilot.security import SDS_ROOT_ENV
 from testbed.mesh.pilot.server import ApplyRejected, NodeState, Pilot
@@ -60,6 +61,53 @@ class MeshPilot(Pilot):
                     getattr(sub, "asked_version", "").endswith(h)):
                 return False
         return True
+
+
+    # --- istioctl proxy-status ------------------------------------------------------------
+
+    XDS_COLUMNS = (("CDS", CLUSTER), ("LDS", LISTENER), ("EDS", ENDPOINT), ("RDS", ROUTE))
+
+    def proxy_status(self) -> dict:
+        """Per node and xDS type, the version it holds against what Pilot would send now:
+        SYNCED (the same content), STALE (something else: an older push, or a NACK of the
+        latest; ``error`` says which), NOT SENT (nothing sent nor held). EDS aggregates the
+        node's subscriptions of the clusters it has now (as :meth:`node_current`)."""
+        proxies = []
+        for nid, ns in list(self.nodes.items()):
+            types = {}
+            for short, t in self.XDS_COLUMNS:
+                subs = [(names, sub) for (tt, names), sub in list(ns.subs.items()) if tt == t]
+                if t == ENDPOINT:
+                    wanted = {c["name"] for c in self._resources(ns.node, CLUSTER, ())[0] if c.get("type") == "EDS"}
+                    subs = [(n, s) for n, s in subs if wanted & set(n)]
+                types[short] = _aggregate([self._sub_status(ns, t, n, s) for n, s in subs])
+            proxies.append({"node": nid, "last_seen": ns.last_seen, "types": types})
+        return {"generation": self.generation, "proxies": proxies}
+
+    def _sub_status(self, ns: NodeState, type_url: str, names: tuple[str, ...], sub: Any) -> dict:
+        h = self._resources(ns.node, type_url, names)[1]
+        held = sub.acked_version or getattr(sub, "asked_version", "")
+        out = {"names": list(names), "acked": held, "sent": sub.sent_version, "latest": f"{self.generation}-{h}",
+               "error": ""}
+        if held.endswith("-" + h) or getattr(sub, "asked_version", "").endswith("-" + h):
+            out["status"] = "SYNCED"
+        elif sub.sent_version or held:
+            out["status"] = "STALE"
+            if sub.nacked_version.endswith("-" + h):
+                out["error"] = f"NACK of {sub.nacked_version}: {sub.nack_error}"
+        else:
+            out["status"] = "NOT SENT"
+        return out
+
+
+def _aggregate(subs: list[dict]) -> dict:
+    """One column of proxy-status from a type's subscriptions (EDS has one per cluster)."""
+    if not subs:
+        return {"status": "NOT SENT", "subscriptions": []}
+    order = ("STALE", "NOT SENT", "SYNCED")
+    status = min((s["status"] for s in subs), key=order.index)
+    return {"status": status, "acked": subs[0]["acked"] if len(subs) == 1 else "",
+            "latest": subs[0]["latest"] if len(subs) == 1 else "", "subscriptions": subs}
 
 
 def _services(raw: list[dict]) -> list:
@@ -136,6 +184,8 @@ class AdminApi:
         app.router.add_get("/registry", self.registry)
         app.router.add_get("/status", self.status)
         app.router.add_get("/syncz", self.syncz)
+        app.router.add_get("/proxy-status", self.proxy_status)
+        app.router.add_get("/describe", self.describe)
         app.router.add_get("/healthz", self.healthz)
         return app
 
@@ -224,6 +274,15 @@ class AdminApi:
     async def syncz(self, request: web.Request) -> web.Response:
         return web.json_response({"generation": self.pilot.generation,
                                   "nodes": [n.summary() for n in list(self.pilot.nodes.values())]})
+
+    async def proxy_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.pilot.proxy_status())
+
+    async def describe(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(describe_service(self.pilot.state, request.query.get("service", "")))
+        except DescribeError as e:
+            return web.json_response({"error": str(e)}, status=404)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")

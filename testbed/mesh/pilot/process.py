@@ -17,7 +17,9 @@ config. Pilot serves xDS on ``listen`` (inside the testbed) and watches the regi
 every network namespace that sees the file): ``POST /apply`` (same body and answers as
 Pilot's own /apply), ``POST /delete`` (the same body; ``kubectl delete -f``), ``GET /rules``
 (the applied rules with their YAML), ``GET /registry`` (a linearizable listing of etcd), ``GET /status``
-(generation, endpoints, which nodes have ACKed everything), ``GET /syncz``, ``/healthz``.
+(generation, endpoints, which nodes have ACKed everything), ``GET /syncz``, ``/healthz``,
+``GET /proxy-status`` (per node and xDS type: SYNCED, STALE, NOT SENT) and
+``GET /describe?service=NAME`` (:mod:`testbed.mesh.pilot.describe`).
 :class:`AdminClient` speaks to it; ``minimesh apply`` / ``registry`` use it.
 
 The process's body -- Pilot, the registry watch, the admin API's server -- is
