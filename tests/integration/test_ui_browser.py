@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -188,7 +189,7 @@ def test_live_page_shows_the_mesh_and_drives_a_link_delay(tmp_path, browser):
 
         ok, text = run_action(browser, "link-set", f"{P}h1 {P}s delay=100ms")
         assert ok and f"#0: link {P}h1-{P}s delay=100ms" in text, text
-        wait_for("the edge's p99 to rise", lambda: (edge_p99(browser, edge) or 0) >= max(150.0, base + 100), 30)
+        wait_for("the edge's p99 to rise", lambda: (edge_p99(browser, edge) or 0) >= max(150.0, base + 100), 60)
         wait_for("the fault in the timeline", lambda: any(f"link {P}h1-{P}s delay=100ms" in li.text for li in
                                                          browser.find_elements("css selector", "#timeline li.fault")))
         link = browser.find_element("css selector", f'[data-link="{P}h1-{P}s"]')
@@ -237,9 +238,13 @@ def test_live_page_shows_the_mesh_and_drives_a_link_delay(tmp_path, browser):
         proc.stdin.flush()
         proc.wait(timeout=90)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:             # a failed step: tear the testbed down as Ctrl-C does
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 1, "".join(err.lines)           # the typed link-set failed
     from testbed.history import read_history
     faults = read_history(out / "history.jsonl").faults
