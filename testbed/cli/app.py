@@ -16,6 +16,7 @@ import testbed.cli.clean as clean
 import testbed.cli.demo as demo
 import testbed.cli.doctor as doctor
 import testbed.cli.mesh as mesh
+import testbed.cli.mininet as mininet
 import testbed.cli.run as run
 import testbed.cli.up as up
 from testbed.cli.subcommand import Subcommand
@@ -23,7 +24,7 @@ from testbed.net.lifecycle import EXIT_FAIL
 
 __all__ = ["SUBCOMMAND_MODULES", "iter_subcommands", "build_parser", "main"]
 
-SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, mesh)
+SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, mesh, mininet)
 
 
 def iter_subcommands(modules: Sequence[ModuleType | str] | None = None) -> Iterator[Subcommand]:
@@ -44,7 +45,11 @@ def build_parser(modules: Sequence[ModuleType | str] | None = None) -> argparse.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    for cmd in iter_subcommands():
+        if cmd.passthrough and words[:1] == [cmd.name]:     # argparse would read mn's options
+            return int(cmd.run(argparse.Namespace(args=words[1:])))
+    args = build_parser().parse_args(words)
     try:
         return int(args._run(args))
     except SystemExit as e:

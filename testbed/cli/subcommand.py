@@ -26,12 +26,15 @@ BACKENDS = ("auto", "netem", "userspace")      # --link-backend choices
 
 @dataclass(frozen=True)
 class Subcommand:
-    """``minimesh NAME``: ``configure(parser)`` adds its arguments, ``run(args)`` returns the exit status."""
+    """``minimesh NAME``: ``configure(parser)`` adds its arguments, ``run(args)`` returns the exit status.
+    A ``passthrough`` command takes the rest of the command line as it is, in ``args.args``
+    (``minimesh mn --topo linear,3`` hands ``--topo linear,3`` to mn)."""
 
     name: str
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    passthrough: bool = False
 
 
 def load_topology_or_exit(arg: str) -> Any:
