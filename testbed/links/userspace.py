@@ -144,8 +144,8 @@ class UserspaceLink(Link):
         self.intf_names = (intfname1, intfname2)
         if node1 is None or node2 is None:
             raise ValueError("UserspaceLink needs both nodes (Mininet's fast=True path)")
-        ends = [{"name": intfname1, "netns": netns_path(node1)},
-                {"name": intfname2, "netns": netns_path(node2)}]
+        ends = [{"name": intfname1, "netns": netns_path(node1), "mac": addr1},
+                {"name": intfname2, "netns": netns_path(node2), "mac": addr2}]
         if self._journal:
             # a TAP disappears with the emulator holding it; a host-side entry names the
             # namespace by its /proc path (not a named netns), for the record only
