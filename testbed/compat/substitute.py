@@ -312,10 +312,17 @@ def install(kernel: Kernel | None = None) -> Kernel:
 def shim_env(kernel: Kernel, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment ``minimesh mn`` / ``mininet`` run Mininet material in: the shim's
     sitecustomize and minimesh first on PYTHONPATH, its ``python`` first on PATH (the
-    interpreter minimesh runs on), and the probed kernel in $MINIMESH_MININET."""
+    interpreter minimesh runs on) and, where the kernel lacks them, its stand-ins for
+    ``ovs-vsctl`` (bridge commands) and the reference switch's ``ofdatapath``/``ofprotocol``,
+    which scripts such as Mininet's scratchnet call by hand; the probed kernel in $MINIMESH_MININET."""
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIM_DIR), str(REPO), env.get("PYTHONPATH")) if p)
-    env["PATH"] = os.pathsep.join(p for p in (str(SHIM_DIR / "bin"), env.get("PATH")) if p)
+    bins = [SHIM_DIR / "bin"]
+    if not kernel.ovs:                  # ovs-vsctl's bridge commands -> Linux bridge
+        bins.append(SHIM_DIR / "ovs-bin")
+    if not kernel.user_switch:          # ofdatapath/ofprotocol -> Linux bridge
+        bins.append(SHIM_DIR / "ofdp-bin")
+    env["PATH"] = os.pathsep.join([*map(str, bins), *([env["PATH"]] if env.get("PATH") else [])])
     env["MINIMESH_PYTHON"] = sys.executable
     env[ENV] = kernel.to_json()
     return env
