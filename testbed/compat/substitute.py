@@ -230,7 +230,10 @@ def iperf_probe_lines() -> int:
     telnet probe of ``waitListening`` and the test) up to iperf 2.0.13; from 2.0.14 on the
     probe's connection prints none, so Mininet 2.3.0's wait for a second line never ends
     (mininet/mininet#1060)."""
-    out = subprocess.run(["iperf", "-v"], capture_output=True, text=True)
+    try:
+        out = subprocess.run(["iperf", "-v"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return 2                        # no iperf: Mininet's own iperf says so
     m = re.search(r"iperf version (\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
     if not m:
         return 2
