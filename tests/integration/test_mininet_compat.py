@@ -171,7 +171,8 @@ def test_custom_topology_in_mn(tmp_path):
 def test_custom_topology_in_up(tmp_path):
     custom = tmp_path / "pair.py"
     custom.write_text(CUSTOM)
-    proc = minimesh("up", "--custom", str(custom), "--topo", "pair,3", stdin="pingall\nh1 ping -n -c 30 -i 0.1 h2\nexit\n")
+    proc = minimesh("up", "--custom", str(custom), "--topo", "pair,3",
+                    stdin="pingall\nh1 ping -n -c 30 -i 0.1 h2\nexit\n")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "0% dropped (6/6 received)" in out
