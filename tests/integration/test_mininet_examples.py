@@ -7,9 +7,10 @@ with iperf, the 64-host tree, CPU limits) are opt-in:
     sudo MINIMESH_FULL_RUNS=1 ./minimesh test tests/integration/test_mininet_examples.py
 
 ``limit`` and ``simpleperf`` use CPULimitedHost, which Mininet 2.3.0 builds on cgroup v1's
-cpu/cpuacct/cpuset controllers (cgcreate): where /sys/fs/cgroup/cpu is missing they run in a
-private mount namespace with those mounted, and are skipped, saying why, where cgcreate still
-cannot work (inside mm-isolated it cannot).
+cpu/cpuacct/cpuset controllers (cgcreate): where /sys/fs/cgroup/cpu is missing (inside
+mm-isolated, which mounts a private sysfs with cgroup2 only) they run in a private mount
+namespace that has the machine's cgroup v1 hierarchies back over a private sysfs, and are
+skipped, saying why, where the machine has none.
 The results table is in docs/mininet.md.
 """
 import os
@@ -30,10 +31,13 @@ LONG = ["simpleperf", "linearbandwidth", "limit", "treeping64"]
 CPU_LIMITED = {"simpleperf", "limit"}
 FULL = os.environ.get("MINIMESH_FULL_RUNS") == "1"
 NO_CGROUP_V1 = 97
-# In a private mount namespace: cgroup v1's cpu controllers where cgcreate looks for them.
-CGROUP_V1 = ("mount -t tmpfs cgroup /sys/fs/cgroup && for c in cpu cpuacct cpuset; do "
-             "mkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c "
-             f"|| exit {NO_CGROUP_V1}; done; exec \"$@\"")
+# In a private mount namespace, under a sysfs mounted over the machine's (as mm-isolated does):
+# uncover the machine's /sys/fs/cgroup (cgroup v1, where cgcreate looks), carry it over onto
+# a fresh sysfs of this network namespace, drop the copy. Nothing outside the namespace changes.
+CGROUP_V1 = ("d=$(mktemp -d) && umount /sys/fs/cgroup && umount /sys && "
+             "[ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] && mount --rbind /sys/fs/cgroup \"$d\" && "
+             "umount -l /sys && mount -t sysfs sysfs /sys && mount --rbind \"$d\" /sys/fs/cgroup && "
+             f"umount -l \"$d\" && rmdir \"$d\" || exit {NO_CGROUP_V1}; exec \"$@\"")
 
 
 def run_example_test(name, timeout):
