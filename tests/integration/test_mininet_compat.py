@@ -129,15 +129,22 @@ def test_unknown_parameter_rejected_by_name_nothing_left(tmp_path):
 
 def test_mn_linear_tc_delay_pingall_and_rtt(tmp_path):
     post = tmp_path / "post.cli"       # a warm-up (ARP, bridge learning, IPv6 chatter), then measure
-    post.write_text("h1 ping -n -q -c 20 -i 0.1 h3\nh1 ping -n -c 40 -i 0.1 h3\n")
+    post.write_text("h1 ping -n -q -c 20 -i 0.1 h3\nh1 ping -n -c 40 -i 0.1 h3\n"
+                    "link s1 s2 down\nh1 ping -n -c 1 -W 1 h3\nlink s1 s2 up\nh1 ping -n -c 3 -W 2 h3\n"
+                    "net\ndump\n")
     proc = minimesh("mn", "--topo", "linear,3", "--link", "tc,delay=10ms", "--test", "pingall",
                     "--post", str(post))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "*** Results: 0% dropped (6/6 received)" in out
-    measured = out[out.rindex("PING 10.0.0.3"):]
+    pings = out.split("PING 10.0.0.3")
+    assert len(pings) == 5, out[-3000:]
     # h1 - s1 - s2 - s3 - h3: four links, 10 ms each way on each
-    assert median_rtt(measured) == pytest.approx(80.0, abs=RTT_TOL_MS)
+    assert median_rtt(pings[2]) == pytest.approx(80.0, abs=RTT_TOL_MS)
+    # Mininet's CLI on the substituted links: link down/up, net, dump
+    assert "1 packets transmitted, 0 received" in pings[3]
+    assert "3 packets transmitted, 3 received" in pings[4]
+    assert "s1-eth2:s2-eth2" in out and "<Host h1: h1-eth0:10.0.0.1" in out
 
 
 CUSTOM = textwrap.dedent("""
