@@ -31,22 +31,26 @@ LONG = ["simpleperf", "linearbandwidth", "limit", "treeping64"]
 CPU_LIMITED = {"simpleperf", "limit"}
 FULL = os.environ.get("MINIMESH_FULL_RUNS") == "1"
 NO_CGROUP_V1 = 97
-# In a private mount namespace, under a sysfs mounted over the machine's (as mm-isolated does):
-# uncover the machine's /sys/fs/cgroup (cgroup v1, where cgcreate looks), carry it over onto
-# a fresh sysfs of this network namespace, drop the copy. Nothing outside the namespace changes.
+# Each example test runs in a private mount namespace with a private /tmp: Mininet's cleanup
+# (test_baresshd, examples/cpu.py, runner.py call it) removes /tmp/*.log and /tmp/*.out.
+PRIVATE_TMP = "mount -t tmpfs tmpfs /tmp"
+# Under a sysfs mounted over the machine's (as mm-isolated does): uncover the machine's
+# /sys/fs/cgroup (cgroup v1, where cgcreate looks), carry it over onto a fresh sysfs of this
+# network namespace, drop the copy. Nothing outside the namespace changes.
 CGROUP_V1 = ("d=$(mktemp -d) && umount /sys/fs/cgroup && umount /sys && "
              "[ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] && mount --rbind /sys/fs/cgroup \"$d\" && "
              "umount -l /sys && mount -t sysfs sysfs /sys && mount --rbind \"$d\" /sys/fs/cgroup && "
-             f"umount -l \"$d\" && rmdir \"$d\" || exit {NO_CGROUP_V1}; exec \"$@\"")
+             f"umount -l \"$d\" && rmdir \"$d\" || exit {NO_CGROUP_V1}")
 
 
 def run_example_test(name, timeout):
     path = EXAMPLE_TESTS / f"test_{name}.py"
     if not path.exists():
         pytest.skip(f"{path} is not installed (Debian's mininet package ships it)")
-    argv = [sys.executable, "-m", "testbed", "mininet", str(path)]
-    if name in CPU_LIMITED and not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists():
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", CGROUP_V1, "sh", *argv]
+    setup = [CGROUP_V1] if name in CPU_LIMITED and not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() else []
+    setup.append(PRIVATE_TMP)
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(setup) + ' && exec "$@"',
+            "sh", sys.executable, "-m", "testbed", "mininet", str(path)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     out = proc.stdout + proc.stderr
