@@ -18,6 +18,7 @@ import testbed.cli.doctor as doctor
 import testbed.cli.inspection  # noqa: F401  (registers proxy-status, proxy-config, describe in the up shell)
 import testbed.cli.mesh as mesh
 import testbed.cli.remote as remote
+import testbed.cli.mininet as mininet
 import testbed.cli.run as run
 import testbed.cli.up as up
 from testbed.cli.subcommand import Subcommand
@@ -25,7 +26,7 @@ from testbed.net.lifecycle import EXIT_FAIL
 
 __all__ = ["SUBCOMMAND_MODULES", "iter_subcommands", "build_parser", "package_version", "main"]
 
-SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, mesh, remote)
+SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, mesh, remote, mininet)
 
 
 def iter_subcommands(modules: Sequence[ModuleType | str] | None = None) -> Iterator[Subcommand]:
@@ -76,6 +77,9 @@ def package_version(dist: str = "minimesh") -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for cmd in iter_subcommands():
+        if cmd.passthrough and argv[:1] == [cmd.name]:     # argparse would read mn's options
+            return int(cmd.run(argparse.Namespace(args=argv[1:])))
     if argv and argv[1:2] not in (["-h"], ["--help"]) and argv[0] in remote.forwarded_names(
             c.name for c in iter_subcommands()):
         # the shell's own options and --run may come anywhere: the line is the shell's to parse

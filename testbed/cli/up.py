@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testbed.cli.subcommand import BACKENDS, EXIT_USAGE, Subcommand, load_topology_or_exit
+from testbed.cli.subcommand import (BACKENDS, EXIT_USAGE, Subcommand, load_custom_or_exit,
+                                    load_topology_or_exit)
 from testbed.net.lifecycle import EXIT_FAIL, EXIT_OK
 from testbed.mesh.spec import mesh_names
 from testbed.net.lifecycle import require_root, run_testbed
@@ -35,7 +36,11 @@ class UpOptionError(ValueError):
 
 
 def _configure_up(p: argparse.ArgumentParser) -> None:
-    p.add_argument("topology", help="topology YAML file, or a stock topology such as linear,3")
+    p.add_argument("topology", nargs="?", help="topology YAML file, or a stock topology such as linear,3")
+    p.add_argument("--custom", metavar="FILE.py[,FILE.py]", help="Mininet custom topology file(s) "
+                   "defining topos = {'name': TopoClass}, as mn --custom; pick one with --topo")
+    p.add_argument("--topo", metavar="NAME[,ARGS]", help="with --custom: the topology to build "
+                   "(mn's syntax, e.g. mytopo,3,k=2); alone: a stock topology, as the positional")
     p.add_argument("--link-backend", choices=BACKENDS, default="auto",
                    help="link emulation: kernel netem, userspace emulator, or auto (probe)")
     p.add_argument("-v", "--verbose", action="store_true", help="Mininet's progress messages")
@@ -242,8 +247,23 @@ def _check_listen(value: str) -> None:
         raise UpOptionError(f"--ui {value}: PORT {port!r} is not a number in 0..65535 (ADDR:PORT, e.g. 127.0.0.1:8080)")
 
 
+def _topology(args: argparse.Namespace) -> Any:
+    """The topology up builds: a YAML or stock one, or Mininet's --custom/--topo (exit 2 when
+    the arguments do not name exactly one)."""
+    if args.custom:
+        if args.topology or not args.topo:
+            print("minimesh up: --custom needs --topo NAME[,ARGS] and no topology argument", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
+        return load_custom_or_exit(args.custom.split(","), args.topo)
+    if bool(args.topology) == bool(args.topo):
+        print("minimesh up: give one topology (a file, a stock one, or --custom FILE.py --topo NAME)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return load_topology_or_exit(args.topology or args.topo)
+
+
 def _run_up(args: argparse.Namespace) -> int:
-    topology = with_capture_keylogs(load_topology_or_exit(args.topology), args.capture)
+    topology = with_capture_keylogs(_topology(args), args.capture)
     try:
         history_path = up_history_path(args.out, args.capture)
         if args.ui:

@@ -3,7 +3,7 @@
 Run as ``python -m testbed.links.emulator CONFIG_JSON`` by :mod:`testbed.links.userspace`
 with the control socket passed as an inherited fd. CONFIG_JSON::
 
-    {"ends": [{"name": "h1-eth0", "netns": "/proc/123/ns/net"}, {"name": "s1-eth1", "netns": ...}],
+    {"ends": [{"name": "h1-eth0", "netns": "/proc/123/ns/net", "mac": "..." | null}, {"name": "s1-eth1", ...}],
      "shapes": [{...LinkShape...}, {...}], "seed": 1, "ctl_fd": 3, "ppid": 100}
 
 Direction 0 carries frames read from end 0 (written to end 1): node1 -> node2.
@@ -29,7 +29,7 @@ from typing import Any
 from testbed.links import frames
 from testbed.links.model import DirectionModel
 from testbed.links.tap import (PR_SET_PDEATHSIG, PR_SET_TIMERSLACK, Tap, open_tap, prctl,
-                               set_admin_up, set_offload)
+                               set_admin_up, set_mac, set_offload)
 from testbed.shape import LinkShape
 
 BATCH = 64          # frames read from one TAP before looking at the other
@@ -206,6 +206,9 @@ def main(argv: list[str]) -> int:
     ctl = socket.socket(fileno=cfg["ctl_fd"])
     try:
         taps = [open_tap(e["name"], e.get("netns")) for e in cfg["ends"]]
+        for tap, end in zip(taps, cfg["ends"], strict=True):
+            if end.get("mac"):
+                set_mac(tap, end["mac"])
     except Exception as e:
         ctl.sendall(json.dumps({"ok": False, "error": str(e)}).encode() + b"\n")
         return 1

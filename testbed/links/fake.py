@@ -13,6 +13,7 @@ from typing import Any
 
 from mininet.link import Intf, Link
 
+from testbed.links.tcparams import ShapedIntf, prepare_link
 from testbed.shape import LinkShape
 
 
@@ -47,18 +48,21 @@ class FakeIntf(Intf):
         return "OK"
 
 
+class FakeShapedIntf(ShapedIntf, FakeIntf):
+    """A FakeIntf that takes TCIntf's parameters like the real links' interfaces."""
+
+
 class FakeLink(Link):
     def __init__(self, node1: Any, node2: Any, shape1: LinkShape | None = None,
                  shape2: LinkShape | None = None, journal: Any = None, **params: Any):
-        self._shapes = (shape1 or LinkShape(), shape2 or LinkShape())
+        self._shapes = prepare_link(shape1, shape2, params, default_intf=FakeShapedIntf)
         self.history: list[tuple[str, Any]] = [("create", self._shapes)]
         self._up = True
-        params.setdefault("intf", FakeIntf)
         params["fast"] = True
         super().__init__(node1, node2, **params)
 
-    def makeIntfPair(self, *args: Any, **kwargs: Any) -> None:  # Mininet's name
-        return None
+    def makeIntfPair(self, intfname1: str, intfname2: str, *args: Any, **kwargs: Any) -> None:  # Mininet's name
+        self.intf_names = (intfname1, intfname2)
 
     def get_shapes(self) -> tuple[LinkShape, LinkShape]:
         return self._shapes

@@ -16,6 +16,7 @@ from mininet.link import Link
 from testbed.journal import Journal
 from testbed.links.nodes import netns_path
 from testbed.links.base import BackendUnavailable
+from testbed.links.tcparams import prepare_link
 from testbed.shape import LinkShape
 
 NETEM_HANDLE = 0x10000  # "1:"
@@ -83,13 +84,13 @@ def set_admin_state(ifname: str, netns: str | None, up: bool) -> None:
 
 
 class NetemLink(Link):
-    """A Mininet veth link shaped by kernel netem. Extra parameters as UserspaceLink:
-    shape1 (node1 -> node2), shape2 (node2 -> node1), journal."""
+    """A Mininet veth link shaped by kernel netem. Parameters as UserspaceLink: TCLink's,
+    or shape1 (node1 -> node2), shape2 (node2 -> node1); and journal."""
 
     def __init__(self, node1: Any, node2: Any, shape1: LinkShape | None = None,
                  shape2: LinkShape | None = None, journal: Journal | None = None,
                  **params: Any):
-        self._shapes = (shape1 or LinkShape(), shape2 or LinkShape())
+        self._shapes = prepare_link(shape1, shape2, params)     # TCLink's parameters too
         self._journal = journal
         self._eids: list[int] = []
         self._up = True
@@ -104,6 +105,7 @@ class NetemLink(Link):
     def makeIntfPair(self, intfname1: str, intfname2: str, addr1: str | None = None,
                      addr2: str | None = None, node1: Any = None, node2: Any = None,
                      deleteIntfs: bool = True) -> Any:  # Mininet's name
+        self.intf_names = (intfname1, intfname2)
         if self._journal:
             # deleting either end of a veth removes both; the record names both anyway
             self._eids = [self._journal.record("link", name=n, netns=netns_path(node))
@@ -126,7 +128,8 @@ class NetemLink(Link):
         return self._shapes
 
     def set_shapes(self, forward: LinkShape | None = None, backward: LinkShape | None = None) -> None:
-        self._apply((forward, backward))
+        if getattr(self, "intf1", None) is not None:    # else: being built, __init__ applies them
+            self._apply((forward, backward))
         self._shapes = (forward or self._shapes[0], backward or self._shapes[1])
 
     def set_up(self, up: bool) -> None:

@@ -28,6 +28,8 @@ TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 OFFLOADS_ON = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 SIOCSIFTXQLEN = 0x8943
+SIOCSIFHWADDR = 0x8924
+ARPHRD_ETHER = 1
 # Frames the kernel holds for the emulator to read (the TAP's ring; tun's default is 500).
 # A wire's buffer, like Linux's default txqueuelen: it only fills while the emulator is
 # starved of CPU, and a deeper ring turns those short stalls into delay instead of drops.
@@ -102,6 +104,18 @@ def open_tap(name: str, netns_path: str | None, offload: bool = True,
             setns(home)
         os.close(home)
     return Tap(name, fd, ctl)
+
+
+def set_mac(tap: Tap, mac: str) -> None:
+    """Give the TAP the MAC Mininet chose for the interface (``addr1``/``addr2`` of a link,
+    which a veth gets at creation): static ARP entries and ``intf.MAC()`` rely on it."""
+    try:
+        raw = bytes(int(part, 16) for part in mac.split(":"))
+    except ValueError:
+        raise ValueError(f"bad MAC address {mac!r} for {tap.name}") from None
+    if len(raw) != 6:
+        raise ValueError(f"bad MAC address {mac!r} for {tap.name}")
+    fcntl.ioctl(tap.ctl, SIOCSIFHWADDR, struct.pack("16sH6s16x", current_name(tap), ARPHRD_ETHER, raw))
 
 
 def set_offload(fd: int, on: bool) -> None:

@@ -19,6 +19,7 @@ from mininet.link import Link
 
 from testbed.journal import Journal, proc_start
 from testbed.links.nodes import netns_path
+from testbed.links.tcparams import prepare_link
 from testbed.paths import child_env
 from testbed.shape import LinkShape
 
@@ -112,7 +113,9 @@ class EmulatorProcess:
 
 
 class UserspaceLink(Link):
-    """A Mininet link emulated in userspace. Extra parameters:
+    """A Mininet link emulated in userspace. Takes TCLink's parameters (bw, delay, jitter,
+    loss, max_queue_size, use_htb; link-level or params1/params2: :mod:`testbed.links.tcparams`),
+    or these extra ones:
 
     shape1: LinkShape for node1 -> node2; shape2: node2 -> node1 (default: no impairment)
     journal: Journal that records the interfaces and the emulator process
@@ -122,7 +125,7 @@ class UserspaceLink(Link):
     def __init__(self, node1: Any, node2: Any, shape1: LinkShape | None = None,
                  shape2: LinkShape | None = None, journal: Journal | None = None,
                  seed: int | None = None, **params: Any):
-        self._shapes = (shape1 or LinkShape(), shape2 or LinkShape())
+        self._shapes = prepare_link(shape1, shape2, params)     # TCLink's parameters too
         self._journal = journal
         self._seed = seed
         self._emu: EmulatorProcess | None = None
@@ -138,10 +141,11 @@ class UserspaceLink(Link):
     def makeIntfPair(self, intfname1: str, intfname2: str, addr1: str | None = None,
                      addr2: str | None = None, node1: Any = None, node2: Any = None,
                      deleteIntfs: bool = True) -> None:  # Mininet's name
+        self.intf_names = (intfname1, intfname2)
         if node1 is None or node2 is None:
             raise ValueError("UserspaceLink needs both nodes (Mininet's fast=True path)")
-        ends = [{"name": intfname1, "netns": netns_path(node1)},
-                {"name": intfname2, "netns": netns_path(node2)}]
+        ends = [{"name": intfname1, "netns": netns_path(node1), "mac": addr1},
+                {"name": intfname2, "netns": netns_path(node2), "mac": addr2}]
         if self._journal:
             # a TAP disappears with the emulator holding it; a host-side entry names the
             # namespace by its /proc path (not a named netns), for the record only

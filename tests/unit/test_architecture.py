@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("testbed.mesh.etcd", "testbed.mesh.rules"),
     ("testbed.mesh",),
     ("testbed.faults",),
+    ("testbed.compat",),
     ("testbed.net",),
     ("testbed.links", "testbed.topology"),
     ("testbed.apps",),

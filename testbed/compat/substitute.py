@@ -1,0 +1,331 @@
+"""minimesh's substitutions into stock Mininet, for a kernel without what Mininet assumes.
+
+    kernel = probe_kernel()     # netem? openvswitch module? the reference user switch?
+    install(kernel)             # patches mininet.link / mininet.node / mininet.net in place
+
+What is substituted, and only where the kernel lacks it (stock behaviour is kept where
+netem and OVS exist):
+
+- no ``sch_netem``: ``mininet.link.TCLink`` / ``TCULink`` become :class:`TCLink` (a
+  :class:`~testbed.links.userspace.UserspaceLink` taking TCLink's parameters),
+  ``TCIntf`` becomes :class:`TCIntf` (a :class:`~testbed.links.tcparams.ShapedIntf`), and a
+  plain ``Link`` given TCIntf interfaces (``Mininet(intf=custom(TCIntf, bw=10))``) is built
+  as :class:`TCLink`, since a veth cannot be shaped here;
+- no ``openvswitch`` module: ``OVSSwitch``/``OVSKernelSwitch``/``OVSBridge`` (Mininet's
+  default switch) become :class:`Bridge`, a Linux bridge that accepts OVS's options; so does
+  ``UserSwitch`` when the reference switch's ``ofdatapath`` is not installed;
+- no OpenFlow switch at all: ``Controller``/``OVSController``/``NOX``/``Ryu`` and
+  ``DefaultController`` become :class:`NoController`, which runs nothing (a remote
+  controller is left as it is: it starts nothing here).
+
+Each substitution is printed once per process, to stderr, when it first takes effect.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mininet.link import Link
+from mininet.node import Controller
+from mininet.nodelib import LinuxBridge
+
+from testbed.journal import Journal
+from testbed.links.tcparams import ShapedIntf, wants_shaping
+from testbed.links.userspace import UserspaceLink
+from testbed.paths import REPO
+
+__all__ = ["Kernel", "probe_kernel", "install", "shim_env", "SHIM_DIR", "ENV", "TCLink", "TCULink",
+           "TCIntf", "Bridge", "NoController"]
+
+SHIM_DIR = Path(__file__).resolve().parent / "shim"
+ENV = "MINIMESH_MININET"          # the probed Kernel as JSON: set by the runner, read by the shim
+OVS_OPTIONS = ("failMode", "datapath", "inband", "protocols", "reconnectms", "batch", "dpopts")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """What this kernel/machine offers stock Mininet, with the reasons."""
+
+    netem: bool
+    netem_why: str
+    ovs: bool
+    ovs_why: str
+    user_switch: bool
+    user_switch_why: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Kernel":
+        return cls(**json.loads(text))
+
+
+def _probe_ovs() -> tuple[bool, str]:
+    if os.path.isdir("/sys/module/openvswitch"):
+        return True, "the openvswitch module is loaded"
+    if shutil.which("modprobe") and subprocess.run(["modprobe", "-q", "openvswitch"],
+                                                   capture_output=True).returncode == 0:
+        return True, "the openvswitch module could be loaded"
+    return False, "the kernel has no openvswitch module (modprobe openvswitch failed)"
+
+
+def probe_kernel() -> Kernel:
+    """Probe once: kernel netem (a scratch namespace), the openvswitch module, ofdatapath."""
+    from testbed.links import probe_netem    # late: pyroute2, only when the kernel is probed
+    netem, netem_why = probe_netem()
+    ovs, ovs_why = _probe_ovs()
+    user = shutil.which("ofdatapath") is not None
+    return Kernel(netem, netem_why, ovs, ovs_why, user,
+                  "ofdatapath is installed" if user else "the reference switch (ofdatapath) is not installed")
+
+
+# --- printed once --------------------------------------------------------------------------
+
+_announced: set[str] = set()
+
+
+def announce(key: str, message: str) -> None:
+    """Print a substitution the first time it takes effect in this process."""
+    if key not in _announced:
+        _announced.add(key)
+        print(f"*** minimesh: {message}", file=sys.stderr, flush=True)
+
+
+_state: dict[str, Any] = {"kernel": None, "journal": None}
+
+
+def _why(attr: str) -> str:
+    kernel = _state["kernel"]
+    return getattr(kernel, attr) if kernel is not None else "substituted"
+
+
+def _journal() -> Journal:
+    """One journal per process for the links' emulator processes; cleaned up at exit (and by
+    ``minimesh clean`` if the process was killed)."""
+    if _state["journal"] is None:
+        journal = Journal()
+        _state["journal"] = journal
+        atexit.register(journal.cleanup)
+    return _state["journal"]
+
+
+# --- the substitutes -----------------------------------------------------------------------
+
+class TCIntf(ShapedIntf):
+    """Mininet's TCIntf on minimesh's link backend: ``config(bw=, delay=, jitter=, loss=,
+    max_queue_size=)`` changes the shape of what this interface sends."""
+
+    minimesh_tcintf = True
+
+
+class TCLink(UserspaceLink):
+    """Mininet's TCLink on minimesh's userspace link emulator (same parameters)."""
+
+    def __init__(self, node1: Any, node2: Any, **params: Any):
+        announce("tclink", f"TCLink/TCIntf -> minimesh's userspace link emulator ({_why('netem_why')})")
+        super().__init__(node1, node2, journal=_journal(), **params)
+
+
+class TCULink(TCLink):
+    """TCULink: TCLink with transmit/receive checksum offload off, as Mininet's."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.update(txo=False, rxo=False)
+        super().__init__(*args, **kwargs)
+
+
+class Bridge(LinuxBridge):
+    """A Linux bridge standing in for an OVS (or reference user) switch; OVS's own options
+    (failMode, datapath, protocols, ...) have no meaning for it and are dropped, as said."""
+
+    def __init__(self, name: str, stp: bool = False, **params: Any):
+        dropped = sorted(k for k in OVS_OPTIONS if params.pop(k, None) is not None)
+        note = f"; OVS options without meaning on a bridge: {', '.join(dropped)}" if dropped else ""
+        announce("switch", f"OVS switch -> Linux bridge ({_why('ovs_why')}){note}")
+        super().__init__(name, stp=stp, **params)
+
+
+class NoController(Controller):
+    """A controller that runs nothing: Linux bridges learn by themselves."""
+
+    def __init__(self, name: str, **params: Any):
+        announce("controller", "OpenFlow controller -> none (the switches are Linux bridges, "
+                 "which need none)")
+        params = {k: v for k, v in params.items() if k in ("ip", "port", "inNamespace")}
+        super().__init__(name, **params)
+
+    @classmethod
+    def isAvailable(cls) -> bool:  # Mininet's name
+        return True
+
+    def checkListening(self) -> None:  # Mininet's name
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, *args: Any, **kwargs: Any) -> None:
+        from mininet.node import Node    # late: Node.stop ends the node's shell
+        Node.stop(self, *args, **kwargs)
+
+    def IP(self, intf: Any = None) -> str:  # Mininet's name
+        return "127.0.0.1"
+
+
+# --- installing them -------------------------------------------------------------------------
+
+def _swap(module: Any, names: tuple[str, ...], new: Any) -> dict[Any, Any]:
+    """module.NAME = new for each NAME; returns {old object: new} for the defaults below."""
+    swapped = {}
+    for name in names:
+        old = getattr(module, name, None)
+        if old is not None and old is not new:
+            swapped[old] = new
+            setattr(module, name, new)
+    return swapped
+
+
+def _swap_defaults(fn: Callable[..., Any], swapped: dict[Any, Any]) -> None:
+    """Replace swapped objects among a function's default arguments (Mininet(switch=OVSKernelSwitch,
+    controller=DefaultController) bound the stock classes when net.py was imported)."""
+    defaults = fn.__defaults__
+    if defaults:
+        fn.__defaults__ = tuple(swapped.get(d, d) if _hashable(d) else d for d in defaults)
+
+
+def _hashable(obj: Any) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def _shaping_add_link(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Mininet.addLink that builds a plain Link with shaping interfaces as minimesh's TCLink."""
+    def addLink(self: Any, node1: Any, node2: Any, port1: Any = None, port2: Any = None,  # Mininet's name
+                cls: Any = None, **params: Any) -> Any:
+        link_cls = self.link if cls is None else cls
+        intfs = [params.get("intf", self.intf), params.get("cls1"), params.get("cls2")]
+        if link_cls is Link and any(wants_shaping(c) for c in intfs if c is not None):
+            announce("intf-link", "Link with TCIntf interfaces -> minimesh's TCLink (a veth cannot "
+                     f"be shaped: {_why('netem_why')})")
+            cls = TCLink
+        return original(self, node1, node2, port1, port2, cls, **params)
+    addLink.minimesh_substitute = True      # type: ignore[attr-defined]  # marks it installed
+    return addLink
+
+
+def iperf_probe_lines() -> int:
+    """How many '/sec' result lines an iperf server prints for Mininet's iperf: 2 (the
+    telnet probe of ``waitListening`` and the test) up to iperf 2.0.13; from 2.0.14 on the
+    probe's connection prints none, so Mininet 2.3.0's wait for a second line never ends
+    (mininet/mininet#1060)."""
+    try:
+        out = subprocess.run(["iperf", "-v"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return 2                        # no iperf: Mininet's own iperf says so
+    m = re.search(r"iperf version (\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
+    if not m:
+        return 2
+    return 2 if tuple(int(g) for g in m.groups()) <= (2, 0, 13) else 1
+
+
+def _iperf(self: Any, hosts: Any = None, l4Type: str = "TCP", udpBw: str = "10M",  # Mininet's names
+           fmt: str | None = None, seconds: int = 5, port: int = 5001) -> list[str]:
+    """Mininet 2.3.0's Mininet.iperf, waiting for as many server result lines as this iperf
+    prints (:func:`iperf_probe_lines`) instead of always two."""
+    from mininet.log import debug, output    # late: Mininet's log, as the original
+    from mininet.util import waitListening
+    announce("iperf", "Mininet.iperf -> minimesh's, which waits for one server result line "
+             "(iperf >= 2.0.14 prints none for the telnet probe: mininet/mininet#1060)")
+    client, server = hosts or [self.hosts[0], self.hosts[-1]]
+    output("*** Iperf: testing", l4Type, "bandwidth between", client, "and", server, "\n")
+    server.cmd("killall -9 iperf")
+    iperf_args, bw_args = f"iperf -p {port} ", ""
+    if l4Type == "UDP":
+        iperf_args += "-u "
+        bw_args = "-b " + udpBw + " "
+    elif l4Type != "TCP":
+        raise Exception(f"Unexpected l4 type: {l4Type}")
+    if fmt:
+        iperf_args += f"-f {fmt} "
+    server.sendCmd(iperf_args + "-s")
+    if l4Type == "TCP" and not waitListening(client, server.IP(), port):
+        raise Exception(f"Could not connect to iperf on port {port}")
+    cliout = client.cmd(iperf_args + f"-t {seconds} -c " + server.IP() + " " + bw_args)
+    debug(f"Client output: {cliout}\n")
+    servout = ""
+    count = _state.setdefault("iperf_lines", iperf_probe_lines()) if l4Type == "TCP" else 1
+    while len(re.findall("/sec", servout)) < count:
+        servout += server.monitor(timeoutms=5000)
+    server.sendInt()
+    servout += server.waitOutput()
+    debug(f"Server output: {servout}\n")
+    result = [self._parseIperf(servout), self._parseIperf(cliout)]
+    if l4Type == "UDP":
+        result.insert(0, udpBw)
+    output(f"*** Results: {result}\n")
+    return result
+
+
+def install(kernel: Kernel | None = None) -> Kernel:
+    """Patch Mininet for this kernel (probed, or from $MINIMESH_MININET). Idempotent."""
+    import mininet.link as mlink    # late: the modules being patched
+    import mininet.net as mnet
+    import mininet.node as mnode
+
+    if kernel is None:
+        env = os.environ.get(ENV)
+        kernel = Kernel.from_json(env) if env else probe_kernel()
+    _state["kernel"] = kernel
+    if getattr(mnet.Mininet.addLink, "minimesh_substitute", False):
+        return kernel
+    swapped: dict[Any, Any] = {}
+    if iperf_probe_lines() == 1:
+        mnet.Mininet.iperf = _iperf
+    if not kernel.netem:
+        _swap(mlink, ("TCLink",), TCLink)
+        _swap(mlink, ("TCULink",), TCULink)
+        _swap(mlink, ("TCIntf",), TCIntf)
+        mnet.Mininet.addLink = _shaping_add_link(mnet.Mininet.addLink)
+    if not kernel.ovs:
+        swapped.update(_swap(mnode, ("OVSSwitch", "OVSKernelSwitch", "OVSBridge"), Bridge))
+        if not kernel.user_switch:
+            swapped.update(_swap(mnode, ("UserSwitch",), Bridge))
+        swapped.update(_swap(mnode, ("Controller", "OVSController", "NOX", "Ryu", "DefaultController"),
+                             NoController))
+        mnode.DefaultControllers = [NoController]
+        mnode.findController.__defaults__ = ((NoController,),)
+        for name in ("OVSKernelSwitch", "DefaultController"):   # net.py's own imported names
+            setattr(mnet, name, getattr(mnode, name))
+        _swap_defaults(mnet.Mininet.__init__, swapped)
+    return kernel
+
+
+def shim_env(kernel: Kernel, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``minimesh mn`` / ``mininet`` run Mininet material in: the shim's
+    sitecustomize and minimesh first on PYTHONPATH, its ``python`` first on PATH (the
+    interpreter minimesh runs on) and, where the kernel lacks them, its stand-ins for
+    ``ovs-vsctl`` (bridge commands) and the reference switch's ``ofdatapath``/``ofprotocol``,
+    which scripts such as Mininet's scratchnet call by hand; the probed kernel in $MINIMESH_MININET."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIM_DIR), str(REPO), env.get("PYTHONPATH")) if p)
+    bins = [SHIM_DIR / "bin"]
+    if not kernel.ovs:                  # ovs-vsctl's bridge commands -> Linux bridge
+        bins.append(SHIM_DIR / "ovs-bin")
+    if not kernel.user_switch:          # ofdatapath/ofprotocol -> Linux bridge
+        bins.append(SHIM_DIR / "ofdp-bin")
+    env["PATH"] = os.pathsep.join([*map(str, bins), *([env["PATH"]] if env.get("PATH") else [])])
+    env["MINIMESH_PYTHON"] = sys.executable
+    env[ENV] = kernel.to_json()
+    return env

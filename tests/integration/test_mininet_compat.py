@@ -1,0 +1,197 @@
+"""Mininet material through ``minimesh mininet`` / ``minimesh mn`` / ``minimesh up --custom``
+(root): TCLink's parameters measured on the wire, with the fidelity tests' tolerances
+(tests/integration/test_link_fidelity.py: median RTT within +-1 ms, rate within +-10 %,
+loss within binomial 99 % bounds), an unknown parameter refused with nothing left behind,
+``mn --link tc,delay=10ms`` and a ``--custom`` topology in ``mn`` and ``up``.
+
+On a kernel with sch_netem stock TCLink is kept (no substitution), so the same
+measurements then check stock Mininet.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from testbed.links.measure import binomial_bounds, parse_ping
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+
+REPO = Path(__file__).resolve().parents[2]
+RTT_TOL_MS = 1.0          # the fidelity tests' median-RTT tolerance
+RATE_TOL = 0.10           # ... and their rate tolerance
+
+# A Mininet script as a user writes it: h1 - s1 - h2, TCLink parameters on h1's link (from
+# argv as JSON), measurements printed as one JSON line.
+SCRIPT = textwrap.dedent("""
+    import json, re, sys
+    from mininet.net import Mininet
+    from mininet.link import TCLink
+    from mininet.topo import Topo
+
+    class Line(Topo):
+        def build(self, **opts):
+            s1 = self.addSwitch('s1')
+            self.addLink(self.addHost('h1'), s1, cls=TCLink, **opts)
+            self.addLink(self.addHost('h2'), s1)
+
+    what, opts = sys.argv[1], json.loads(sys.argv[2])
+    net = Mininet(topo=Line(**opts), autoStaticArp=True)
+    net.start()
+    h1, h2 = net.get('h1', 'h2')
+    h1.cmd('ping -c 2 -i 0.2 -W 2', h2.IP())
+    out = {}
+    if what == 'ping':
+        out['ping'] = h1.cmd('ping -n -c %s -i %s -W 2' % (sys.argv[3], sys.argv[4]), h2.IP())
+        if len(sys.argv) > 5:     # then change the live link as TCIntf's config does
+            net.links[0].intf1.config(**json.loads(sys.argv[5]))
+            out['ping2'] = h1.cmd('ping -n -c %s -i %s -W 2' % (sys.argv[3], sys.argv[4]), h2.IP())
+    elif what == 'iperf':
+        out['iperf'] = net.iperf((h1, h2), seconds=5)
+    net.stop()
+    print('RESULT ' + json.dumps(out))
+""")
+
+
+def minimesh(*args, stdin=None, timeout=240):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "testbed", *args], input=stdin, capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def run_script(tmp_path, *args):
+    script = tmp_path / "line.py"
+    script.write_text(SCRIPT)
+    proc = minimesh("mininet", str(script), *[a if isinstance(a, str) else json.dumps(a) for a in args])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):]), proc.stderr
+
+
+def median_rtt(text):
+    replies, _tx, _rx = parse_ping(text)
+    return statistics.median(r.rtt_ms for r in replies)
+
+
+def test_delay_sets_the_rtt_and_intf_config_changes_it_live(tmp_path):
+    out, err = run_script(tmp_path, "ping", {"delay": "10ms"}, "40", "0.05", {"delay": "30ms"})
+    # delay on both interfaces of h1's link: 10 ms each way
+    assert median_rtt(out["ping"]) == pytest.approx(20.0, abs=RTT_TOL_MS)
+    # intf1 (h1 -> s1) now 30 ms, intf2 still 10 ms
+    assert median_rtt(out["ping2"]) == pytest.approx(40.0, abs=RTT_TOL_MS)
+    if "minimesh: TCLink" not in err:
+        pytest.skip("stock TCLink kept (the kernel has netem): measured stock Mininet")
+
+
+def test_params1_and_params2_shape_one_direction_each(tmp_path):
+    out, _ = run_script(tmp_path, "ping", {"params1": {"delay": "15ms"}, "params2": {"delay": "2ms"}},
+                        "40", "0.05")
+    assert median_rtt(out["ping"]) == pytest.approx(17.0, abs=RTT_TOL_MS)
+
+
+def test_bw_sets_the_iperf_rate(tmp_path):
+    out, _ = run_script(tmp_path, "iperf", {"bw": 10})
+    server = out["iperf"][0]
+    value, unit = server.split()[:2]
+    mbit = float(value) * {"Kbits/sec": 1e-3, "Mbits/sec": 1.0, "Gbits/sec": 1e3}[unit]
+    # the link's rate counts whole frames; TCP's goodput is ~95 % of it (1448 of 1514 bytes)
+    assert 10 * (1 - RATE_TOL) <= mbit <= 10 * (1 + RATE_TOL), server
+
+
+def test_loss_sets_the_loss_rate(tmp_path):
+    n, p = 400, 0.10          # loss only on h1 -> s1 (params1): a ping is lost with p
+    out, _ = run_script(tmp_path, "ping", {"params1": {"loss": 10}}, str(n), "0.01")
+    _replies, tx, rx = parse_ping(out["ping"])
+    lo, hi = binomial_bounds(tx, p)
+    assert tx == n and lo <= tx - rx <= hi, f"{tx - rx} of {tx} lost, 99 % bounds [{lo}, {hi}]"
+
+
+def test_unknown_parameter_rejected_by_name_nothing_left(tmp_path):
+    script = tmp_path / "line.py"
+    script.write_text(SCRIPT)
+    proc = minimesh("mininet", str(script), "ping", json.dumps({"delya": "10ms"}), "1", "0.2")
+    assert proc.returncode != 0
+    assert "delya: unknown link parameter" in proc.stderr
+    if "minimesh: TCLink" not in proc.stderr:
+        pytest.skip("stock TCLink kept (the kernel has netem)")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "s1-eth" not in links and "h1-eth" not in links
+    emulators = subprocess.run(["pgrep", "-f", "testbed.links.emulator"], capture_output=True, text=True)
+    assert emulators.stdout == ""
+
+
+# --- mn -----------------------------------------------------------------------------------
+
+def test_mn_linear_tc_delay_pingall_and_rtt(tmp_path):
+    post = tmp_path / "post.cli"       # a warm-up (ARP, bridge learning, IPv6 chatter), then measure
+    post.write_text("h1 ping -n -q -c 20 -i 0.1 h3\nh1 ping -n -c 40 -i 0.1 h3\n"
+                    "link s1 s2 down\nh1 ping -n -c 1 -W 1 h3\nlink s1 s2 up\nh1 ping -n -c 3 -W 2 h3\n"
+                    "net\ndump\n")
+    proc = minimesh("mn", "--topo", "linear,3", "--link", "tc,delay=10ms", "--test", "pingall",
+                    "--post", str(post))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "*** Results: 0% dropped (6/6 received)" in out
+    pings = out.split("PING 10.0.0.3")
+    assert len(pings) == 5, out[-3000:]
+    # h1 - s1 - s2 - s3 - h3: four links, 10 ms each way on each
+    assert median_rtt(pings[2]) == pytest.approx(80.0, abs=RTT_TOL_MS)
+    # Mininet's CLI on the substituted links: link down/up, net, dump
+    assert "1 packets transmitted, 0 received" in pings[3]
+    assert "3 packets transmitted, 3 received" in pings[4]
+    assert "s1-eth2:s2-eth2" in out and "<Host h1: h1-eth0:10.0.0.1" in out
+
+
+CUSTOM = textwrap.dedent("""
+    from mininet.topo import Topo
+
+    class Pair(Topo):
+        "n hosts on one switch; h1's link delayed as TCLink's delay"
+        def build(self, n=2, delay='5ms'):
+            s1 = self.addSwitch('s1')
+            for i in range(1, n + 1):
+                opts = {'delay': delay} if i == 1 else {}
+                self.addLink(self.addHost('h%d' % i), s1, **opts)
+
+    topos = {'pair': Pair}
+""")
+
+
+def test_custom_topology_in_mn(tmp_path):
+    custom = tmp_path / "pair.py"
+    custom.write_text(CUSTOM)
+    post = tmp_path / "post.cli"
+    post.write_text("h1 ping -n -c 30 -i 0.1 h3\n")
+    proc = minimesh("mn", "--custom", str(custom), "--topo", "pair,3,delay=8ms", "--link", "tc",
+                    "--test", "pingall", "--post", str(post))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "*** Results: 0% dropped (6/6 received)" in out
+    assert median_rtt(out) == pytest.approx(16.0, abs=RTT_TOL_MS)
+
+
+def test_custom_topology_in_up(tmp_path):
+    custom = tmp_path / "pair.py"
+    custom.write_text(CUSTOM)
+    proc = minimesh("up", "--custom", str(custom), "--topo", "pair,3",
+                    stdin="pingall\nh1 ping -n -c 30 -i 0.1 h2\nexit\n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "0% dropped (6/6 received)" in out
+    assert median_rtt(out) == pytest.approx(10.0, abs=RTT_TOL_MS)
+
+
+def test_custom_topology_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from mininet.topo import Topo\n\nx = 1 +\n")
+    proc = minimesh("up", "--custom", str(bad), "--topo", "pair")
+    assert proc.returncode == 2 and f"{bad}:3: syntax error" in proc.stderr
+    custom = tmp_path / "pair.py"
+    custom.write_text(CUSTOM)
+    proc = minimesh("up", "--custom", str(custom), "--topo", "nope")
+    assert proc.returncode == 2 and "no topology 'nope'; defined: pair" in proc.stderr
