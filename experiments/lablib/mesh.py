@@ -330,3 +330,31 @@ def plot_pilot_latency(path: os.PathLike, runs: dict[str, dict[str, Any]], title
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def rule_files(paths: Sequence[Any]) -> str:
+    """The Istio YAML of ``paths`` (a lab's ``--rules FILE...``), one stream; raises
+    ValueError naming a file that cannot be read."""
+    texts = []
+    for p in paths:
+        try:
+            texts.append(open(p, encoding="utf-8").read())
+        except OSError as e:
+            raise ValueError(f"--rules {p}: {e.strerror}") from None
+    return "\n---\n".join(texts)
+
+
+def with_replicas(spec: Any, counts: dict[str, int], service: str = "echo") -> Any:
+    """``spec`` (a MeshSpec) with only the first ``counts[version]`` instances of each version
+    of ``service`` (a lab's ``--replicas v1=1,v2=1``); at most the topology's count, >= 1."""
+    svc = next(s for s in spec.services if s.name == service)
+    have = {v.name: v.replicas for v in svc.versions}
+    for v, n in counts.items():
+        if v not in have or not 1 <= n <= have[v]:
+            raise ValueError(f"--replicas {v}={n}: allowed versions {', '.join(have)} with 1 to their count in "
+                             f"{spec.source or 'the topology'} ({', '.join(f'{k}<={c}' for k, c in have.items())})")
+    keep = tuple(i for i in spec.instances if i.service != service
+                 or int(i.instance.rsplit("-", 1)[1]) < counts.get(i.version, have[i.version]))
+    versions = tuple(replace(v, replicas=counts.get(v.name, v.replicas)) for v in svc.versions)
+    services = tuple(replace(s, versions=versions) if s.name == service else s for s in spec.services)
+    return replace(spec, instances=keep, services=services)
