@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import testbed.cli.clean as clean
 import testbed.cli.demo as demo
 import testbed.cli.doctor as doctor
+import testbed.cli.lab as lab
 import testbed.cli.mesh as mesh
 import testbed.cli.run as run
 import testbed.cli.up as up
@@ -23,7 +24,7 @@ from testbed.net.lifecycle import EXIT_FAIL
 
 __all__ = ["SUBCOMMAND_MODULES", "iter_subcommands", "build_parser", "main"]
 
-SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, mesh)
+SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, lab, mesh)
 
 
 def iter_subcommands(modules: Sequence[ModuleType | str] | None = None) -> Iterator[Subcommand]:
