@@ -123,7 +123,7 @@ def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequenc
     """Two panels over experiment time: latency p50/p99 of successful requests per window
     (ms), and the success rate per window (%); fault windows (apply -> revert) shaded and
     milestones (:func:`milestones`) marked on both. Without requests, the etcd operations."""
-    from matplotlib.ticker import ScalarFormatter   # late: matplotlib (~300 ms) only when a plot is drawn
+    from matplotlib.ticker import NullFormatter, ScalarFormatter   # late: matplotlib only when a plot is drawn
     plt = pyplot()
     what = "requests"
     if not requests and etcd:
@@ -138,7 +138,7 @@ def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequenc
         if any(w.p99_ms for w in ws):
             ax_lat.set_yscale("log")
             ax_lat.yaxis.set_major_formatter(ScalarFormatter())     # 6, not 6x10^0
-            ax_lat.yaxis.set_minor_formatter(ScalarFormatter())
+            ax_lat.yaxis.set_minor_formatter(NullFormatter())
         ax_ok.plot(t, [None if w.success_rate is None else 100 * w.success_rate for w in ws], color="tab:green",
                    marker=".", label="success rate")
         ax_ok.set_ylabel("success (%)")
@@ -213,7 +213,7 @@ def plot_split(path: str | Path, verdict: SplitVerdict, title: str = "",
             ax2.fill_between(t, lo, hi, color="tab:blue", alpha=0.2, label=f"{level} Wilson interval")
             ax2.plot(t, cum, color="tab:blue", label=f"{canary.version} share so far")
             ax2.axhline(100 * canary.expected, color="tab:red", linestyle="--", label="configured")
-            ax2.set_ylim(0, max(3 * 100 * canary.expected, 5))
+            ax2.set_ylim(0, min(105, max(3 * 100 * canary.expected, 5)))
             ax2.set_xlabel("experiment time t (s)")
             ax2.set_ylabel(f"{canary.version} share (%)")
             ax2.set_title(f"{canary.version}'s share over time", fontsize=10)
