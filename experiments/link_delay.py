@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from lablib.tshark import print_tshark
 from pathlib import Path
 
 import yaml
@@ -138,6 +139,7 @@ def analyze(ctx: Context, data: HistoryData) -> None:
                         f"failure p50 {r['fail_p50_ms'] or 0:.0f} ms (3 x 150 ms .. 1 s + 50 ms)" for r in above)
               or f"no delay step with 2 x delay > {per_try + MARGIN_MS:g} ms")
     plot(ctx, rows)
+    print_tshark(ctx, "up-eth0.pcapng", ["http.request", "tcp.analysis.retransmission"])
 
 
 def plot(ctx: Context, rows: list[dict]) -> None:

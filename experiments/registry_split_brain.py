@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from lablib.tshark import print_tshark
 from lablib import (NO_RETRIES, Sides, etcd_claims, move_leader, pilot_claims, pilot_watcher, plot_sides,
                     registry_claims, routing_claims)
 from testbed.faults import Partition, complete
@@ -76,6 +77,8 @@ def analyze(ctx: Context, data: HistoryData) -> None:
     p0, p1 = ctx.metrics["partition"]         # fully cut in [p0, p1]; "after the heal" counts from p1
     etcd_claims(ctx, data, SIDES, p0, p1)
     registry_claims(ctx, data, SIDES, p0, p1, ctx.params["ttl_s"])
+    print_tshark(ctx, "c2-eth0.pcapng", ["http.response.code >= 500", "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                                         ("tcp.port == 2379 && http.request", ("-d", "tcp.port==2379,http"))])
     pilot_claims(ctx, data, SIDES, p0, p1)
     routing_claims(ctx, data, SIDES, p0, p1, ctx.metrics["end"])
     plot_sides(ctx.out / "sides.png", data, SIDES, p0, p1)
