@@ -11,7 +11,7 @@ c1) runs twice: etcd's default timeouts (heartbeat 100 ms, election 1000 ms) and
 (500, 5000). e3 is made the leader; c1 writes a key 10 times a second (open loop, leader
 first) and registers a fake `probe` instance every 0.5 s via e2; Pilot knows only e1 and e2
 (it watches via e1; given e3 too, its etcd client can fail over onto the slow member and
-stay there, stale, for the whole jump — see the lab's question 7). The
+stay there, stale, for the whole jump — see the lab's question 6). The
 delay on e3's link grows step by step, then jumps. Per registry change: time to Pilot's
 config, its EDS push and every sidecar's ACK (experiments/lablib/mesh.py). Claims: at the
 first step writes, Pilot's config and every ACK come 4 (up to 6) x the one-way delay later
