@@ -28,6 +28,7 @@ from typing import Any
 
 from lablib.etcd import PLAN_KEYS, read_plan
 from lablib.exercises import add_exercise_flag, apply_exercise
+from lablib.tshark import print_tshark
 from lablib import (RegistryChanger, etcd_log_events, etcd_ops, keep_etcd_logs, leaders_elected, move_leader,
                     plot_pilot_latency, registry_mesh_spec, window_summary, write_summary, xds_latency)
 from testbed.faults import LinkChange
@@ -183,6 +184,14 @@ def analyze(ctx: Context, data: HistoryData) -> None:
         if jw is not None and ctx.params["jump_ms"] == 2400 and tag in CONFIGS:
             jump_claims(ctx, tag, r, jw)
     plot_pilot_latency(ctx.out / "pilot_latency.png", ctx.metrics["runs"], "etcd leader delay: writes, Pilot, ACKs")
+    leader = ctx.params["leader"]
+    ip = next((i for i, n in ctx.names.items() if n == leader), leader)
+    raft = ("-d", "tcp.port==2380,http")      # Decode As: rafthttp is HTTP (streams, POST /raft)
+    print_tshark(ctx, f"{leader}-eth0.pcapng", [
+        ("tcp.port == 2380 && http.request", raft),                        # the peers' streams opened
+        (f"ip.src == {ip} && tcp.srcport == 2380 && tcp.len > 0", raft),   # the leader's appends and heartbeats
+        ("tcp.analysis.retransmission", ())])
+    print_tshark(ctx, "cp-eth0.pcapng", ["tcp.srcport == 2379 && tcp.len > 0"])   # watch events reaching Pilot
     apply_exercise(ctx, data)
 
 

@@ -155,7 +155,8 @@ def _no_election(data: HistoryData, metrics: Mapping[str, Any], params: Mapping[
                   f"leaders elected after the first delay: {elected or 'none'} (etcd:<member> 'leader' events; "
                   f"election timeout {run.get('election_ms')} ms); e3-eth0.pcapng: tcp.port == 2380"),
             Check("writes measured: expect_write_p50_ms within 25 % of the grader's write p50", close,
-                  f"you wrote {expect} ms; measured write p50 at {top and top['delay_ms']} ms: {got} ms "
+                  f"you wrote {expect} ms; measured write p50 at {top and top['delay_ms']} ms: "
+                  f"{'-' if got is None else round(got)} ms "
                   f"({top and top.get('ok')}/{top and top.get('writes')} writes acknowledged)")]
 
 
