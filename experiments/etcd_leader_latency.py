@@ -171,7 +171,8 @@ def analyze(ctx: Context, data: HistoryData) -> None:
         mine = [o for o in ops if str(o["process"]).startswith(tag + "-")]
         changes = xds_latency(data.events, tag, r["nodes"], r["others"])
         for w in r["windows"]:
-            w.update(window_summary(changes, w["t0"] + 0.5, w["t1"]), **write_summary(mine, w["t0"] + 0.5, w["t1"]))
+            w.update(window_summary(changes, w["t0"] + 0.5, w["t1"]), **write_summary(mine, w["t0"] + 0.5, w["t1"]),
+                     elected=leaders_elected(data.events, tag, w["t0"], w["t1"]) if w["delay_ms"] else [])
         delayed = [w for w in r["windows"] if w["delay_ms"] > 0]
         r["leaders_elected"] = leaders_elected(data.events, tag, delayed[0]["t0"], r["t_end"]) if delayed else []
         jw = r["windows"][-1] if r["windows"][-1]["jump"] else None
