@@ -2,7 +2,9 @@
 (testbed.run.exercises). Runs ``experiments/LAB.py --quick`` with the exercise's flags and
 the student's files on the lab's topology, then prints each check — held or not, with the
 evidence (counts, latencies, capture filters) — and exits 0 only when every check held.
-``minimesh lab list``: the exercises, their goals and a solution's file name."""
+``minimesh lab list``: the exercises, their goals and a solution's file name.
+``minimesh lab record PAGE RESULTS``: a run's checks and tshark counts into its lab page
+(testbed.run.labpage)."""
 from __future__ import annotations
 
 import argparse
@@ -73,8 +75,19 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if held and r.returncode == 0 else 1
 
 
+def _record(args: argparse.Namespace) -> int:
+    from testbed.run.labpage import record   # late: testbed.run is not for `minimesh --help`
+    if not args.page.is_file() or not (args.results / "results.json").is_file():
+        print(f"minimesh lab record: need a page ({args.page}) and a run's results.json "
+              f"({args.results / 'results.json'})", file=sys.stderr)
+        return EXIT_USAGE
+    stored = record(args.page, args.results, REPO)
+    print(f"{args.page}: recorded run from {args.results} (stored as {stored})")
+    return 0
+
+
 def _configure(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="lab_command", metavar="{check,list}", required=True)
+    sub = p.add_subparsers(dest="lab_command", metavar="{check,list,record}", required=True)
     c = sub.add_parser("check", help="grade your solution: runs the lab (--quick) with your file(s)")
     c.add_argument("lab", help="the lab, e.g. header_routing (minimesh lab list)")
     c.add_argument("exercise", help="the exercise, e.g. android-20")
@@ -82,6 +95,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     c.add_argument("--out", type=Path, help="results directory (default ./results/lab-LAB-EXERCISE-<timestamp>)")
     c.set_defaults(_lab=_check)
     sub.add_parser("list", help="the graded exercises").set_defaults(_lab=_list)
+    r = sub.add_parser("record", help="put a run's checks and tshark counts into its lab page")
+    r.add_argument("page", type=Path, help="docs/labs/LAB.md")
+    r.add_argument("results", type=Path, help="the run's --out directory")
+    r.set_defaults(_lab=_record)
 
 
 def _run(args: argparse.Namespace) -> int:
