@@ -111,7 +111,8 @@ def analyze(ctx: Context, data: HistoryData) -> None:
                      "p50_ms": percentile(ok, 50), "p90_ms": percentile(ok, 90), "p99_ms": percentile(ok, 99),
                      "fail_p50_ms": percentile([r.latency_s * 1000 for r in bad], 50)})
     ctx.metrics["steps"] = rows
-    print(f"\n{'delay':>6} {'reqs':>5} {'ok':>5} {'UT':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'retries':>7}")
+    print(f"\none-way delay (ms), requests, ok, 504 UT, latency percentiles (ms), upstream retries\n"
+          f"{'delay':>6} {'reqs':>5} {'ok':>5} {'UT':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'retries':>7}")
     for r in rows:
         f = lambda v: f"{v:7.1f}" if v is not None else "      -"  # noqa: E731  (a table cell, kept to one line)
         print(f"{r['delay_ms']:6g} {r['requests']:5d} {r['ok']:5d} {r['ut']:4d} {f(r['p50_ms'])} "
