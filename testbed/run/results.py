@@ -99,7 +99,11 @@ def milestones(events: Sequence[Event]) -> list[tuple[float, str]]:
         if key in MILESTONES:
             who = e.details.get("leader") or e.details.get("instance") or e.details.get("name") or ""
             out.append((e.t, f"{MILESTONES[key]} {who}".strip()))
-    return sorted(set(out))
+    kept: list[tuple[float, str]] = []     # the same milestone seen by several members: once
+    for t, label in sorted(set(out)):
+        if not any(lb == label and t - tk < 1.0 for tk, lb in kept):
+            kept.append((t, label))
+    return kept
 
 
 def etcd_requests(etcd: Sequence[Any]) -> list[Request]:
