@@ -84,7 +84,7 @@ def analyze(ctx: Context, data: HistoryData) -> None:
               f"[{v2.ci_low:.2%}, {v2.ci_high:.2%}], binomial p = {split.p_value:.3g}")
     plot_split(ctx.out / "split.png", split, title=f"canary: {ctx.args.weight} % to v2",
                requests=data.requests)
-    v2_ip = next((ip for ip, n in ctx.names.items() if n == "echo-v2-0"), "10.0.0.5")
+    v2_ip = ctx.topology.host("h4").ip.split("/")[0]         # echo-v2-0's host
     mine = f'http.request.line contains "{WORKLOAD_HEADER}"'
     print_tshark(ctx, "c0-eth0.pcapng", [f"http.request && {mine} && ip.dst == {v2_ip}",
                                          V2_ANSWERS,

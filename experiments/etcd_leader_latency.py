@@ -186,7 +186,7 @@ def analyze(ctx: Context, data: HistoryData) -> None:
             jump_claims(ctx, tag, r, jw)
     plot_pilot_latency(ctx.out / "pilot_latency.png", ctx.metrics["runs"], "etcd leader delay: writes, Pilot, ACKs")
     leader = ctx.params["leader"]
-    ip = next((i for i, n in ctx.names.items() if n == leader), leader)
+    ip = ctx.topology.host(leader).ip.split("/")[0]
     raft = ("-d", "tcp.port==2380,http")      # Decode As: rafthttp is HTTP (streams, POST /raft)
     print_tshark(ctx, f"{leader}-eth0.pcapng", [
         ("tcp.port == 2380 && http.request", raft),                        # the peers' streams opened
