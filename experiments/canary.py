@@ -30,7 +30,7 @@ from testbed.paths import REPO
 from testbed.run import Context, Experiment, plot_split, start_mesh
 from testbed.run.checkers import check_availability, check_split
 
-WORKLOAD_HEADER = "X-Minimesh-Workload"
+WORKLOAD_HEADER = "x-minimesh-workload"    # lower case, as the sidecar forwards header names (tshark matches case)
 RULES = REPO / "topologies" / "mesh-lab"      # echo-subsets.yaml, echo-weights.yaml (90/10)
 
 
