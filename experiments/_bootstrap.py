@@ -47,6 +47,9 @@ def ensure() -> None:
         if os.access(python, os.X_OK) and os.path.abspath(python) != os.path.abspath(sys.executable):
             os.environ["MINIMESH_BOOTSTRAPPED"] = "1"
             os.execv(python, [python, os.path.abspath(sys.argv[0]), *sys.argv[1:]])
+    if any(os.path.abspath(c) == os.path.abspath(sys.executable) for c in candidates()):
+        raise SystemExit(f"{sys.executable} (this checkout's virtualenv) lacks {', '.join(lacking)}: the setup is "
+                         "incomplete or was changed. " + setup_hint())
     raise SystemExit(f"{sys.executable} lacks {', '.join(lacking)}, and no project interpreter was found "
                      f"(tried {', '.join(candidates())}). " + setup_hint())
 
