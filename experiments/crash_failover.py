@@ -142,7 +142,10 @@ def analyze(ctx: Context, data: HistoryData) -> None:
         ctx.claim("student: 0 client errors", student["errors"] == 0 and student["requests"] > 0,
                   f"{student['errors']} of {student['after_crash']} failed after the crash; c0's sidecar retried "
                   f"{student['sidecar_retries']} times; {VICTIM} ejected after {student['ejected_after_s']} s")
-    print_tshark(ctx, "c0-eth0.pcapng", ["http.response.code >= 500",
+    victim_ip = ctx.topology.host("h1").ip.split("/")[0]      # echo-v1-0's host
+    # the clients' 503s are the sidecar's own replies (not on the wire); on the wire: its
+    # connects to the dead replica, refused (RST) or unanswered
+    print_tshark(ctx, "c0-eth0.pcapng", [f"ip.dst == {victim_ip} && tcp.flags.syn == 1 && tcp.flags.ack == 0",
                                          "tcp.flags.reset == 1 || icmp.type == 3",
                                          "tcp.port == 15010 && http.request.uri contains \"endpoints\""])
     apply_exercise(ctx, data)

@@ -136,7 +136,7 @@ def _zero_errors(data: HistoryData, metrics: Mapping[str, Any], params: Mapping[
             Check("0 client errors, from start to end", bool(mine) and all(r.ok for r in mine),
                   f"{_errors(mine)}; after the crash: {_errors(after)}; c0's sidecar retried "
                   f"{phase.get('sidecar_retries')} times; echo-v1-0 ejected after {phase.get('ejected_after_s')} s; "
-                  "c0-eth0.pcapng: http.response.code >= 500")]
+                  "c0-eth0.pcapng: tcp.flags.reset == 1 (connects refused by the dead replica)")]
 
 
 def _no_election(data: HistoryData, metrics: Mapping[str, Any], params: Mapping[str, Any], out: Path) -> list[Check]:

@@ -25,6 +25,8 @@ _KEEP_PARAMS = ("quick", "seed", "host", "link_backend", "configs", "delays_ms",
 
 
 def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        v = round(v, 3)
     text = v if isinstance(v, str) else json.dumps(v)
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -72,7 +74,7 @@ def record(page: Path, results_dir: Path, repo: Path) -> Path:
     res = _slim(json.loads((results_dir / "results.json").read_text()))
     stored = repo / RUNS / f"{res['experiment']}.json"
     stored.parent.mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+    stored.write_text(json.dumps(res, indent=1) + "\n")     # order kept: the page renders from it
     text = page.read_text()
     old = page_block(text)
     block = render(res)
