@@ -59,7 +59,7 @@ def configure(ap) -> None:
                     "(quick: plain,resilient)")
     ap.add_argument("--rules", nargs="+", metavar="FILE", help="Istio YAML of the 'student' phase (your own "
                     "DestinationRule/VirtualService for echo)")
-    ap.add_argument("--ttl-s", type=float, help=f"the registry's lease TTL (topology: {TTL_S} s; question 2)")
+    ap.add_argument("--ttl-s", type=int, help=f"the registry's lease TTL (topology: {TTL_S} s; question 2)")
     add_exercise_flag(ap, "crash_failover")
 
 

@@ -44,7 +44,7 @@ HTTP_RATE, ETCD_RATE = 10, 5
 def configure(ap) -> None:
     ap.add_argument("--pilot-side", choices=("minority", "majority"), default="minority",
                     help="the side of the cut Pilot (cp) is on (default minority; question 3)")
-    ap.add_argument("--ttl-s", type=float, help="the registry's lease TTL (topology's by default; question 6)")
+    ap.add_argument("--ttl-s", type=int, help="the registry's lease TTL (topology's by default; question 6)")
 
 
 def sides(ctx: Context) -> tuple[list[str], list[str]]:
