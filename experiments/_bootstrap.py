@@ -25,6 +25,16 @@ def candidates() -> list[str]:
     return [env] if env else [str(REPO / ".venv" / "bin" / "python")]
 
 
+SETUP = "sudo ./minimesh demo"       # README.md's first command; `sudo ./minimesh test` sets up a superset
+
+
+def setup_hint() -> str:
+    """What to run, in README.md's words, to get the interpreter this script needs."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO) if sys.argv and sys.argv[0] else "experiments/X.py"
+    return (f"Set this checkout up once, as README.md says: `cd {REPO} && {SETUP}` (or `sudo ./minimesh test`); "
+            f"then `sudo python3 {script}` works. (MINIMESH_PYTHON=/path/to/python picks another interpreter.)")
+
+
 def ensure() -> None:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -32,16 +42,18 @@ def ensure() -> None:
     if not lacking:
         return
     if os.environ.get("MINIMESH_BOOTSTRAPPED"):
-        raise SystemExit(f"{sys.executable} lacks {', '.join(lacking)} even after re-exec; "
-                         f"set MINIMESH_PYTHON to an interpreter that has them")
+        raise SystemExit(f"{sys.executable} lacks {', '.join(lacking)}: the virtualenv is incomplete. "
+                         + setup_hint())
     for python in candidates():
         # a venv's python is a symlink to the system one: compare the paths, not their targets
         if os.access(python, os.X_OK) and os.path.abspath(python) != os.path.abspath(sys.executable):
             os.environ["MINIMESH_BOOTSTRAPPED"] = "1"
             os.execv(python, [python, os.path.abspath(sys.argv[0]), *sys.argv[1:]])
-    raise SystemExit(f"{sys.executable} lacks {', '.join(lacking)} and no project interpreter was found "
-                     f"(tried {', '.join(candidates())}); run `sudo ./minimesh test` (or `sudo ./minimesh demo`) "
-                     f"once to set up {REPO / '.venv'}, or set MINIMESH_PYTHON")
+    if any(os.path.abspath(c) == os.path.abspath(sys.executable) for c in candidates()):
+        raise SystemExit(f"{sys.executable} (this checkout's virtualenv) lacks {', '.join(lacking)}: the setup is "
+                         "incomplete or was changed. " + setup_hint())
+    raise SystemExit(f"{sys.executable} lacks {', '.join(lacking)}, and no project interpreter was found "
+                     f"(tried {', '.join(candidates())}). " + setup_hint())
 
 
 ensure()

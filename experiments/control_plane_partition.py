@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from lablib.tshark import print_tshark
 from testbed.faults import Partition, control_plane_cut
 from testbed.history import HistoryData
 from testbed.paths import REPO
@@ -63,6 +64,7 @@ def analyze(ctx: Context, data: HistoryData) -> None:
     m = ctx.metrics
     reqs = sorted(data.requests, key=lambda r: r.t_start)
     ctx.verdicts["availability (1 s windows >= 99 %)"] = check_availability(reqs, 1.0, 0.99)
+    print_tshark(ctx, "c0-eth0.pcapng", ["tcp.port == 15010 && http.request", "http.response.code >= 500"])
     early_v2 = [r for r in reqs if r.version == "v2" and r.t_end < m["heal_t"]]
     cut = [r for r in reqs if m["cut_t"] <= r.t_start < m["heal_t"]]
     ctx.claim("traffic keeps flowing on the last config during the cut",

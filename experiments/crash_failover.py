@@ -28,6 +28,11 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from dataclasses import replace
+
+from lablib.exercises import add_exercise_flag, apply_exercise
+from lablib.mesh import rule_files
+from lablib.tshark import print_tshark
 from testbed.faults import Crash
 from testbed.history import HistoryData
 from testbed.mesh.spec import ADMIN_PORT_BASE
@@ -50,20 +55,39 @@ def retries(ctx: Context) -> int:
 
 
 def configure(ap) -> None:
-    ap.add_argument("--phases", default=None, help=f"of {', '.join(PHASES)} (quick: plain,resilient)")
+    ap.add_argument("--phases", default=None, help=f"of {', '.join(PHASES)}, student (--rules) "
+                    "(quick: plain,resilient)")
+    ap.add_argument("--rules", nargs="+", metavar="FILE", help="Istio YAML of the 'student' phase (your own "
+                    "DestinationRule/VirtualService for echo)")
+    ap.add_argument("--ttl-s", type=int, help=f"the registry's lease TTL (topology: {TTL_S} s; question 2)")
+    add_exercise_flag(ap, "crash_failover")
+
+
+def phase_rules(ctx: Context, phase: str) -> str:
+    if phase == "student":
+        if not ctx.args.rules:
+            raise ValueError("--phases student needs --rules FILE...")
+        return rule_files(ctx.args.rules)
+    if phase not in PHASES:
+        raise ValueError(f"--phases: unknown phase {phase!r}; allowed: {', '.join(PHASES)}, student")
+    return "---\n".join((RULES / f).read_text() for f in PHASES[phase])
 
 
 def run(ctx: Context) -> None:
     rate, before, after = (40, 3.0, 9.0) if ctx.quick else (100, 10.0, 30.0)
-    ctx.params.update(rate=rate, crash_after_s=before, phase_s=before + after, victim=VICTIM, ttl_s=TTL_S)
-    mesh = start_mesh(ctx)
+    spec = ctx.topology.sections["mesh"]
+    if ctx.args.ttl_s:
+        spec = replace(spec, registry=replace(spec.registry, ttl_s=ctx.args.ttl_s))
+    ctx.params.update(rate=rate, crash_after_s=before, phase_s=before + after, victim=VICTIM,
+                      ttl_s=spec.registry.ttl_s)
+    mesh = start_mesh(ctx, spec=spec)
     # VICTIM is its app, sidecar and agent, as if its host died; the crash is over (reverted)
     # once the restarted instance is registered and every sidecar has ACKed again
     nem = ctx.nemesis(target=mesh.fault_target(ready_timeout_s=40))
     ctx.metrics["phases"] = {}
     phases = (ctx.args.phases or ("plain,resilient" if ctx.quick else ",".join(PHASES))).split(",")
     for fid, phase in enumerate(phases):
-        rules = "---\n".join((RULES / f).read_text() for f in PHASES[phase])
+        rules = phase_rules(ctx, phase)
         mesh.apply_text(rules, f"{phase}.yaml")
         retried_before = retries(ctx)
         wait_for_config(mesh, f"the {phase} rules")
@@ -83,7 +107,7 @@ def analyze(ctx: Context, data: HistoryData) -> None:
     res = {}
     for phase, p in ctx.metrics["phases"].items():     # also istio-default in a full run
         mine = [r for r in data.requests if r.client == phase]
-        v = check_failover(mine, p["crash_t"], until=p["end_t"], max_recovery_s=TTL_S + 4)
+        v = check_failover(mine, p["crash_t"], until=p["end_t"], max_recovery_s=ctx.params["ttl_s"] + 4)
         after = [r for r in mine if r.t_start >= p["crash_t"]]
         res[phase] = v
         ej = first_ejection(data.events, VICTIM, p["crash_t"], p["end_t"])    # sidecars' outlier logs
@@ -113,6 +137,18 @@ def analyze(ctx: Context, data: HistoryData) -> None:
                       + f"; c0's sidecar retried {p['sidecar_retries']} times"
                       + (f"; {VICTIM} ejected after {p['ejected_after_s']} s" if name == "resilient" else ""))
 
+    student = phases.get("student")
+    if student is not None:
+        ctx.claim("student: 0 client errors", student["errors"] == 0 and student["requests"] > 0,
+                  f"{student['errors']} of {student['after_crash']} failed after the crash; c0's sidecar retried "
+                  f"{student['sidecar_retries']} times; {VICTIM} ejected after {student['ejected_after_s']} s")
+    victim_ip = ctx.topology.host("h1").ip.split("/")[0]      # echo-v1-0's host
+    # the clients' 503s are the sidecar's own replies (not on the wire); on the wire: its
+    # connects to the dead replica, refused (RST) or unanswered
+    print_tshark(ctx, "c0-eth0.pcapng", [f"ip.dst == {victim_ip} && tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                                         "tcp.flags.reset == 1 || icmp.type == 3",
+                                         "tcp.port == 15010 && http.request.uri contains \"endpoints\""])
+    apply_exercise(ctx, data)
 
 EXPERIMENT = Experiment("crash_failover", __doc__, REPO / "topologies" / "mesh-lab.yaml", run, analyze, configure)
 

@@ -21,8 +21,10 @@ import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if nee
 
 from pathlib import Path
 
-from lablib import (LISTEN, PROXIES, SITE, curl, dns_queries, proxy_argv, read_web_log, start_dns,
-                    start_website, step, tshark_count)
+from lablib.exercises import add_exercise_flag, apply_exercise
+from lablib.tshark import print_tshark
+from lablib import (LISTEN, PROXIES, SEED_YAML, SITE, curl, dns_queries, proxy_argv, proxy_config, read_web_log,
+                    start_dns, start_website, step, tshark_count)
 from testbed.apps.website import PAGE_MARKER
 from testbed.faults import LinkChange
 from testbed.history import HistoryData
@@ -35,6 +37,13 @@ from testbed.run.checkers import check_availability, percentile
 def configure(ap) -> None:
     ap.add_argument("--proxy", choices=PROXIES, default="minimesh", help="front proxy (default minimesh)")
     ap.add_argument("--delay-ms", type=float, default=50.0, help="one-way delay on web's link (default 50)")
+    ap.add_argument("--proxy-config", type=Path, help="the front proxy's YAML instead of the seed's "
+                    "(Envoy v2 static config for minimesh, v3 for --proxy envoy)")
+    ap.add_argument("--web-nagle", action="store_true", help="the stand-in web server as http.server is by "
+                    "default: Nagle on, headers and body in two writes (question 3)")
+    ap.add_argument("--fail-every", type=int, default=0, metavar="N", help="the web server answers every N-th "
+                    "request 503 (a flaky upstream; the retry-flaky exercise)")
+    add_exercise_flag(ap, "front_proxy")
 
 
 def run(ctx: Context) -> None:
@@ -54,7 +63,11 @@ def run(ctx: Context) -> None:
 def start_web(ctx: Context) -> Path:
     tb = ctx.tb
     step(2, f"web server on 'web' ({tb.ip('web')}:80) stands in for {SITE}")
-    web_log = start_website(ctx, "web", probe_from="h1")
+    opts = (["--nagle"] if ctx.args.web_nagle else []) + (
+        ["--fail-every", str(ctx.args.fail_every)] if ctx.args.fail_every else [])
+    if opts:
+        print("web$ python -m testbed.apps.website ... " + " ".join(opts))
+    web_log = start_website(ctx, "web", probe_from="h1", options=opts)
     ctx.claim("web server listens on port 80", True, f"{tb.ip('web')}:80 seen from h1")
     return web_log
 
@@ -72,8 +85,11 @@ def start_testbed_dns(ctx: Context) -> tuple[DnsServer, int]:
 
 
 def start_front_proxy(ctx: Context) -> None:
-    step(4, f"front proxy on h1 with the seed's YAML, unmodified ({ctx.args.proxy})")
-    argv = proxy_argv(ctx.args.proxy, ctx.python)
+    cfg = proxy_config(ctx.args.proxy, ctx.args.proxy_config)
+    what = ("your YAML" if ctx.args.proxy_config else "the seed's YAML, unmodified" if cfg == SEED_YAML
+            else "the seed's YAML translated to Envoy's v3 API")
+    step(4, f"front proxy ({ctx.args.proxy}) on h1 with {what}: {cfg}")
+    argv = proxy_argv(ctx.args.proxy, ctx.python, ctx.args.proxy_config)
     print("h1$ " + " ".join(argv))
     ctx.popen("h1", argv, "proxy")
     ctx.wait_tcp("h2", *LISTEN, proc="proxy")
@@ -85,6 +101,7 @@ def tutorial_request(ctx: Context, repeats: int) -> None:
     print("h2$ curl -v -H 'Host: google.com' 10.0.0.1:15001/")
     rc, out, req = curl(ctx, "h2")
     print(out.rstrip())
+    ctx.metrics["curl_status"] = req.status
     (ctx.out / "curl.txt").write_text(out)
     ctx.claim("curl succeeds with 200", rc == 0 and req.status == 200, f"curl exit {rc}, status {req.status}")
     ctx.claim("the page is the stand-in's", f"{PAGE_MARKER} {SITE}" in out,
@@ -101,19 +118,21 @@ def what_the_web_server_saw(ctx: Context, web_log: Path, dns: DnsServer, dns_bef
     for rec in seen[:3]:
         print(f"  from {rec['peer']}: {rec['method']} {rec['path']}  Host: {rec['host']}")
     ctx.metrics["curl_requests"] = len(seen)
-    ctx.claim("every request reached the web server", len(seen) == 1 + repeats,
+    flaky = ctx.args.fail_every > 0        # the proxy's retries (if any) reach the web server too
+    ctx.claim("every request reached the web server", len(seen) >= 1 + repeats if flaky else len(seen) == 1 + repeats,
               f"{len(seen)} requests logged, {1 + repeats} sent")
     n = dns_queries(dns.log()[dns_before:], SITE, LISTEN[0])
     ctx.claim("the proxy resolved the site through the testbed DNS", n > 0,
-              f"{n} A queries from h1 after the proxy started")
+              f"{n} A queries from h1 between the proxy's start and the curl, in dnsmasq's log (the proxy "
+              "re-resolves a logical_dns cluster every 5 s, dns_refresh_rate: more follow during the load)")
 
 
 def load_with_slow_link(ctx: Context, rate: int, duration: int) -> None:
     d = ctx.args.delay_ms
-    step(7, f"h2: {rate} req/s through the proxy for {duration} s; web's link +{d:g} ms one-way "
-            f"from {duration / 3:g} s to {2 * duration / 3:g} s")
     nem = ctx.nemesis()
     t = ctx.clock.now() + 0.5
+    step(7, f"h2: {rate} req/s through the proxy for {duration} s from t={t:.1f} s; web's link +{d:g} ms one-way "
+            f"from t={t + duration / 3:.1f} s to t={t + 2 * duration / 3:.1f} s (experiment time)")
     ctx.workload("h2", "http", rate, duration, start_s=t, url=f"http://{LISTEN[0]}:{LISTEN[1]}/",
                  header={"Host": "google.com"}, client="h2", service="gwu", timeout=5)
     ctx.sleep_until(t + duration / 3)
@@ -147,7 +166,8 @@ def analyze(ctx: Context, data: HistoryData) -> None:
               f"p50 before {before} ms, after {after} ms (allowed +10 ms)")
     seen = read_web_log(ctx.out / "web.jsonl")
     load_seen = len(seen) - ctx.metrics["curl_requests"]
-    ctx.claim("every workload request reached the web server", len(load) > 0 and load_seen == len(load),
+    ctx.claim("every workload request reached the web server",
+              len(load) > 0 and (load_seen >= len(load) if ctx.args.fail_every else load_seen == len(load)),
               f"{load_seen} logged, {len(load)} sent")
     ctx.claim(f"upstream saw Host: {SITE} (host_rewrite)", bool(seen) and all(r["host"] == SITE for r in seen),
               ", ".join(sorted({r['host'] for r in seen})) or "nothing")
@@ -158,9 +178,14 @@ def analyze(ctx: Context, data: HistoryData) -> None:
         dns_n = tshark_count(pcap, f'dns.flags.response == 0 && dns.qry.name == "{SITE}"')
         http_n = tshark_count(pcap, f'http.request && http.host == "{SITE}"')
         ctx.claim("h1's capture shows the DNS query and the rewritten request", dns_n > 0 and http_n > 0,
-                  f"{pcap}: {dns_n} DNS queries, {http_n} requests with Host: {SITE}")
-        print(f"the proxy's traffic: tshark -r {pcap} -d tcp.port==15001,http -Y 'http || dns'\n"
-              f"the fault: tshark -r {pcap} -Y frame.comment")
+                  f"{pcap}: {dns_n} DNS queries over the whole run (one per 5 s refresh), {http_n} requests "
+                  f"with Host: {SITE}")
+    print_tshark(ctx, "h1-eth0.pcapng", [f'dns.flags.response == 0 && dns.qry.name == "{SITE}"',
+                                         f'http.request && http.host == "{SITE}"',
+                                         ("http.request && tcp.dstport == 15001", ("-d", "tcp.port==15001,http"))])
+    print_tshark(ctx, "web-eth0.pcapng", ["tcp.flags.syn == 1 && tcp.flags.ack == 0", "http.response.code == 503",
+                                          "http.response && tcp.len < 200"])
+    apply_exercise(ctx, data)
 
 
 EXPERIMENT = Experiment("front_proxy", __doc__, REPO / "topologies" / "front-proxy.yaml", run, analyze, configure)

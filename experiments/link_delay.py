@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from lablib.tshark import print_tshark
+from pathlib import Path
+
+import yaml
+
 from testbed.faults import LinkChange
 from testbed.history import HistoryData
 from testbed.paths import REPO
@@ -28,6 +33,31 @@ def configure(ap) -> None:
     ap.add_argument("--delays", default=None, help="one-way delays in ms (default quick 0,20,50,100,200)")
     ap.add_argument("--rate", type=float, default=None, help="requests per second")
     ap.add_argument("--step", type=float, default=None, help="seconds per delay step")
+    ap.add_argument("--per-try-ms", type=float, default=PER_TRY_MS, help=f"the route's per_try_timeout "
+                    f"(default {PER_TRY_MS:g}; question 1)")
+    ap.add_argument("--num-retries", type=int, default=TRIES - 1, help=f"the route's num_retries (default "
+                    f"{TRIES - 1}; question 3)")
+    ap.add_argument("--envoy-retry-budget", action="store_true", help="drop the raised circuit_breakers: Envoy's "
+                    "default max_retries 3 (question 5)")
+
+
+def proxy_yaml(ctx: Context) -> Path:
+    """topologies/link-delay/proxy.yaml with this run's retry knobs, written to <out>/proxy.yaml."""
+    doc = yaml.safe_load(PROXY_YAML.read_text())
+    a = ctx.args
+    for lst in doc["static_resources"]["listeners"]:
+        for chain in lst["filter_chains"]:
+            for flt in chain["filters"]:
+                for vh in flt["typed_config"]["route_config"]["virtual_hosts"]:
+                    for route in vh["routes"]:
+                        rp = route["route"]["retry_policy"]
+                        rp.update(num_retries=a.num_retries, per_try_timeout=f"{a.per_try_ms / 1000:g}s")
+    if a.envoy_retry_budget:
+        for c in doc["static_resources"]["clusters"]:
+            c.pop("circuit_breakers", None)
+    out = ctx.out / "proxy.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
 
 
 def proxy_stats(ctx: Context) -> dict[str, int]:
@@ -39,11 +69,12 @@ def run(ctx: Context) -> None:
     a = ctx.args
     delays = [float(x) for x in (a.delays or ("0,20,50,100,200" if ctx.quick else "0,10,20,50,70,100,200")).split(",")]
     rate, step = a.rate or (20 if ctx.quick else 50), a.step or (5 if ctx.quick else 15)
-    ctx.params.update(delays_ms=delays, rate=rate, step_s=step, per_try_ms=PER_TRY_MS, tries=TRIES)
+    ctx.params.update(delays_ms=delays, rate=rate, step_s=step, per_try_ms=a.per_try_ms, tries=a.num_retries + 1,
+                      envoy_retry_budget=a.envoy_retry_budget)
     ctx.names.update({ctx.tb.ip("cl"): "client", ctx.tb.ip("px"): "proxy", ctx.tb.ip("up"): "echo-v1"})
     ctx.popen("up", [ctx.python, "-m", "testbed.apps.echo", "--bind", ctx.tb.ip("up"), "--port", "8080",
                      "--service", "echo", "--version", "v1", "--instance", "up"], "echo")
-    ctx.popen("px", [ctx.python, "-m", "proxy", "-c", str(PROXY_YAML), "-l", "warning"], "proxy")
+    ctx.popen("px", [ctx.python, "-m", "proxy", "-c", str(proxy_yaml(ctx)), "-l", "warning"], "proxy")
     ctx.wait_tcp("cl", ctx.tb.ip("up"), 8080, proc="echo")
     ctx.wait_tcp("cl", ctx.tb.ip("px"), 15001, proc="proxy")
     nem = ctx.nemesis()
@@ -68,6 +99,7 @@ def run(ctx: Context) -> None:
 
 
 def analyze(ctx: Context, data: HistoryData) -> None:
+    per_try, tries = ctx.params["per_try_ms"], ctx.params["tries"]
     settle = 1.0
     rows = []
     for s in ctx.metrics["steps"]:
@@ -79,14 +111,15 @@ def analyze(ctx: Context, data: HistoryData) -> None:
                      "p50_ms": percentile(ok, 50), "p90_ms": percentile(ok, 90), "p99_ms": percentile(ok, 99),
                      "fail_p50_ms": percentile([r.latency_s * 1000 for r in bad], 50)})
     ctx.metrics["steps"] = rows
-    print(f"\n{'delay':>6} {'reqs':>5} {'ok':>5} {'UT':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'retries':>7}")
+    print(f"\none-way delay (ms), requests, ok, 504 UT, latency percentiles (ms), upstream retries\n"
+          f"{'delay':>6} {'reqs':>5} {'ok':>5} {'UT':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'retries':>7}")
     for r in rows:
         f = lambda v: f"{v:7.1f}" if v is not None else "      -"  # noqa: E731  (a table cell, kept to one line)
         print(f"{r['delay_ms']:6g} {r['requests']:5d} {r['ok']:5d} {r['ut']:4d} {f(r['p50_ms'])} "
               f"{f(r['p90_ms'])} {f(r['p99_ms'])} {r['upstream_rq_retry']:7d}")
     base = rows[0]["p50_ms"] or 0.0
-    below = [r for r in rows if 2 * r["delay_ms"] < PER_TRY_MS - MARGIN_MS]
-    above = [r for r in rows if 2 * r["delay_ms"] > PER_TRY_MS + MARGIN_MS]
+    below = [r for r in rows if 2 * r["delay_ms"] < per_try - MARGIN_MS]
+    above = [r for r in rows if 2 * r["delay_ms"] > per_try + MARGIN_MS]
     errs = {r["delay_ms"]: round((r["p50_ms"] or 0) - base - 2 * r["delay_ms"], 1) for r in below}
     ctx.claim("p50 = base + 2 x delay (within 5 ms + 20 %)",
               all(r["p50_ms"] is not None and abs(errs[r["delay_ms"]]) <= 5 + 0.2 * r["delay_ms"] for r in below),
@@ -99,14 +132,15 @@ def analyze(ctx: Context, data: HistoryData) -> None:
                         for r in below))
     ctx.claim("every request times out (504 UT) after 3 tries once 2 x delay > per-try timeout",
               bool(above) and all(r["requests"] > 0 and r["ut"] >= 0.95 * r["requests"]
-                                  and r["upstream_rq_retry"] >= 0.95 * (TRIES - 1) * r["requests"]
+                                  and r["upstream_rq_retry"] >= 0.95 * (tries - 1) * r["requests"]
                                   and r["fail_p50_ms"] is not None
-                                  and TRIES * PER_TRY_MS <= r["fail_p50_ms"] <= ROUTE_TIMEOUT_MS + 50
+                                  and tries * per_try <= r["fail_p50_ms"] <= ROUTE_TIMEOUT_MS + 50
                                   for r in above),
               "; ".join(f"{r['delay_ms']:g} ms: {r['ut']}/{r['requests']} UT, {r['upstream_rq_retry']} retries, "
                         f"failure p50 {r['fail_p50_ms'] or 0:.0f} ms (3 x 150 ms .. 1 s + 50 ms)" for r in above)
-              or f"no delay step with 2 x delay > {PER_TRY_MS + MARGIN_MS:g} ms")
+              or f"no delay step with 2 x delay > {per_try + MARGIN_MS:g} ms")
     plot(ctx, rows)
+    print_tshark(ctx, "up-eth0.pcapng", ["http.request", "tcp.analysis.retransmission"])
 
 
 def plot(ctx: Context, rows: list[dict]) -> None:
@@ -116,7 +150,7 @@ def plot(ctx: Context, rows: list[dict]) -> None:
     for key in ("p50_ms", "p90_ms", "p99_ms"):
         ax.plot(d, [r[key] if r[key] is not None else float("nan") for r in rows], marker="o", label=key[:3])
     ax.plot(d, [(rows[0]["p50_ms"] or 0) + 2 * x for x in d], "k--", label="base + 2 x delay")
-    ax.axvline(PER_TRY_MS / 2, color="tab:red", alpha=0.4, label="2 x delay = per-try timeout")
+    ax.axvline(ctx.params["per_try_ms"] / 2, color="tab:red", alpha=0.4, label="2 x delay = per-try timeout")
     ax2 = ax.twinx()
     ax2.bar(d, [r["ut"] / r["requests"] if r["requests"] else 0 for r in rows], width=6, alpha=0.3,
             color="tab:red", label="share UT (right)")

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import _bootstrap  # noqa: F401  (re-exec under the project's interpreter if needed)
 
+from lablib.tshark import print_tshark
+from dataclasses import replace
+
 from lablib import (NO_RETRIES, Sides, etcd_claims, move_leader, pilot_claims, pilot_watcher, plot_sides,
                     registry_claims, routing_claims)
 from testbed.faults import Partition, complete
@@ -38,10 +41,26 @@ URL = "http://echo:8080/"
 HTTP_RATE, ETCD_RATE = 10, 5
 
 
+def configure(ap) -> None:
+    ap.add_argument("--pilot-side", choices=("minority", "majority"), default="minority",
+                    help="the side of the cut Pilot (cp) is on (default minority; question 3)")
+    ap.add_argument("--ttl-s", type=int, help="the registry's lease TTL (topology's by default; question 6)")
+
+
+def sides(ctx: Context) -> tuple[list[str], list[str]]:
+    if ctx.args.pilot_side == "minority":
+        return MINORITY, MAJORITY
+    return [h for h in MINORITY if h != "cp"], MAJORITY + ["cp"]
+
+
 def run(ctx: Context) -> None:
     before, cut_s, after = (4.0, 12.0, 16.0) if ctx.quick else (10.0, 30.0, 25.0)
-    ctx.params.update(before_s=before, cut_s=cut_s, after_s=after, minority=MINORITY, majority=MAJORITY)
-    mesh = start_mesh(ctx)
+    minority, majority = sides(ctx)
+    ctx.params.update(before_s=before, cut_s=cut_s, after_s=after, minority=minority, majority=majority)
+    spec = ctx.topology.sections["mesh"]
+    if ctx.args.ttl_s:
+        spec = replace(spec, registry=replace(spec.registry, ttl_s=ctx.args.ttl_s))
+    mesh = start_mesh(ctx, spec=spec)
     move_leader(ctx, mesh.etcd, "e1")
     url = dict(zip(mesh.spec.registry.members, mesh.etcd_endpoints, strict=True))
     ctx.params["ttl_s"] = mesh.spec.registry.ttl_s
@@ -61,7 +80,7 @@ def run(ctx: Context) -> None:
                      client=c + NO_RETRIES, service="echo", timeout=5, header={"x-retries": "off"})
     nem = ctx.nemesis()
     ctx.sleep_until(t + before)
-    nem.apply(Partition(complete([MINORITY, MAJORITY])), fault_id=0).raise_for_error()
+    nem.apply(Partition(complete([minority, majority])), fault_id=0).raise_for_error()
     p0 = ctx.clock.now()
     ctx.sleep_until(t + before + cut_s)
     p1 = ctx.clock.now()                      # the heal starts: from here on, some links are back
@@ -76,12 +95,15 @@ def analyze(ctx: Context, data: HistoryData) -> None:
     p0, p1 = ctx.metrics["partition"]         # fully cut in [p0, p1]; "after the heal" counts from p1
     etcd_claims(ctx, data, SIDES, p0, p1)
     registry_claims(ctx, data, SIDES, p0, p1, ctx.params["ttl_s"])
+    print_tshark(ctx, "c2-eth0.pcapng", ["http.response.code >= 500", "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                                         ("tcp.port == 2379 && http.request", ("-d", "tcp.port==2379,http"))])
     pilot_claims(ctx, data, SIDES, p0, p1)
     routing_claims(ctx, data, SIDES, p0, p1, ctx.metrics["end"])
     plot_sides(ctx.out / "sides.png", data, SIDES, p0, p1)
 
 
-EXPERIMENT = Experiment("registry_split_brain", __doc__, REPO / "topologies" / "etcd-split.yaml", run, analyze)
+EXPERIMENT = Experiment("registry_split_brain", __doc__, REPO / "topologies" / "etcd-split.yaml", run, analyze,
+                        configure)
 
 if __name__ == "__main__":
     raise SystemExit(EXPERIMENT.main())

@@ -15,8 +15,8 @@ module path (``lablib.etcd``), not through this package.
 """
 from lablib.etcd import etcd_log_events, etcd_ops, move_leader
 from lablib.front_proxy import (CURL, ENVOY_V3_YAML, LISTEN, PROXIES, SEED_YAML, SITE, curl, curl_status,
-                                dns_queries, envoy_binary, proxy_argv, read_web_log, run_on_pty, start_dns,
-                                start_website, step, tshark_count)
+                                dns_queries, envoy_binary, proxy_argv, proxy_config, read_web_log, run_on_pty,
+                                start_dns, start_website, step, tshark_count)
 from lablib.mesh import (PROBE_SERVICE, PilotWatcher, RegistryChanger, keep_etcd_logs, leaders_elected,
                          parse_listing, pilot_seen_latency, plot_pilot_latency, registry_mesh_spec, window_summary,
                          write_summary, xds_latency)
@@ -28,7 +28,7 @@ __all__ = [
     # etcd
     "move_leader", "etcd_log_events", "etcd_ops",
     # front proxy
-    "SITE", "LISTEN", "CURL", "PROXIES", "SEED_YAML", "ENVOY_V3_YAML", "step", "proxy_argv",
+    "SITE", "LISTEN", "CURL", "PROXIES", "SEED_YAML", "ENVOY_V3_YAML", "step", "proxy_argv", "proxy_config",
     "envoy_binary", "start_website", "start_dns", "run_on_pty", "curl_status", "curl", "read_web_log",
     "dns_queries", "tshark_count",
     # Pilot and the registry

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from testbed.run.experiment import Context
 
-__all__ = ["move_leader", "etcd_log_events", "etcd_ops"]
+__all__ = ["move_leader", "etcd_log_events", "etcd_ops", "read_plan", "PLAN_KEYS"]
 
 
 def move_leader(ctx: Context, runner: Any, name: str, timeout_s: float = 10.0) -> None:
@@ -73,3 +73,43 @@ def etcd_ops(events: Sequence[Any]) -> list[dict[str, Any]]:
             if e.f == "read":
                 op["value"] = e.value
     return ops
+
+
+PLAN_KEYS = {"delays_ms": "growing one-way delays on the leader's link, ms (list)",
+             "step_s": "seconds per growing step", "jump_ms": "the final jump's delay, ms (0: no jump)",
+             "jump_s": "seconds of the jump", "heartbeat_ms": "etcd heartbeat interval (a 'custom' config)",
+             "election_ms": "etcd election timeout (a 'custom' config)", "leader": "the delayed leader: e1, e2 or e3",
+             "pilot_etcd": "members Pilot may use (list, or 'all')", "cp_delay_ms": "delay on cp's link during "
+             "the growing steps, ms", "expect_write_p50_ms": "your measured write p50 at the largest delay "
+             "(graded by `minimesh lab check etcd_leader_latency no-election`)"}
+
+
+def read_plan(path: str | os.PathLike) -> dict[str, Any]:
+    """The plan file of experiments/etcd_leader_latency.py (``--plan FILE``): YAML mapping with
+    keys of :data:`PLAN_KEYS`. Raises ValueError ``file:line: key: what is allowed``."""
+    import yaml   # late: only a run with --plan reads YAML here
+
+    text = open(path, encoding="utf-8").read()
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not YAML: {e}") from None
+    if node is None or not isinstance(node, yaml.MappingNode):
+        raise ValueError(f"{path}:1: a plan is a YAML mapping with keys {', '.join(PLAN_KEYS)}")
+    plan: dict[str, Any] = {}
+    for k, v in node.value:
+        where = f"{path}:{k.start_mark.line + 1}: {k.value}"
+        if k.value not in PLAN_KEYS:
+            raise ValueError(f"{where}: unknown key; allowed: {', '.join(PLAN_KEYS)}")
+        value = yaml.safe_load(yaml.serialize(v))
+        if k.value in ("delays_ms", "pilot_etcd") and not isinstance(value, (list, str)):
+            raise ValueError(f"{where}: a list, got {value!r}")
+        if k.value in ("delays_ms",) and not all(isinstance(x, (int, float)) and x >= 0 for x in value):
+            raise ValueError(f"{where}: delays are numbers >= 0 (ms), got {value!r}")
+        if k.value not in ("delays_ms", "pilot_etcd", "leader") and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{where}: {PLAN_KEYS[k.value]}: a number >= 0, got {value!r}")
+        if k.value == "leader" and value not in ("e1", "e2", "e3"):
+            raise ValueError(f"{where}: allowed e1, e2, e3, got {value!r}")
+        plan[k.value] = value
+    return plan

@@ -30,7 +30,7 @@ from testbed.net.running import RunningTestbed
 from testbed.paths import REPO
 from testbed.run.experiment import Context
 
-__all__ = ["SITE", "LISTEN", "CURL", "PROXIES", "SEED_YAML", "ENVOY_V3_YAML", "step",
+__all__ = ["SITE", "LISTEN", "CURL", "PROXIES", "SEED_YAML", "proxy_config", "ENVOY_V3_YAML", "step",
            "proxy_argv", "envoy_binary", "start_website", "start_dns", "run_on_pty", "curl_status", "curl",
            "read_web_log", "dns_queries", "tshark_count"]
 
@@ -52,25 +52,38 @@ def envoy_binary() -> str:
     return os.environ.get("MINIMESH_ENVOY") or shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
 
 
-def proxy_argv(kind: str, python: str = sys.executable) -> list[str]:
+def proxy_config(kind: str, config: Path | None = None) -> Path:
+    """The YAML the front proxy runs: ``config`` (a student's), else the seed's as it is
+    (minimesh-proxy) or its v3 translation (real Envoy)."""
+    if config is not None:
+        return config
+    return SEED_YAML if kind == "minimesh" else ENVOY_V3_YAML
+
+
+def proxy_argv(kind: str, python: str = sys.executable, config: Path | None = None) -> list[str]:
     """The front proxy's command line: minimesh-proxy on the seed's YAML as it is, or real
-    Envoy on the v3 translation (no hot restart; a base id of its own)."""
+    Envoy on the v3 translation (no hot restart; a base id of its own); ``config``: another YAML."""
+    path = proxy_config(kind, config)
+    if config is not None and not config.is_file():
+        raise ValueError(f"--proxy-config {config}: no such file")
     if kind == "minimesh":
-        return [python, "-m", "proxy", "--config-path", str(SEED_YAML)]
+        return [python, "-m", "proxy", "--config-path", str(path)]
     if kind == "envoy":
-        return [envoy_binary(), "--config-path", str(ENVOY_V3_YAML), "--concurrency", "1", "--base-id",
+        return [envoy_binary(), "--config-path", str(path), "--concurrency", "1", "--base-id",
                 str(os.getpid() % 50000), "--disable-hot-restart", "--log-level", "warning"]
     raise ValueError(f"proxy {kind!r}: allowed {', '.join(PROXIES)}")
 
 
-def start_website(ctx: Context, host: str, probe_from: str, site: str = SITE, port: int = 80) -> Path:
+def start_website(ctx: Context, host: str, probe_from: str, site: str = SITE, port: int = 80,
+                  options: Sequence[str] = ()) -> Path:
     """testbed.apps.website on ``host`` (process ``web``), answering for ``site``; returns
-    its request log (<out>/web.jsonl) once ``probe_from`` can connect to it."""
+    its request log (<out>/web.jsonl) once ``probe_from`` can connect to it. ``options``:
+    the stand-in's knobs (``--nagle``, ``--fail-every N``)."""
     log = ctx.out / "web.jsonl"
     log.unlink(missing_ok=True)
     ip = ctx.tb.ip(host)
     ctx.popen(host, [ctx.python, "-m", "testbed.apps.website", "--bind", ip, "--port", str(port),
-                     "--site", site, "--log", str(log)], "web")
+                     "--site", site, "--log", str(log), *options], "web")
     ctx.wait_tcp(probe_from, ip, port, proc="web")
     ctx.names[ip] = site
     return log

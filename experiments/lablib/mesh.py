@@ -305,28 +305,83 @@ def keep_etcd_logs(ctx: Context, runner: Any, tag: str) -> list[str]:
 
 
 def plot_pilot_latency(path: os.PathLike, runs: dict[str, dict[str, Any]], title: str) -> None:
-    """Per timeout set and delay step (windows: delay_ms, p50_ms = write p50, config_p50_ms,
-    ack_p50_ms, xds_p50_ms): left, write / registry change -> Pilot config / -> every
-    sidecar's ACK p50 (log scale); right, Pilot config -> every ACK p50 (the xDS share)."""
+    """Per timeout set, against the one-way delay on the leader's link on a true numeric axis
+    (symlog: 0 ms included): write / registry change -> Pilot config / -> every sidecar's ACK
+    p50 and the writes' p99 (ms, log); the jump drawn apart (a hollow marker, no line into it);
+    a step that elected a leader ringed and labelled; below, the share of writes not
+    acknowledged (failed or timed out) per step; right, Pilot config -> every ACK p50."""
     plt = pyplot()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    fig, axd = plt.subplot_mosaic([["lat", "xds"], ["fail", "xds"]], figsize=(12, 6.5),
+                                  gridspec_kw={"width_ratios": [3, 2], "height_ratios": [3, 1]})
+    ax, axf, axn = axd["lat"], axd["fail"], axd["xds"]
     nan = float("nan")
+    val = lambda w, k: w.get(k) if w.get(k) is not None else nan  # noqa: E731  (one cell)
     for n, (tag, r) in enumerate(runs.items()):     # one colour per timeout set, one style per measure
-        xs = [str(w["delay_ms"]) for w in r["windows"]]
-        for key, style, what in (("p50_ms", "-o", "etcd write"), ("config_p50_ms", "--s", "change -> Pilot config"),
-                                 ("ack_p50_ms", ":^", "change -> every sidecar ACK")):
-            ax.plot(xs, [w.get(key) if w.get(key) is not None else nan for w in r["windows"]], style,
-                    color=f"C{n}", label=f"{tag}: {what} p50")
-        ax2.plot(xs, [w.get("xds_p50_ms") if w.get("xds_p50_ms") is not None else nan for w in r["windows"]], "-o",
-                 color=f"C{n}", label=f"{tag}: Pilot config -> every ACK p50")
+        grow = [w for w in r["windows"] if not w.get("jump")]
+        jump = [w for w in r["windows"] if w.get("jump")]
+        for key, style, what in (("p50_ms", "-o", "etcd write p50"), ("p99_ms", "-", "etcd write p99"),
+                                 ("config_p50_ms", "--s", "change -> Pilot config p50"),
+                                 ("ack_p50_ms", ":^", "change -> every sidecar ACK p50")):
+            ax.plot([w["delay_ms"] for w in grow], [val(w, key) for w in grow], style, color=f"C{n}",
+                    alpha=0.4 if key == "p99_ms" else 1, label=f"{tag}: {what}")
+            ax.plot([w["delay_ms"] for w in jump], [val(w, key) for w in jump], style[-1], color=f"C{n}",
+                    mfc="none", ms=10, alpha=0.4 if key == "p99_ms" else 1)
+        for w in r["windows"]:
+            if w.get("elected"):
+                ax.plot([w["delay_ms"]], [val(w, "p50_ms")], "o", ms=16, mfc="none", color="tab:red")
+                ax.annotate(f"election: {', '.join(w['elected'])}", (w["delay_ms"], val(w, "p50_ms")),
+                            textcoords="offset points", xytext=(6, 10), fontsize=7, color="tab:red")
+        xs = [w["delay_ms"] for w in r["windows"]]
+        failed = [100 * (w.get("not_ok") or 0) / w["writes"] if w.get("writes") else nan for w in r["windows"]]
+        axf.plot(xs, failed, "o", color=f"C{n}", label=f"{tag}")
+        axn.plot(xs, [val(w, "xds_p50_ms") for w in r["windows"]], "o", color=f"C{n}",
+                 label=f"{tag}: Pilot config -> every ACK p50")
     ax.set_yscale("log")
-    for a in (ax, ax2):
-        a.set_xlabel("one-way delay on the leader's link (ms; last: the jump)")
-        a.set_ylabel("ms")
-        a.legend(fontsize=7)
-    ax.set_title(title)
-    ax2.set_title("xDS share (push + ACK)")
-    ax2.set_ylim(bottom=0)
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"{title}\n(hollow: the jump; red ring: a leader elected in that step)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    axf.set_ylabel("writes not\nacknowledged (%)")
+    axf.set_ylim(-5, 105)
+    axn.set_ylabel("ms")
+    axn.set_title("xDS share (push + ACK)", fontsize=9)
+    axn.set_ylim(bottom=0)
+    axn.legend(fontsize=6)
+    delays = sorted({w["delay_ms"] for r in runs.values() for w in r["windows"]})
+    for a in (ax, axf, axn):
+        a.set_xscale("symlog", linthresh=50, linscale=0.5)
+        a.set_xlim(-10, max(delays + [100]) * 1.4)
+        a.set_xticks(delays, [f"{d:g}" for d in delays], fontsize=7)
+        a.minorticks_off()
+    for a in (axf, axn):
+        a.set_xlabel("one-way delay on the leader's link (ms; linear to 50, log above)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def rule_files(paths: Sequence[Any]) -> str:
+    """The Istio YAML of ``paths`` (a lab's ``--rules FILE...``), one stream; raises
+    ValueError naming a file that cannot be read."""
+    texts = []
+    for p in paths:
+        try:
+            texts.append(open(p, encoding="utf-8").read())
+        except OSError as e:
+            raise ValueError(f"--rules {p}: {e.strerror}") from None
+    return "\n---\n".join(texts)
+
+
+def with_replicas(spec: Any, counts: dict[str, int], service: str = "echo") -> Any:
+    """``spec`` (a MeshSpec) with only the first ``counts[version]`` instances of each version
+    of ``service`` (a lab's ``--replicas v1=1,v2=1``); at most the topology's count, >= 1."""
+    svc = next(s for s in spec.services if s.name == service)
+    have = {v.name: v.replicas for v in svc.versions}
+    for v, n in counts.items():
+        if v not in have or not 1 <= n <= have[v]:
+            raise ValueError(f"--replicas {v}={n}: allowed versions {', '.join(have)} with 1 to their count in "
+                             f"{spec.source or 'the topology'} ({', '.join(f'{k}<={c}' for k, c in have.items())})")
+    keep = tuple(i for i in spec.instances if i.service != service
+                 or int(i.instance.rsplit("-", 1)[1]) < counts.get(i.version, have[i.version]))
+    versions = tuple(replace(v, replicas=counts.get(v.name, v.replicas)) for v in svc.versions)
+    services = tuple(replace(s, versions=versions) if s.name == service else s for s in spec.services)
+    return replace(spec, instances=keep, services=services)

@@ -5,6 +5,10 @@ headers), so an experiment can check what arrived and from where.
 
     python -m testbed.apps.website --bind 10.0.0.3 --port 80 --site gwadvnet20.github.io --log web.jsonl
 
+Lab knobs: ``--nagle`` serves as http.server does by default (Nagle on, headers and body in
+two writes: the front_proxy lab's question 3); ``--fail-every N`` answers every N-th request
+503 (a flaky upstream, the front_proxy lab's retry exercise; logged with ``"status": 503``).
+
 Standard library only (http.server, HTTP/1.1 keep-alive): it runs under any python3.
 """
 from __future__ import annotations
@@ -30,8 +34,10 @@ def page(site: str, host_seen: str) -> bytes:
             f"<p>Host header this server received: <b>{h}</b></p>\n</body></html>\n").encode()
 
 
-def make_server(bind: str, port: int, site: str, log: IO[str] | None) -> ThreadingHTTPServer:
+def make_server(bind: str, port: int, site: str, log: IO[str] | None, nagle: bool = False,
+                fail_every: int = 0) -> ThreadingHTTPServer:
     lock = threading.Lock()
+    served = [0]
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -39,19 +45,22 @@ def make_server(bind: str, port: int, site: str, log: IO[str] | None) -> Threadi
         # headers and body leave in one segment (flushed after each request), without Nagle:
         # http.server's default (unbuffered, two writes) holds the body until the headers are
         # ACKed — up to the client's 40 ms delayed ACK, an artifact no real web server has
-        wbufsize = -1
-        disable_nagle_algorithm = True
+        wbufsize = 0 if nagle else -1
+        disable_nagle_algorithm = not nagle
 
         def _answer(self, with_body: bool) -> None:
             host = self.headers.get("Host", "")
-            if log is not None:
-                rec = {"peer": self.client_address[0], "method": self.command, "path": self.path,
-                       "host": host, "headers": {k.lower(): v for k, v in self.headers.items()}}
-                with lock:
+            with lock:
+                served[0] += 1
+                status = 503 if fail_every and served[0] % fail_every == 0 else 200
+                if log is not None:
+                    rec = {"peer": self.client_address[0], "method": self.command, "path": self.path,
+                           "host": host, "headers": {k.lower(): v for k, v in self.headers.items()},
+                           "status": status}
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
-            body = page(site, host)
-            self.send_response(200)
+            body = page(site, host) if status == 200 else b"flaky upstream: 503 (--fail-every)\n"
+            self.send_response(status)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -78,9 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=80)
     p.add_argument("--site", default="gwadvnet20.github.io", help="the site this stands in for")
     p.add_argument("--log", help="append one JSON line per request to this file")
+    p.add_argument("--nagle", action="store_true", help="Nagle on, headers and body in two writes "
+                   "(http.server's default)")
+    p.add_argument("--fail-every", type=int, default=0, metavar="N", help="answer every N-th request 503")
     a = p.parse_args(argv)
+    if a.fail_every < 0:
+        p.error(f"--fail-every {a.fail_every}: allowed 0 (never) or N >= 1")
     log = open(a.log, "a", encoding="utf-8") if a.log else None
-    server = make_server(a.bind, a.port, a.site, log)
+    server = make_server(a.bind, a.port, a.site, log, nagle=a.nagle, fail_every=a.fail_every)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"serving {a.site} on {a.bind}:{a.port}", flush=True)
     try:

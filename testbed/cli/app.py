@@ -16,6 +16,7 @@ import testbed.cli.clean as clean
 import testbed.cli.demo as demo
 import testbed.cli.doctor as doctor
 import testbed.cli.inspection  # noqa: F401  (registers proxy-status, proxy-config, describe in the up shell)
+import testbed.cli.lab as lab
 import testbed.cli.mesh as mesh
 import testbed.cli.remote as remote
 import testbed.cli.mininet as mininet
@@ -26,7 +27,7 @@ from testbed.net.lifecycle import EXIT_FAIL
 
 __all__ = ["SUBCOMMAND_MODULES", "iter_subcommands", "build_parser", "package_version", "main"]
 
-SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, mesh, remote, mininet)
+SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (up, clean, doctor, demo, run, lab, mesh, remote, mininet)
 
 
 def iter_subcommands(modules: Sequence[ModuleType | str] | None = None) -> Iterator[Subcommand]:

@@ -70,16 +70,23 @@ def event_comments(events: Iterable[Any], wall0: float) -> list[tuple[float, str
 
 def comment_plan(frame_epochs: Sequence[float], comments: Sequence[tuple[float, str]]) -> dict[int, str]:
     """Frame number (1-based) -> comment: each comment goes on the first frame whose time is
-    at or after the comment's; comments on the same frame are joined with " | "; comments
-    after the last frame go on the last frame (marked "(after the last packet)")."""
+    at or after the comment's and that has no comment yet (one comment per frame, so
+    ``-T fields -e frame.comment`` prints each on its own line; the comment's text carries
+    its exact time); comments after the last frame go on the last frames (marked "(after the
+    last packet)"); only when every frame has one are comments joined with " | "."""
     plan: dict[int, str] = {}
     if not frame_epochs:
         return plan
-    for t, text in comments:
+    for t, text in sorted(comments):
         i = bisect.bisect_left(frame_epochs, t)
         if i >= len(frame_epochs):
             i, text = len(frame_epochs) - 1, text + " (after the last packet)"
         n = i + 1
+        while n in plan and n < len(frame_epochs):
+            n += 1
+        if n in plan:                              # every later frame taken: back to the first free one
+            free = [k for k in range(i + 1, 0, -1) if k not in plan]
+            n = free[0] if free else n
         plan[n] = f"{plan[n]} | {text}" if n in plan else text
     return plan
 

@@ -358,8 +358,9 @@ class Experiment:
             except Exception as e:
                 traceback.print_exc()
                 ctx.claim("analysis ran", False, f"{type(e).__name__}: {e}")
-        if data.requests:
-            plot_timeline(ctx.out / "timeline.png", data.requests, data.faults, title=self.name)
+        if data.requests or data.etcd:     # every experiment: its requests, else its etcd operations
+            plot_timeline(ctx.out / "timeline.png", data.requests, data.faults, title=self.name,
+                          events=data.events, etcd=data.etcd)
         cap = state.get("capture")
         if cap is not None:
             try:

@@ -28,6 +28,7 @@ from rich.table import Table
 from testbed.paths import hand_over, user_dir
 from testbed.run.checkers.requests import windows
 from testbed.run.checkers.split import SplitVerdict
+from testbed.run.checkers.stats import wilson
 from testbed.history import Event, FaultRecord, History, Record, Request, fault_windows, jsonable
 
 __all__ = ["write_results", "read_results", "plot_timeline", "plot_split", "overall_valid", "pyplot", "LiveProgress"]
@@ -85,29 +86,79 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+MILESTONES = {("experiment", "rules_applied"): "rules applied", ("experiment", "workload_started"): "workload started",
+              ("etcd", "leader"): "etcd leader elected", ("sidecar", "ejection"): "ejection"}
+
+
+def milestones(events: Sequence[Event]) -> list[tuple[float, str]]:
+    """(t, label) of the events a timeline marks: rules applied, workloads started, etcd
+    elections (a member's log saw a new leader), outlier ejections."""
+    out = []
+    for e in events:
+        key = (e.source.split(":")[0], e.kind)
+        if key in MILESTONES:
+            who = e.details.get("leader") or e.details.get("instance") or e.details.get("name") or ""
+            out.append((e.t, f"{MILESTONES[key]} {who}".strip()))
+    kept: list[tuple[float, str]] = []     # the same milestone seen by several members: once
+    for t, label in sorted(set(out)):
+        if not any(lb == label and t - tk < 1.0 for tk, lb in kept):
+            kept.append((t, label))
+    return kept
+
+
+def etcd_requests(etcd: Sequence[Any]) -> list[Request]:
+    """etcd operations (history ``etcd`` records, invoke + completion) as requests for the
+    timeline: a failed or unfinished one is a failure."""
+    open_: dict[Any, Any] = {}
+    out = []
+    for e in etcd:
+        if e.op_type == "invoke":
+            open_[e.process] = e
+        elif e.process in open_:
+            inv = open_.pop(e.process)
+            out.append(Request(inv.t, e.t, 200 if e.op_type == "ok" else None, client=str(e.process),
+                               service="etcd", error=None if e.op_type == "ok" else (e.error or e.op_type)))
+    return out
+
+
 def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequence[FaultRecord] = (),
-                  window_s: float = 1.0, title: str = "") -> Path:
-    """Two panels over time: latency p50/p99 of successful requests per window, and the
-    success rate per window; fault windows (apply -> revert) shaded on both."""
+                  window_s: float = 1.0, title: str = "", events: Sequence[Event] = (),
+                  etcd: Sequence[Any] = ()) -> Path:
+    """Two panels over experiment time: latency p50/p99 of successful requests per window
+    (ms), and the success rate per window (%); fault windows (apply -> revert) shaded and
+    milestones (:func:`milestones`) marked on both. Without requests, the etcd operations."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter   # late: matplotlib only when a plot is drawn
     plt = pyplot()
+    what = "requests"
+    if not requests and etcd:
+        requests, what = etcd_requests(etcd), "etcd operations"
     ws = windows(requests, window_s)
     t = [w.t_start + window_s / 2 for w in ws]
     fig, (ax_lat, ax_ok) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5))
     try:
         ax_lat.plot(t, [w.p50_ms for w in ws], label="p50", marker=".")
         ax_lat.plot(t, [w.p99_ms for w in ws], label="p99", marker=".")
-        ax_lat.set_ylabel("latency (ms)")
-        ax_lat.set_yscale("log" if any(w.p99_ms for w in ws) else "linear")
-        ax_ok.plot(t, [w.success_rate for w in ws], color="tab:green", marker=".", label="success rate")
-        ax_ok.set_ylabel("success rate")
-        ax_ok.set_ylim(-0.05, 1.05)
-        ax_ok.set_xlabel(f"time (s), {window_s:g} s windows")
+        ax_lat.set_ylabel(f"latency of {what} (ms)")
+        if any(w.p99_ms for w in ws):
+            ax_lat.set_yscale("log")
+            ax_lat.yaxis.set_major_formatter(ScalarFormatter())     # 6, not 6x10^0
+            ax_lat.yaxis.set_minor_formatter(NullFormatter())
+        ax_ok.plot(t, [None if w.success_rate is None else 100 * w.success_rate for w in ws], color="tab:green",
+                   marker=".", label="success rate")
+        ax_ok.set_ylabel("success (%)")
+        ax_ok.set_ylim(-5, 105)
+        ax_ok.set_xlabel(f"experiment time t (s), {window_s:g} s windows")
         end = max((r.t_end for r in requests), default=0.0)
         for i, (start, stop, desc) in enumerate(fault_windows(faults)):
             stop = stop if stop is not None else max(end, start)
             for ax in (ax_lat, ax_ok):
                 ax.axvspan(start, max(stop, start + 1e-3), color=_SHADES[i % len(_SHADES)], alpha=0.15,
                            label=_short(desc) if ax is ax_ok and i < 5 else None)
+        for tm, label in milestones(events)[:12]:
+            for ax in (ax_lat, ax_ok):
+                ax.axvline(tm, color="black", linestyle=":", linewidth=0.8)
+            ax_lat.annotate(label, (tm, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
+                            va="top", ha="right")
         ax_lat.legend(loc="upper left", fontsize="small")
         ax_ok.legend(loc="lower left", fontsize="small")
         if title:
@@ -119,26 +170,58 @@ def plot_timeline(path: str | Path, requests: Sequence[Request], faults: Sequenc
     return hand_over(path)
 
 
-def plot_split(path: str | Path, verdict: SplitVerdict, title: str = "") -> Path:
-    """Bars: observed share per version with its Wilson interval; a marker at the
-    configured share."""
+def _percent_label(confidence: float) -> str:
+    """99.9 % from 0.999 (``{:.0%}`` would print 100 %)."""
+    return f"{confidence * 100:.10g} %"
+
+
+def plot_split(path: str | Path, verdict: SplitVerdict, title: str = "",
+               requests: Sequence[Request] = ()) -> Path:
+    """Left: observed share per version (percent) with its Wilson interval, a marker at the
+    configured share, each bar labelled with its numbers. Right (with ``requests``): the
+    smallest configured version's cumulative share over experiment time, with its interval
+    band and the configured share, on an axis zoomed to it."""
     plt = pyplot()
     shares = verdict.shares
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2 if requests else 1, figsize=(11 if requests else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    level = _percent_label(verdict.confidence)
     try:
         x = list(range(len(shares)))
-        obs = [s.observed for s in shares]
-        err = [[s.observed - s.ci_low for s in shares], [s.ci_high - s.observed for s in shares]]
-        ax.bar(x, obs, yerr=err, capsize=6, color="tab:blue", alpha=0.7,
-               label=f"observed ({verdict.confidence:.0%} Wilson CI)")
-        ax.scatter(x, [s.expected for s in shares], color="tab:red", marker="_", s=600, zorder=3,
+        obs = [100 * s.observed for s in shares]
+        err = [[100 * (s.observed - s.ci_low) for s in shares], [100 * (s.ci_high - s.observed) for s in shares]]
+        ax.bar(x, obs, yerr=err, capsize=6, color="tab:blue", alpha=0.7, label=f"observed ({level} Wilson interval)")
+        ax.scatter(x, [100 * s.expected for s in shares], color="tab:red", marker="_", s=600, zorder=3,
                    label="configured")
+        for i, s in enumerate(shares):
+            ax.annotate(f"{100 * s.observed:.1f} %\n[{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]",
+                        (i, 100 * s.ci_high), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
         ax.set_xticks(x, [f"{s.version}\n{s.count}/{verdict.requests}" for s in shares])
-        ax.set_ylabel("share of requests")
-        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("share of requests (%)")
+        ax.set_ylim(0, 115)
         p = f"p = {verdict.p_value:.3g}" if verdict.p_value is not None else "no test"
-        ax.set_title(title or f"routing split ({verdict.test}, {p})")
-        ax.legend(fontsize="small")
+        ax.set_title(title or f"routing split ({verdict.test}, {p})", fontsize=10)
+        ax.legend(fontsize="small", loc="upper left")
+        if requests and shares:
+            canary = min(shares, key=lambda s: s.expected)
+            done = sorted((r.t_start, r.version == canary.version) for r in requests if r.ok)
+            t, k, lo, hi, cum = [], 0, [], [], []
+            for n, (ts, hit) in enumerate(done, 1):
+                k += hit
+                a, b = wilson(k, n, verdict.confidence)
+                t.append(ts)
+                cum.append(100 * k / n)
+                lo.append(100 * a)
+                hi.append(100 * b)
+            ax2 = axes[0][1]
+            ax2.fill_between(t, lo, hi, color="tab:blue", alpha=0.2, label=f"{level} Wilson interval")
+            ax2.plot(t, cum, color="tab:blue", label=f"{canary.version} share so far")
+            ax2.axhline(100 * canary.expected, color="tab:red", linestyle="--", label="configured")
+            ax2.set_ylim(0, min(105, max(3 * 100 * canary.expected, 5)))
+            ax2.set_xlabel("experiment time t (s)")
+            ax2.set_ylabel(f"{canary.version} share (%)")
+            ax2.set_title(f"{canary.version}'s share over time", fontsize=10)
+            ax2.legend(fontsize="small")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
     finally:

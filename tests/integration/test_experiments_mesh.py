@@ -22,6 +22,13 @@ def test_canary_split_matches_five_percent(tmp_path):
     comments = _comments(out / "pcap")           # no fault here: the milestones are the comments
     assert any("rules_applied" in c for c in comments) and any("workload_started" in c for c in comments)
     assert not any("minimesh fault" in c for c in comments), comments[:5]
+    # the printed filters count exactly the workload's v2 requests and v2's answers (harness
+    # probes and Pilot's xDS left out), what results.json says v2 served
+    v2 = round(res["metrics"]["v2_share"] * res["metrics"]["requests"])
+    rows = res["metrics"]["tshark"]
+    assert [r["frames"] for r in rows[:2]] == [v2, v2], rows
+    from tests.integration.test_lab_questions import tshark_rows_hold
+    tshark_rows_hold(out, res)
     _nothing_left("mmlab1")
 
 

@@ -16,9 +16,13 @@ from testbed.history import Event, FaultRecord
 
 
 def test_comment_goes_on_first_frame_at_or_after_its_time():
-    frames = [10.0, 10.5, 11.0, 12.0]
+    frames = [10.0, 10.5, 11.0, 12.0, 12.5]
     plan = comment_plan(frames, [(10.5, "a"), (10.6, "b"), (10.7, "c"), (9.0, "early"), (13.0, "late")])
-    assert plan == {2: "a", 3: "b | c", 1: "early", 4: "late (after the last packet)"}
+    # one comment per frame: "b" and "c" both belong on frame 3; "c" moves to the next free one
+    assert plan == {2: "a", 3: "b", 4: "c", 1: "early", 5: "late (after the last packet)"}
+    # after the last packet with the last frame taken: the last free frame before it
+    assert comment_plan([1.0, 2.0], [(1.5, "x"), (3.0, "y")]) == {2: "x", 1: "y (after the last packet)"}
+    assert comment_plan([1.0], [(1.0, "x"), (1.0, "y")]) == {1: "x | y"}     # one frame: joined
     assert comment_plan([], [(1.0, "x")]) == {}
 
 
