@@ -55,16 +55,46 @@ def _ipr(netns: str | None) -> Any:
     return IPRoute(netns=netns) if netns else IPRoute()
 
 
+def netem_request(index: int, shape: LinkShape) -> Any:
+    """The RTM_NEWQDISC message that makes a root netem qdisc ``1:`` on ``index`` (pyroute2's
+    ``tcmsg``, options encoded by pyroute2's netem plug-in).
+
+    Built here rather than by ``IPRoute.tc("replace", "netem", ..., rate=...)``: pyroute2
+    (0.9.7) turns every keyword of ``tc()`` that names a tcmsg attribute into that attribute,
+    and ``rate`` names ``TCA_RATE`` (a byte string: the rate estimator), so a netem rate
+    crashed the encoder (``TypeError: object of type 'int' has no len()``). Its htb, tbf,
+    cake, bpf and clsact plug-ins drop ``rate`` from the request; its netem plug-in does not.
+    Here the rate goes only where netem reads it, ``TCA_OPTIONS``/``TCA_NETEM_RATE``.
+    """
+    # late: pyroute2 (~150 ms); netem_options is used without it
+    from pyroute2.netlink.rtnl import TC_H_ROOT
+    from pyroute2.netlink.rtnl.tcmsg import sched_netem, tcmsg
+    msg = tcmsg()
+    msg["index"] = index
+    msg["handle"] = NETEM_HANDLE
+    msg["parent"] = TC_H_ROOT
+    msg["attrs"] = [["TCA_KIND", "netem"],
+                    ["TCA_OPTIONS", sched_netem.get_parameters(netem_options(shape))]]
+    return msg
+
+
 def apply_netem(ifname: str, netns: str | None, shape: LinkShape) -> None:
     """Install (or change in place) the root netem qdisc of ``ifname``."""
-    from pyroute2.netlink.exceptions import NetlinkError    # late: pyroute2, as in _ipr
-    opts = netem_options(shape)
+    # late: pyroute2, as in _ipr
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl import RTM_NEWQDISC
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             raise RuntimeError(f"netem: interface {ifname} not found")
         try:
-            ipr.tc("replace", "netem", idx[0], handle=NETEM_HANDLE, **opts)
+            msg = netem_request(idx[0], shape)
+            msg["header"]["type"] = RTM_NEWQDISC
+            msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+            # the batch call: pyroute2 0.9.7's synchronous nlm_request reads a status key
+            # only its async core has (KeyError 'nlm_generator')
+            ipr.nlm_request_batch([msg])
         except NetlinkError as e:
             if e.code == errno.ENOENT:
                 raise BackendUnavailable(
