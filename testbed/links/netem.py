@@ -78,38 +78,38 @@ def netem_request(index: int, shape: LinkShape) -> Any:
     return msg
 
 
-def apply_netem(ifname: str, netns: str | None, shape: LinkShape) -> None:
-    """Install (or change in place) the root netem qdisc of ``ifname``."""
+def apply_netem(ipr: Any, ifname: str, shape: LinkShape) -> None:
+    """Install (or change in place) the root netem qdisc of ``ifname``; ``ipr`` is an open
+    pyroute2 IPRoute in the interface's namespace."""
     # late: pyroute2, as in _ipr
     from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
     from pyroute2.netlink.exceptions import NetlinkError
     from pyroute2.netlink.rtnl import RTM_NEWQDISC
-    with _ipr(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise RuntimeError(f"netem: interface {ifname} not found")
-        try:
-            msg = netem_request(idx[0], shape)
-            msg["header"]["type"] = RTM_NEWQDISC
-            msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
-            # the batch call: pyroute2 0.9.7's synchronous nlm_request reads a status key
-            # only its async core has (KeyError 'nlm_generator')
-            ipr.nlm_request_batch([msg])
-        except NetlinkError as e:
-            if e.code == errno.ENOENT:
-                raise BackendUnavailable(
-                    f"netem: cannot add a netem qdisc on {ifname}: the kernel has no sch_netem "
-                    "(try `modprobe sch_netem`, or use --link-backend userspace)") from None
-            raise RuntimeError(f"netem: tc qdisc replace on {ifname} "
-                               f"({shape.describe()}) failed: {e}") from None
+    msg = netem_request(_index(ipr, ifname), shape)
+    msg["header"]["type"] = RTM_NEWQDISC
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    try:
+        # the batch call: pyroute2 0.9.7's synchronous nlm_request reads a status key only
+        # its async core has (KeyError 'nlm_generator')
+        ipr.nlm_request_batch([msg])
+    except NetlinkError as e:
+        if e.code == errno.ENOENT:
+            raise BackendUnavailable(
+                f"netem: cannot add a netem qdisc on {ifname}: the kernel has no sch_netem "
+                "(try `modprobe sch_netem`, or use --link-backend userspace)") from None
+        raise RuntimeError(f"netem: tc qdisc replace on {ifname} "
+                           f"({shape.describe()}) failed: {e}") from None
 
 
-def set_admin_state(ifname: str, netns: str | None, up: bool) -> None:
-    with _ipr(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise RuntimeError(f"interface {ifname} not found")
-        ipr.link("set", index=idx[0], state="up" if up else "down")
+def _index(ipr: Any, ifname: str) -> int:
+    idx = ipr.link_lookup(ifname=ifname)
+    if not idx:
+        raise RuntimeError(f"netem: interface {ifname} not found")
+    return int(idx[0])
+
+
+def set_admin_state(ipr: Any, ifname: str, up: bool) -> None:
+    ipr.link("set", index=_index(ipr, ifname), state="up" if up else "down")
 
 
 class NetemLink(Link):
@@ -123,6 +123,9 @@ class NetemLink(Link):
         self._journal = journal
         self._eids: list[int] = []
         self._up = True
+        # one netlink socket per end, open while the link lives: opening one in a namespace
+        # forks a pyroute2 helper (5 ms here, 220 ms in a UML guest), too slow for a live change
+        self._iprs: dict[str | None, Any] = {}
         params["fast"] = True
         super().__init__(node1, node2, **params)
         try:
@@ -145,10 +148,15 @@ class NetemLink(Link):
         return [(self.intf1.name, netns_path(self.intf1.node)),
                 (self.intf2.name, netns_path(self.intf2.node))]
 
+    def _ipr(self, netns: str | None) -> Any:
+        if netns not in self._iprs:
+            self._iprs[netns] = _ipr(netns)
+        return self._iprs[netns]
+
     def _apply(self, shapes: tuple[LinkShape | None, LinkShape | None]) -> None:
         for (ifname, ns), shape in zip(self._ends(), shapes, strict=True):
             if shape is not None:
-                apply_netem(ifname, ns, shape)
+                apply_netem(self._ipr(ns), ifname, shape)
 
     # --- ShapedLink ----------------------------------------------------------------
 
@@ -161,13 +169,16 @@ class NetemLink(Link):
 
     def set_up(self, up: bool) -> None:
         for ifname, ns in self._ends():
-            set_admin_state(ifname, ns, up)
+            set_admin_state(self._ipr(ns), ifname, up)
         self._up = bool(up)
 
     def is_up(self) -> bool:
         return self._up
 
     def delete(self) -> None:
+        for ipr in self._iprs.values():
+            ipr.close()
+        self._iprs = {}
         if getattr(self, "intf1", None) is not None:
             super().delete()
         if self._journal:

@@ -36,14 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["KERNEL", "REPO", "GuestResult", "GuestTimeout", "available", "ensure_modules_link",
-           "run_in_guest", "guest_python", "IN_GUEST_ENV"]
+           "run_in_guest", "guest_python", "session_pids", "IN_GUEST_ENV"]
 
 KERNEL = os.environ.get("MINIMESH_UML", "/usr/bin/linux.uml")
 MODULES = Path("/usr/lib/uml/modules")
 REPO = Path(__file__).resolve().parents[2]
 IN_GUEST_ENV = "MINIMESH_IN_UML"  # set to 1 inside the guest
-GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PRELOAD = ("sch_netem", "sch_htb", "sch_tbf", "veth", "bridge", "tun", "openvswitch")
+GUEST_PATH = "/run/mm-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PRELOAD = ("sch_netem", "sch_htb", "sch_tbf", "veth", "bridge", "tun", "openvswitch",
+           "ip_tables", "iptable_filter", "iptable_nat", "xt_comment")
 OUT = "/run/mm-out"
 
 INIT = r"""#!/bin/sh
@@ -64,6 +65,12 @@ for c in cpu,cpuacct cpuset memory; do
   mkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c
 done
 for m in {preload}; do modprobe $m || echo "guest: modprobe $m failed" >&2; done
+# Debian's UML kernel has x_tables but not nf_tables' ip family (NF_TABLES_IPV4 unset), so
+# iptables means iptables-legacy here (as on hosts configured that way)
+mkdir -p /run/mm-bin
+for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+  ln -s /usr/sbin/${{t%%-*}}-legacy${{t#${{t%%-*}}}} /run/mm-bin/$t
+done
 ip link set lo up
 hostname mm-uml
 echo "guest: up $(cut -d' ' -f1 /proc/uptime)" > {out}/boot
@@ -78,6 +85,10 @@ poweroff -f
 
 class GuestTimeout(RuntimeError):
     """The guest ran longer than its timeout and was killed (with all its host processes)."""
+
+    def __init__(self, message: str, session: int = 0):
+        super().__init__(message)
+        self.session = session  # the host session id its processes had
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ def _init_script(argv: list[str], cwd: Path, env: dict[str, str], outdir: Path) 
                        cmd=shlex.quote(shlex.join(argv)))
 
 
-def _session_pids(sid: int) -> list[int]:
+def session_pids(sid: int) -> list[int]:
     pids = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -154,7 +165,7 @@ def _session_pids(sid: int) -> list[int]:
 def _kill_session(sid: int) -> None:
     """SIGKILL every host process of the guest's session (UML forks one per guest mm)."""
     for _ in range(50):
-        pids = _session_pids(sid)
+        pids = session_pids(sid)
         if not pids:
             return
         for pid in pids:
@@ -163,7 +174,7 @@ def _kill_session(sid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
-    raise RuntimeError(f"UML guest processes of session {sid} survive SIGKILL: {_session_pids(sid)}")
+    raise RuntimeError(f"UML guest processes of session {sid} survive SIGKILL: {session_pids(sid)}")
 
 
 def guest_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -198,6 +209,9 @@ def run_in_guest(argv: list[str], *, timeout: float = 300, mem: str = "2G",
             cwd=outdir, start_new_session=True)
         try:
             boot_s = _wait(proc, outdir, t0, timeout)
+        except GuestTimeout as e:
+            e.session = proc.pid  # start_new_session: the session id is the kernel's pid
+            raise
         finally:
             _kill_session(proc.pid)
             proc.wait()
