@@ -157,7 +157,9 @@ def session_pids(sid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid:  # field 6 of stat: the session id
+        # field 6 of stat: the session id; a zombie is dead already (its reaper is init,
+        # or under `unshare --pid` whatever runs as PID 1)
+        if int(fields[3]) == sid and fields[0] != "Z":
             pids.append(int(d))
     return pids
 
