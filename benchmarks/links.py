@@ -272,9 +272,12 @@ def run_fidelity(backends: list[str]) -> dict[str, Any]:
 
 def guest_fidelity() -> tuple[dict[str, Any], Any]:
     """``--fidelity --json`` for both backends inside a UML guest; (columns, GuestResult)."""
+    import tempfile
+
     from tests.support.uml import run_in_guest   # late: only the guest mode needs the rig
-    res = run_in_guest([sys.executable, "benchmarks/links.py", "--fidelity", "--json",
-                        "--backends", "userspace,netem"], timeout=900)
+    with tempfile.TemporaryDirectory(prefix="mm-uml-") as outdir:
+        res = run_in_guest([sys.executable, "benchmarks/links.py", "--fidelity", "--json",
+                            "--backends", "userspace,netem"], timeout=900, outdir=Path(outdir))
     if res.returncode != 0:
         raise RuntimeError(f"the guest's benchmark failed (exit {res.returncode}):\n{res.output[-3000:]}")
     out = res.output
