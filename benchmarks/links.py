@@ -294,7 +294,7 @@ FIDELITY_ROWS = [
     ("loss", "loss 10 %: lost / sent [99 % interval]",
      lambda v: f"{v[0]} / {v[1]} [{v[2][0]}, {v[2][1]}]" + ("" if v[2][0] <= v[0] <= v[2][1] else " OUT")),
     ("rate_10", "TCP through bw 10 Mbit/s, Mbit/s", lambda v: f"{v:.2f} ({(v / 10 - 1) * 100:+.1f} %)"),
-    ("reordered", "reordered, 10 +- 5 ms at 500 pps", lambda v: f"{v * 100:.1f} %"),
+    ("reordered", "replies reordered, 10 +- 5 ms, ping -i 0.002", lambda v: f"{v * 100:.1f} %"),
 ]
 
 
