@@ -262,6 +262,18 @@ def test_auto_says_what_it_chose_and_netem_never_falls_back(tmp_path):
         journal.cleanup()
 
 
+@pytest.mark.netem
+def test_auto_picks_netem_where_the_kernel_has_it(tmp_path):
+    journal = Journal(Path(tmp_path) / "journal")
+    try:
+        backend = select_backend("auto", journal)
+        assert backend.name == "netem" and "auto: kernel netem works" in backend.reason
+        assert select_backend("netem", journal).name == "netem"
+        assert journal.outstanding() == []
+    finally:
+        journal.cleanup()
+
+
 def test_corrupt_makes_the_receiver_drop_bad_frames(backend_name, tmp_path):
     # a flipped bit fails the Ethernet/IP/ICMP checks unless it lands in the source MAC or
     # the multicast bit of the destination (7 of 98 bytes): expect 20 % * 91/98 loss
