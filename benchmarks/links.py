@@ -7,6 +7,14 @@ per Gbit/s. The userspace backend always; kernel netem side by side where it exi
 For UDP it also says where datagrams were lost (link interfaces, i.e. a full TAP ring,
 vs h2's socket) and the emulators' CPU per forwarded frame. ``--udp-only``: just the UDP
 rows (a short run to repeat); ``--model``: the link model's Python cost per frame.
+
+``--fidelity``: the side-by-side of the link model's fidelity, per backend on the same
+h1 - s1 - h2 and workloads: delay error p50/p99, the jitter distribution (deciles against
+the uniform delay +- jitter), loss against its binomial interval, rate accuracy, reordering
+under jitter. ``--guest`` runs ``--fidelity`` inside a user-mode-linux guest
+(tests/support/uml.py), where the kernel has netem (the reference), and prints it next to
+the userspace backend measured here on the host: UML's own overhead is the difference
+between the two userspace columns.
 """
 from __future__ import annotations
 
@@ -198,6 +206,122 @@ def bench(backend: str | None, journal: Journal, seconds: float, base_rtt: float
     return row
 
 
+def _ping(net: Mininet, count: int, interval: float) -> list[Any]:
+    from testbed.links.measure import parse_ping
+    h1, h2 = net.get("h1", "h2")
+    replies, tx, rx = parse_ping(h1.cmd(f"ping -n -c {count} -i {interval} -W 2 {h2.IP()}"))
+    return [replies, tx, rx]
+
+
+def fidelity(backend: str, journal: Journal, base: float) -> dict[str, Any]:
+    """One column of the fidelity table (see the module's docstring); shapes on h1 -> s1."""
+    from testbed.links.measure import binomial_bounds
+    row: dict[str, Any] = {"base_rtt": base}
+    with line(backend, (LinkShape(delay_ms=10), LinkShape()), journal) as net:
+        errs = [r - 10 - base for r in rtts(net, 500, 0.01)]
+    row["delay_err"] = (percentile(errs, 50), percentile(errs, 99))
+    with line(backend, (LinkShape(delay_ms=20, jitter_ms=5), LinkShape()), journal) as net:
+        got = [r - base for r in rtts(net, 1000, 0.005)]
+    deciles = statistics.quantiles(got, n=10)
+    row["jitter_deciles"] = deciles
+    row["jitter_decile_err"] = max(abs(d - (16.0 + k)) for k, d in enumerate(deciles))
+    row["jitter_range"] = (min(got), max(got))
+    with line(backend, (LinkShape(loss_pct=10), LinkShape()), journal) as net:
+        _, tx, rx = _ping(net, 2000, 0.002)
+    row["loss"] = (tx - rx, tx, binomial_bounds(tx, 0.10))
+    with line(backend, (LinkShape(bw_mbit=10), LinkShape()), journal) as net:
+        row["rate_10"] = _tcp_mbit(net, 4)
+    with line(backend, (LinkShape(delay_ms=10, jitter_ms=5), LinkShape()), journal) as net:
+        replies, tx, _ = _ping(net, 1000, 0.002)
+    row["reordered"] = _reordered([r.seq for r in replies]) / max(tx, 1)
+    return row
+
+
+def _tcp_mbit(net: Mininet, seconds: float) -> float:
+    h1, h2 = net.get("h1", "h2")
+    server = h2.popen(["iperf3", "-s", "-1", "-p", "5204"])
+    try:
+        time.sleep(0.3)
+        out = h1.cmd(f"iperf3 -c {h2.IP()} -p 5204 -t {seconds} -O 1 -J")
+    finally:
+        server.kill()
+        server.wait()
+    return float(json.loads(out[out.index("{"):])["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def _reordered(seqs: list[int]) -> int:
+    """Replies that arrived after a later-sent one (ping's icmp_seq in arrival order)."""
+    top, late = -1, 0
+    for q in seqs:
+        if q < top:
+            late += 1
+        top = max(top, q)
+    return late
+
+
+def run_fidelity(backends: list[str]) -> dict[str, Any]:
+    """The fidelity columns of ``backends`` on this kernel, with the plain-veth baseline."""
+    journal = Journal()
+    try:
+        with line(None, None, journal) as net:
+            base = statistics.median(rtts(net, 300, 0.01))
+        return {b: fidelity(b, journal, base) for b in backends}
+    finally:
+        journal.cleanup()
+
+
+def guest_fidelity() -> tuple[dict[str, Any], Any]:
+    """``--fidelity --json`` for both backends inside a UML guest; (columns, GuestResult)."""
+    import tempfile
+
+    from tests.support.uml import run_in_guest   # late: only the guest mode needs the rig
+    with tempfile.TemporaryDirectory(prefix="mm-uml-") as outdir:
+        res = run_in_guest([sys.executable, "benchmarks/links.py", "--fidelity", "--json",
+                            "--backends", "userspace,netem"], timeout=900, outdir=Path(outdir))
+    if res.returncode != 0:
+        raise RuntimeError(f"the guest's benchmark failed (exit {res.returncode}):\n{res.output[-3000:]}")
+    out = res.output
+    return json.loads(out[out.index("{"):]), res
+
+
+FIDELITY_ROWS = [
+    ("base_rtt", "plain veth RTT (baseline), ms", lambda v: f"{v:.3f}"),
+    ("delay_err", "delay error p50 / p99, ms (10 ms)", lambda v: f"{v[0]:+.3f} / {v[1]:+.3f}"),
+    ("jitter_deciles", "RTT deciles, 20 +- 5 ms (ideal 16..24)",
+     lambda v: " ".join(f"{x:.1f}" for x in v)),
+    ("jitter_decile_err", "  largest decile error, ms", lambda v: f"{v:.2f}"),
+    ("jitter_range", "  min / max RTT, ms", lambda v: f"{v[0]:.1f} / {v[1]:.1f}"),
+    ("loss", "loss 10 %: lost / sent [99 % interval]",
+     lambda v: f"{v[0]} / {v[1]} [{v[2][0]}, {v[2][1]}]" + ("" if v[2][0] <= v[0] <= v[2][1] else " OUT")),
+    ("rate_10", "TCP through bw 10 Mbit/s, Mbit/s", lambda v: f"{v:.2f} ({(v / 10 - 1) * 100:+.1f} %)"),
+    ("reordered", "replies reordered, 10 +- 5 ms, ping -i 0.002", lambda v: f"{v * 100:.1f} %"),
+]
+
+
+def print_fidelity(cols: list[tuple[str, dict[str, Any]]]) -> None:
+    print("| metric | " + " | ".join(title for title, _ in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for key, label, f in FIDELITY_ROWS:
+        print(f"| {label} | " + " | ".join(f(c[key]) if key in c else "-" for _, c in cols) + " |")
+
+
+def fidelity_main(args: argparse.Namespace) -> int:
+    if args.guest:
+        here = run_fidelity(["userspace"])["userspace"]
+        cols, res = guest_fidelity()
+        print(f"UML guest: boot {res.boot_s:.1f} s, whole run {res.run_s:.0f} s; "
+              f"host load average {os.getloadavg()[0]:.2f}")
+        print_fidelity([("userspace, host", here), ("userspace, UML guest", cols["userspace"]),
+                        ("netem, UML guest", cols["netem"])])
+        return 0
+    cols = run_fidelity(args.backends.split(","))
+    if args.json:
+        print(json.dumps(cols))
+    else:
+        print_fidelity(list(cols.items()))
+    return 0
+
+
 def fmt(row: dict[str, Any] | None, key: str) -> str:
     if row is None:
         return "absent"
@@ -245,7 +369,19 @@ def main() -> int:
                     help="only the small-packet UDP rows (a short run to repeat)")
     ap.add_argument("--model", action="store_true",
                     help="only the link model's Python cost per frame (no root, no network)")
+    ap.add_argument("--fidelity", action="store_true",
+                    help="the fidelity table (delay, jitter, loss, rate, reordering) per backend")
+    ap.add_argument("--backends", default="userspace,netem", help="with --fidelity: which")
+    ap.add_argument("--json", action="store_true", help="with --fidelity: JSON out")
+    ap.add_argument("--guest", action="store_true",
+                    help="with --fidelity: netem and userspace in a UML guest, next to userspace here")
     args = ap.parse_args()
+    if args.fidelity:
+        if os.geteuid() != 0:
+            print("benchmarks/links.py needs root (Mininet namespaces)", file=sys.stderr)
+            return 2
+        setLogLevel("error")
+        return fidelity_main(args)
     if args.model:
         model_cost()
         return 0

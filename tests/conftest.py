@@ -19,6 +19,31 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "root" in item.keywords:
                 item.add_marker(skip)
+        return
+    _netem_elsewhere(config, items)
+
+
+def _netem_elsewhere(config, items):
+    """``netem`` tests need the kernel's sch_netem. Where this kernel lacks it they are
+    deselected here and run inside a UML guest instead (tests/integration/test_uml_guest.py),
+    never skipped."""
+    netem = [i for i in items if i.get_closest_marker("netem")]
+    if not netem or os.environ.get("MINIMESH_IN_UML"):
+        return
+    from testbed.links import probe_netem   # late: pyroute2, only when netem tests are collected
+    ok, why = probe_netem()
+    if ok:
+        return
+    config.hook.pytest_deselected(items=netem)
+    items[:] = [i for i in items if not i.get_closest_marker("netem")]
+    config._mm_netem_note = (f"{len(netem)} netem test(s) deselected here ({why}); "
+                             "tests/integration/test_uml_guest.py runs them in a UML guest")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    note = getattr(config, "_mm_netem_note", None)
+    if note:
+        terminalreporter.write_line(note)
 
 
 @pytest.fixture(scope="session")

@@ -56,31 +56,61 @@ def _ipr(netns: str | None) -> Any:
     return IPRoute(netns=netns) if netns else IPRoute()
 
 
-def apply_netem(ifname: str, netns: str | None, shape: LinkShape) -> None:
-    """Install (or change in place) the root netem qdisc of ``ifname``."""
-    from pyroute2.netlink.exceptions import NetlinkError    # late: pyroute2, as in _ipr
-    opts = netem_options(shape)
-    with _ipr(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise RuntimeError(f"netem: interface {ifname} not found")
-        try:
-            ipr.tc("replace", "netem", idx[0], handle=NETEM_HANDLE, **opts)
-        except NetlinkError as e:
-            if e.code == errno.ENOENT:
-                raise BackendUnavailable(
-                    f"netem: cannot add a netem qdisc on {ifname}: the kernel has no sch_netem "
-                    "(try `modprobe sch_netem`, or use --link-backend userspace)") from None
-            raise RuntimeError(f"netem: tc qdisc replace on {ifname} "
-                               f"({shape.describe()}) failed: {e}") from None
+def netem_request(index: int, shape: LinkShape) -> Any:
+    """The RTM_NEWQDISC message that makes a root netem qdisc ``1:`` on ``index`` (pyroute2's
+    ``tcmsg``, options encoded by pyroute2's netem plug-in).
+
+    Built here rather than by ``IPRoute.tc("replace", "netem", ..., rate=...)``: pyroute2
+    (0.9.7) turns every keyword of ``tc()`` that names a tcmsg attribute into that attribute,
+    and ``rate`` names ``TCA_RATE`` (a byte string: the rate estimator), so a netem rate
+    crashed the encoder (``TypeError: object of type 'int' has no len()``). Its htb, tbf,
+    cake, bpf and clsact plug-ins drop ``rate`` from the request; its netem plug-in does not.
+    Here the rate goes only where netem reads it, ``TCA_OPTIONS``/``TCA_NETEM_RATE``.
+    """
+    # late: pyroute2 (~150 ms); netem_options is used without it
+    from pyroute2.netlink.rtnl import TC_H_ROOT
+    from pyroute2.netlink.rtnl.tcmsg import sched_netem, tcmsg
+    msg = tcmsg()
+    msg["index"] = index
+    msg["handle"] = NETEM_HANDLE
+    msg["parent"] = TC_H_ROOT
+    msg["attrs"] = [["TCA_KIND", "netem"],
+                    ["TCA_OPTIONS", sched_netem.get_parameters(netem_options(shape))]]
+    return msg
 
 
-def set_admin_state(ifname: str, netns: str | None, up: bool) -> None:
-    with _ipr(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise RuntimeError(f"interface {ifname} not found")
-        ipr.link("set", index=idx[0], state="up" if up else "down")
+def apply_netem(ipr: Any, ifname: str, shape: LinkShape) -> None:
+    """Install (or change in place) the root netem qdisc of ``ifname``; ``ipr`` is an open
+    pyroute2 IPRoute in the interface's namespace."""
+    # late: pyroute2, as in _ipr
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl import RTM_NEWQDISC
+    msg = netem_request(_index(ipr, ifname), shape)
+    msg["header"]["type"] = RTM_NEWQDISC
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    try:
+        # the batch call: pyroute2 0.9.7's synchronous nlm_request reads a status key only
+        # its async core has (KeyError 'nlm_generator')
+        ipr.nlm_request_batch([msg])
+    except NetlinkError as e:
+        if e.code == errno.ENOENT:
+            raise BackendUnavailable(
+                f"netem: cannot add a netem qdisc on {ifname}: the kernel has no sch_netem "
+                "(try `modprobe sch_netem`, or use --link-backend userspace)") from None
+        raise RuntimeError(f"netem: tc qdisc replace on {ifname} "
+                           f"({shape.describe()}) failed: {e}") from None
+
+
+def _index(ipr: Any, ifname: str) -> int:
+    idx = ipr.link_lookup(ifname=ifname)
+    if not idx:
+        raise RuntimeError(f"netem: interface {ifname} not found")
+    return int(idx[0])
+
+
+def set_admin_state(ipr: Any, ifname: str, up: bool) -> None:
+    ipr.link("set", index=_index(ipr, ifname), state="up" if up else "down")
 
 
 class NetemLink(Link):
@@ -94,6 +124,9 @@ class NetemLink(Link):
         self._journal = journal
         self._eids: list[int] = []
         self._up = True
+        # one netlink socket per end, open while the link lives: opening one in a namespace
+        # forks a pyroute2 helper (5 ms here, 220 ms in a UML guest), too slow for a live change
+        self._iprs: dict[str | None, Any] = {}
         params["fast"] = True
         super().__init__(node1, node2, **params)
         try:
@@ -117,10 +150,15 @@ class NetemLink(Link):
         return [(self.intf1.name, netns_path(self.intf1.node)),
                 (self.intf2.name, netns_path(self.intf2.node))]
 
+    def _ipr(self, netns: str | None) -> Any:
+        if netns not in self._iprs:
+            self._iprs[netns] = _ipr(netns)
+        return self._iprs[netns]
+
     def _apply(self, shapes: tuple[LinkShape | None, LinkShape | None]) -> None:
         for (ifname, ns), shape in zip(self._ends(), shapes, strict=True):
             if shape is not None:
-                apply_netem(ifname, ns, shape)
+                apply_netem(self._ipr(ns), ifname, shape)
 
     # --- ShapedLink ----------------------------------------------------------------
 
@@ -134,13 +172,16 @@ class NetemLink(Link):
 
     def set_up(self, up: bool) -> None:
         for ifname, ns in self._ends():
-            set_admin_state(ifname, ns, up)
+            set_admin_state(self._ipr(ns), ifname, up)
         self._up = bool(up)
 
     def is_up(self) -> bool:
         return self._up
 
     def delete(self) -> None:
+        for ipr in self._iprs.values():
+            ipr.close()
+        self._iprs = {}
         if getattr(self, "intf1", None) is not None:
             super().delete()
         if self._journal:

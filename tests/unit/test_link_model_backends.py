@@ -98,6 +98,26 @@ def test_netem_options_pass_pyroute2_validation():
     assert attrs["TCA_NETEM_REORDER"]["prob_reorder"] == int((2**32 - 1) * 3 / 100)
 
 
+def test_netem_request_with_a_rate_encodes_and_decodes():
+    # the bw crash: IPRoute.tc("replace", "netem", ..., rate=N) also made N the tcmsg's
+    # TCA_RATE (a byte string) and died in the encoder; the request carries it only in netem's
+    # options. Encoding is where it crashed, so encode and read it back.
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+    from pyroute2.netlink.rtnl.tcmsg.common import time2tick  # µs -> the kernel's psched ticks
+
+    from testbed.links.netem import netem_request
+    msg = netem_request(7, LinkShape(delay_ms=5, jitter_ms=1, bw_mbit=10, queue_pkts=50))
+    msg.encode()
+    back = tcmsg(msg.data)
+    back.decode()
+    assert back["index"] == 7 and back["handle"] == 0x10000 and back["parent"] == 0xFFFFFFFF
+    assert back.get_attr("TCA_KIND") == "netem"
+    assert back.get_attr("TCA_RATE") is None
+    opts = back.get_attr("TCA_OPTIONS")
+    assert (opts["delay"], opts["jitter"], opts["limit"]) == (time2tick(5000), time2tick(1000), 50)
+    assert opts.get_attr("TCA_NETEM_RATE")["rate"] == 1_250_000
+
+
 class _Node:
     """The part of a Mininet node that Link and Intf use."""
 
