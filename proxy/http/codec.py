@@ -17,7 +17,8 @@ from typing import NamedTuple
 import httptools
 
 from proxy.http.headers import ABSOLUTE_FORM
-from proxy.http.target import head_end, host_error, needs_normalizing, normalize_head, target_error
+from proxy.http.target import (head_end, host_error, needs_normalizing, normalize_head, target_error,
+                               unsupported_coding)
 
 __all__ = ["RequestHead", "ResponseHead", "Data", "EndOfMessage", "ProtocolError", "ServerCodec",
            "ClientCodec", "encode_request_head", "encode_response_head", "encode_chunk", "LAST_CHUNK",
@@ -172,6 +173,7 @@ class ServerCodec(_Base):
         p = self._parser
         headers = self._headers
         version = p.get_http_version()
+        chunked, length = _framing(headers, "request")     # Envoy checks the coding first
         if version != "1.1":
             # Envoy's default (accept_http_10: false): 426 Upgrade Required, then close;
             # llhttp also takes RTSP/ and ICE/ request lines, which Envoy rejects with 400
@@ -181,7 +183,6 @@ class ServerCodec(_Base):
         why = target_error(method, self._url)
         if why is not None:
             raise ProtocolError(f"request target {self._url[:80]!r}: {why}")
-        chunked, length = _framing(headers, "request")
         upgrade = False
         for k, v in headers:
             if k == b"host":
@@ -263,11 +264,13 @@ class ServerCodec(_Base):
         except httptools.HttpParserError as e:
             raise self._error(e) from None
 
-    @staticmethod
-    def _error(e: Exception) -> ProtocolError:
+    def _error(self, e: Exception) -> ProtocolError:
         cause = e.__context__
         if isinstance(cause, ProtocolError):
             return cause
+        if str(e) == "Invalid HTTP version" and unsupported_coding(self._chunk):
+            # llhttp stops at the request line; Envoy reads the head and refuses the coding first
+            return ProtocolError(f"malformed request: {e}, and an unsupported transfer-encoding", 501)
         # llhttp knows only HTTP/0.9, 1.0, 1.1 and 2.0; Envoy answers other versions with 426;
         # a repeated chunked or a coding after it is an unsupported coding to Envoy: 501
         status = {"Invalid HTTP version": 426, "Invalid `Transfer-Encoding` header value": 501}.get(str(e), 400)

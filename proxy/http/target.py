@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["target_error", "host_error", "normalize_head", "needs_normalizing", "head_end"]
+__all__ = ["target_error", "host_error", "normalize_head", "needs_normalizing", "head_end", "unsupported_coding"]
 
 _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PORT = re.compile(rb"^[0-9]{1,5}$")
 _BAD_HOST = re.compile(rb"[\x00-\x20\x7f]")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _LEADING = re.compile(rb"^[\r\n]*")
+_TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
 
 
 def _authority_error(authority: bytes) -> str | None:
@@ -110,3 +111,11 @@ def normalize_head(head: bytes) -> bytes:
         else:
             out.append(ln)
     return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+def unsupported_coding(data: bytes) -> bool:
+    """True when the head at the start of ``data`` names a transfer coding Envoy answers
+    501 to: anything but one ``chunked`` (checked before the version and the target)."""
+    end = data.find(b"\r\n\r\n")
+    codings = [m.group(1).strip().lower() for m in _TE_LINE.finditer(data[:end if end >= 0 else len(data)])]
+    return bool(codings) and codings != [b"chunked"]

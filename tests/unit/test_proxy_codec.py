@@ -121,6 +121,10 @@ H = b"Host: t.example\r\n"
     (b"GET / HTTP/1.1\r\n" + H + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 403),
     # point 5: HTTP/0.9 is answered at once, not left waiting
     (b"GET /\r\n", 426),
+    # found by tests/reliability: Envoy refuses the coding before the version and the target
+    (b"TRACE http://t.example:275/ HTTP/9.9\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 501),
+    (b"DELETE http://t.example:8x/ HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"GET / HTTP/1.0\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", 501),
 ])
 def test_envoy_refusals(raw, status):
     with pytest.raises(ProtocolError) as e:
