@@ -23,6 +23,7 @@ _PORT = re.compile(rb"^[0-9]{1,5}$")
 _BAD_HOST = re.compile(rb"[\x00-\x20\x7f]")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _LEADING = re.compile(rb"^[\r\n]*")
+_FIELD_LINE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*$")
 _TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
 
 
@@ -117,5 +118,8 @@ def unsupported_coding(data: bytes) -> bool:
     """True when the head at the start of ``data`` names a transfer coding Envoy answers
     501 to: anything but one ``chunked`` (checked before the version and the target)."""
     end = data.find(b"\r\n\r\n")
-    codings = [m.group(1).strip().lower() for m in _TE_LINE.finditer(data[:end if end >= 0 else len(data)])]
+    head = data[:end if end >= 0 else len(data)]
+    if not all(_FIELD_LINE.match(ln) for ln in head.split(b"\r\n")[1:]):
+        return False            # a malformed field line is a 400 to Envoy, found first
+    codings = [m.group(1).strip().lower() for m in _TE_LINE.finditer(head)]
     return bool(codings) and codings != [b"chunked"]
