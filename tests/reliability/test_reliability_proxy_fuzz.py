@@ -11,7 +11,6 @@ CI: 300 requests (seeded). MINIMESH_LONG_RELIABILITY=1: 10,000. No root needed.
 """
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections import Counter
@@ -68,8 +67,10 @@ _FRAMING = st.sampled_from([
     ("te", b"chunked"), ("te", b"Chunked"), ("te", b"gzip, chunked"), ("te", b"chunked, gzip"),
     ("te", b"identity"), ("te", b"gzip"), ("te2", b"chunked"), ("te+cl", b"chunked"),
 ])
-_CHUNKS = st.sampled_from([b"5\r\nhello\r\n0\r\n\r\n", b"5 \r\nhello\r\n0\r\n\r\n", b"5;a=b\r\nhello\r\n0\r\n\r\n",
-                           b"zz\r\nhello\r\n0\r\n\r\n", b"5\nhello\n0\n\n", b"0\r\n\r\n", b"5\r\nhello\r\n0\r\nX: t\r\n\r\n",
+_CHUNKS = st.sampled_from([b"5\r\nhello\r\n0\r\n\r\n", b"5 \r\nhello\r\n0\r\n\r\n",
+                           b"5;a=b\r\nhello\r\n0\r\n\r\n", b"zz\r\nhello\r\n0\r\n\r\n", b"5\nhello\n0\n\n",
+                           b"0\r\n\r\n",
+                           b"5\r\nhello\r\n0\r\nX: t\r\n\r\n",
                            b"fffffffffffffffff\r\nx\r\n0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n"])
 
 
