@@ -44,6 +44,23 @@ def isolated() -> bool:
         return False
 
 
+_ISOLATE = ("mount -t tmpfs tmpfs /run && mkdir -p /run/netns /run/minimesh && mount -t sysfs sysfs /sys && "
+            "(mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null; ip link set lo up; exec \"$@\")")
+
+
+def rerun_isolated(nodeid: str, timeout_s: float = 3600) -> None:
+    """Run one test again in private network, mount and pid namespaces with a private /run
+    and /sys (as /work/bin/mm-isolated does), so `minimesh clean` and fixed switch names
+    touch nothing of the machine's; fails with the inner run's output if it fails."""
+    argv = ["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+            "sh", "-c", _ISOLATE, "isolated", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            "-o", "addopts=", nodeid]
+    p = subprocess.run(argv, cwd=REPO, env=dict(os.environ, MINIMESH_ISOLATED="1"), capture_output=True,
+                       text=True, timeout=timeout_s)
+    assert p.returncode == 0 and " 1 passed" in f" {p.stdout}", \
+        f"isolated run of {nodeid} failed ({p.returncode}):\n{p.stdout[-6000:]}\n{p.stderr[-2000:]}"
+
+
 def minimesh_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "testbed", *args]
 
