@@ -12,6 +12,7 @@ the server should answer with (400, 413 or 431) before closing the connection.
 """
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import httptools
@@ -25,6 +26,7 @@ __all__ = ["RequestHead", "ResponseHead", "Data", "EndOfMessage", "ProtocolError
            "Headers", "get_header", "REASONS"]
 
 Headers = list  # list[tuple[bytes, bytes]]
+_HTTP09 = re.compile(rb"[A-Z]+[ \t]+[^\x00-\x20\x7f]+[ \t]*\r?")     # a request line without a version
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -251,7 +253,7 @@ class ServerCodec(_Base):
             raise ProtocolError("headers too large", 431)
         line = buf.lstrip(b"\r\n")
         nl = line.find(b"\n")
-        if nl >= 0 and len(line[:nl].split()) == 2:
+        if nl >= 0 and _HTTP09.fullmatch(line[:nl]):
             # "GET /" and a line end: HTTP/0.9, answered at once as Envoy does
             raise ProtocolError("HTTP/0.9 request (only HTTP/1.1 is accepted)", 426)
 
