@@ -101,6 +101,32 @@ def _framing(headers: list, path: str) -> tuple[bool, int | None]:
     return chunked, length
 
 
+def _check_host(headers: list, target: bytes) -> None:
+    """Host is required with an origin-form target and checked there; an absolute-form
+    target's authority replaces it unchecked (as Envoy does)."""
+    absolute = ABSOLUTE_FORM.match(target)
+    for k, v in headers:
+        if k == b"host":
+            why = None if absolute else host_error(v)
+            if why is not None:
+                raise ProtocolError(why)
+            return
+    if not absolute:
+        raise ProtocolError("HTTP/1.1 request without Host", 400, b"")
+
+
+def _check_upgrade(headers: list, method: bytes) -> None:
+    """No upgrade_configs on the HCM: Envoy refuses an upgrade (h2c aside) with 403."""
+    upgrade = conn_upgrade = False
+    for k, v in headers:
+        if k == b"upgrade" and v.strip().lower() != b"h2c":
+            upgrade = True
+        elif k == b"connection" and b"upgrade" in v.lower():
+            conn_upgrade = True
+    if upgrade and conn_upgrade and method != b"CONNECT":
+        raise ProtocolError(f"upgrade to {get_header(headers, b'upgrade')!r} is not configured", 403)
+
+
 class _Base:
     __slots__ = ("_parser", "_events", "_headers", "_header_bytes", "_max_header_bytes", "_max_headers")
 
@@ -171,39 +197,28 @@ class ServerCodec(_Base):
             raise ProtocolError("request line too long", 431)
 
     def on_headers_complete(self) -> None:
+        """The head's checks, in Envoy's order: an HTTP/0.9 line, the transfer coding, the
+        version, CONNECT's framing, the target, Host, an upgrade."""
         self._in_head = False
         p = self._parser
         headers = self._headers
         version = p.get_http_version()
-        chunked, length = _framing(headers, "request")     # Envoy checks the coding first
+        if version == "0.9":
+            raise ProtocolError("HTTP/0.9 request (only HTTP/1.1 is accepted)", 400 if headers else 426)
+        chunked, length = _framing(headers, "request")
         if version != "1.1":
             # Envoy's default (accept_http_10: false): 426 Upgrade Required, then close;
             # llhttp also takes RTSP/ and ICE/ request lines, which Envoy rejects with 400
             other = b"RTSP/" in self._chunk or b"ICE/" in self._chunk
             raise ProtocolError(f"HTTP/{version} request (only HTTP/1.1 is accepted)", 400 if other else 426)
         method = p.get_method()
+        if method == b"CONNECT" and (chunked or length):
+            raise ProtocolError("CONNECT with a body", 501 if chunked else 400)
         why = target_error(method, self._url)
         if why is not None:
             raise ProtocolError(f"request target {self._url[:80]!r}: {why}")
-        upgrade = False
-        for k, v in headers:
-            if k == b"host":
-                why = host_error(v)
-                if why is not None:
-                    raise ProtocolError(why)
-                break
-        else:
-            if not ABSOLUTE_FORM.match(self._url):
-                raise ProtocolError("HTTP/1.1 request without Host", 400, b"")
-        conn_upgrade = False
-        for k, v in headers:
-            if k == b"upgrade" and v.strip().lower() != b"h2c":
-                upgrade = True
-            elif k == b"connection" and b"upgrade" in v.lower():
-                conn_upgrade = True
-        if upgrade and conn_upgrade and method != b"CONNECT":
-            # no upgrade_configs on the HCM: Envoy refuses the upgrade with 403 and closes
-            raise ProtocolError(f"upgrade to {get_header(headers, b'upgrade')!r} is not configured", 403)
+        _check_host(headers, self._url)
+        _check_upgrade(headers, method)
         self._events.append(RequestHead(method, self._url, headers, p.should_keep_alive() and method != b"CONNECT",
                                         chunked, length, version))
         self._body_left = length or 0
@@ -270,6 +285,8 @@ class ServerCodec(_Base):
         cause = e.__context__
         if isinstance(cause, ProtocolError):
             return cause
+        if self._parser.get_http_version() == "0.9":
+            return ProtocolError(f"malformed HTTP/0.9 request: {e}", 400)
         if str(e) == "Invalid HTTP version" and unsupported_coding(self._chunk):
             # llhttp stops at the request line; Envoy reads the head and refuses the coding first
             return ProtocolError(f"malformed request: {e}, and an unsupported transfer-encoding", 501)

@@ -7,7 +7,8 @@
 * :func:`host_error` -- why a Host value is refused (whitespace and control bytes).
 * :func:`normalize_head` -- the lenient head forms Envoy accepts, rewritten to strict
   HTTP/1.1 for llhttp: bare LF line ends (RFC 9112 2.2 allows a recipient to take them),
-  obs-fold replaced by SP (5.2), HTAB between request-line words (3).
+  obs-fold replaced by SP (5.2), HTAB between request-line words and whitespace after the
+  version (3).
 * :func:`needs_normalizing` -- a cheap test whether bytes may hold such a form.
 
 docs/proxy.md ("Lenient and malformed HTTP/1") holds the table of each case.
@@ -21,6 +22,7 @@ __all__ = ["target_error", "host_error", "normalize_head", "needs_normalizing", 
 _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PORT = re.compile(rb"^[0-9]{1,5}$")
 _BAD_HOST = re.compile(rb"[\x00-\x20\x7f]")
+_BAD_HOST_HEADER = re.compile(rb"[\x00-\x20\x7f/?#\\]")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _LEADING = re.compile(rb"^[\r\n]*")
 _FIELD_LINE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*$")
@@ -46,7 +48,7 @@ def _authority_error(authority: bytes) -> str | None:
         return "empty host"
     if _BAD_HOST.search(name):
         return "invalid character in host"
-    if port is not None and (not _PORT.match(port) or not 0 < int(port) <= 65535):
+    if port is not None and (not _PORT.match(port) or int(port) > 65535):
         return f"invalid port {port!r}"
     return None
 
@@ -78,14 +80,20 @@ def target_error(method: bytes, target: bytes) -> str | None:
 
 
 def host_error(value: bytes) -> str | None:
-    """Why Envoy refuses this Host header value (it forwards an empty one), or None."""
-    return "invalid character in Host" if _BAD_HOST.search(value) else None
+    """Why Envoy refuses this Host header value, or None: whitespace, control bytes,
+    ``/ ? # \\``, an unterminated ``[``. It forwards an empty one, and any port."""
+    if _BAD_HOST_HEADER.search(value):
+        return "invalid character in Host"
+    if value.startswith(b"[") and b"]" not in value:
+        return "unterminated IPv6 literal in Host"
+    return None
 
 
 def needs_normalizing(data: bytes) -> bool:
     """True when ``data`` may hold a lenient head form (a bare LF, obs-fold, a tab);
     False proves it holds none, so the strict parser can take it as is."""
-    return b"\t" in data or b"\n " in data or data.count(b"\n") != data.count(b"\r\n")
+    return (b"\t" in data or b"\n " in data or b" \r\n" in data
+            or data.count(b"\n") != data.count(b"\r\n"))
 
 
 def head_end(buf: bytes) -> int:
@@ -98,7 +106,7 @@ def head_end(buf: bytes) -> int:
 
 def normalize_head(head: bytes) -> bytes:
     """A complete head (request line, fields, blank line) with bare LFs made CRLF, each
-    obs-fold made one SP and HTABs in the request line made SP."""
+    obs-fold made one SP, HTABs in the request line made SP and whitespace around it dropped."""
     head = _LEADING.sub(b"", head)
     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in head.split(b"\n")]
     while lines and lines[-1] == b"":
