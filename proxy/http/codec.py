@@ -206,14 +206,14 @@ class ServerCodec(_Base):
         if version == "0.9":
             raise ProtocolError("HTTP/0.9 request (only HTTP/1.1 is accepted)", 400 if headers else 426)
         chunked, length = _framing(headers, "request")
+        method = p.get_method()
+        if method == b"CONNECT" and (chunked or length):
+            raise ProtocolError("CONNECT with a body", 501 if chunked else 400)
         if version != "1.1":
             # Envoy's default (accept_http_10: false): 426 Upgrade Required, then close;
             # llhttp also takes RTSP/ and ICE/ request lines, which Envoy rejects with 400
             other = b"RTSP/" in self._chunk or b"ICE/" in self._chunk
             raise ProtocolError(f"HTTP/{version} request (only HTTP/1.1 is accepted)", 400 if other else 426)
-        method = p.get_method()
-        if method == b"CONNECT" and (chunked or length):
-            raise ProtocolError("CONNECT with a body", 501 if chunked else 400)
         why = target_error(method, self._url)
         if why is not None:
             raise ProtocolError(f"request target {self._url[:80]!r}: {why}")
@@ -397,7 +397,7 @@ REASONS = {
     301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified", 307: b"Temporary Redirect",
     400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
     405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large",
-    421: b"Misdirected Request", 426: b"Upgrade Required", 429: b"Too Many Requests",
+    417: b"Expectation Failed", 421: b"Misdirected Request", 426: b"Upgrade Required", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }

@@ -21,6 +21,7 @@ __all__ = ["target_error", "host_error", "normalize_head", "needs_normalizing", 
 
 _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PORT = re.compile(rb"^[0-9]{1,5}$")
+_CONNECT_TARGET = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[^\[\]/?#@*:\x00-\x20]+):[0-9]+$")
 _BAD_HOST = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_HOST_HEADER = re.compile(rb"[\x00-\x20\x7f/?#\\]")
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -56,7 +57,7 @@ def _authority_error(authority: bytes) -> str | None:
 def target_error(method: bytes, target: bytes) -> str | None:
     """Why Envoy answers 400 to this request target, or None."""
     if method == b"CONNECT":
-        if target.startswith(b"/") or b"/" in target or b"#" in target:
+        if not _CONNECT_TARGET.match(target):
             return "CONNECT needs an authority-form target (host:port)"
         return _authority_error(target)
     if target.startswith(b"/"):
@@ -124,10 +125,11 @@ def normalize_head(head: bytes) -> bytes:
 
 def unsupported_coding(data: bytes) -> bool:
     """True when the head at the start of ``data`` names a transfer coding Envoy answers
-    501 to: anything but one ``chunked`` (checked before the version and the target)."""
+    501 to: anything but one ``chunked``, or any on a CONNECT (checked before the version
+    and the target)."""
     end = data.find(b"\r\n\r\n")
     head = data[:end if end >= 0 else len(data)]
     if not all(_FIELD_LINE.match(ln) for ln in head.split(b"\r\n")[1:]):
         return False            # a malformed field line is a 400 to Envoy, found first
     codings = [m.group(1).strip().lower() for m in _TE_LINE.finditer(head)]
-    return bool(codings) and codings != [b"chunked"]
+    return bool(codings) and (codings != [b"chunked"] or head.startswith(b"CONNECT "))

@@ -57,13 +57,16 @@ CASES = {
     "bare_lf": b"GET / HTTP/1.1\nHost: x\n\n",
     "obs_fold": b"GET / HTTP/1.1\r\n" + H + b"X-A: a\r\n b\r\n\r\n",
     "tab_in_request_line": b"GET\t/ HTTP/1.1\r\n" + H + b"\r\n",
+    "expect_twice": b"GET / HTTP/1.1\r\n" + H + b"Expect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
+    "connect_asterisk": b"CONNECT * HTTP/1.1\r\n" + H + b"\r\n",
+    "absolute_port_0": b"GET http://t.example:0/ HTTP/1.1\r\n\r\n",
     "chunk_size_trailing_space": b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
                                  b"5 \r\nhello\r\n0\r\n\r\n",
 }
 BAD = [n for n in CASES if n not in ("well_formed", "absolute_form_uri", "connection_close", "head",
                                       "pipelined_two", "expect_100_continue", "absolute_userinfo_port",
                                       "asterisk_options", "bare_lf", "obs_fold", "tab_in_request_line",
-                                      "chunk_size_trailing_space")]
+                                      "chunk_size_trailing_space", "absolute_port_0")]
 _RESULTS: dict[str, dict[str, tuple]] = {}
 
 

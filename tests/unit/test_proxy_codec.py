@@ -125,6 +125,16 @@ H = b"Host: t.example\r\n"
     (b"TRACE http://t.example:275/ HTTP/9.9\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 501),
     (b"DELETE http://t.example:8x/ HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
     (b"GET / HTTP/1.0\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", 501),
+    # found by the 10,000-request fuzz (tests/reliability/test_reliability_proxy_fuzz.py)
+    (b"POST http://\r\nHost: [::1]:80\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"CONNECT o.example:443 HTTP/1.1\r\nHost: o.example\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"CONNECT o.example:443 HTTP/9.9\r\nHost: o.example\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"CONNECT o.example:443 HTTP/1.1\r\nHost: o.example\r\nContent-Length: 5\r\n\r\nhello", 400),
+    (b"CONNECT * HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"CONNECT o.example HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET http://t.example:/ HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: [::1/\r\n\r\n", 400),
 ])
 def test_envoy_refusals(raw, status):
     with pytest.raises(ProtocolError) as e:
@@ -139,6 +149,10 @@ def test_envoy_refusals(raw, status):
     (b"GET /a\tHTTP/1.1\r\n" + H + b"\r\n", b"/a", b"t.example"),
     (b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", b"*", b"t.example"),
     (b"GET http://u@t.example:8080/x HTTP/1.1\r\n\r\n", b"http://u@t.example:8080/x", None),
+    (b"GET http://t.example:0/ HTTP/1.1\r\n\r\n", b"http://t.example:0/", None),               # port 0
+    (b"GET http://t.example/ HTTP/1.1\r\nHost: a b\r\n\r\n", b"http://t.example/", b"a b"),  # replaced
+    (b"GET / HTTP/1.1 \r\n" + H + b"\r\n", b"/", b"t.example"),                             # trailing SP
+    (b"GET / HTTP/1.1\r\nHost: u@t.example\r\n\r\n", b"/", b"u@t.example"),
 ])
 def test_envoy_lenient_heads_are_normalised(raw, target, host):
     ev = ServerCodec().receive_data(raw)
