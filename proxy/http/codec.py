@@ -64,6 +64,7 @@ class ProtocolError(Exception):
     """``status`` is what the server answers before closing; ``body`` None means the reason phrase."""
 
     events: list = []          # ServerCodec: events parsed before the violation
+    interim = False            # send "100 Continue" before the answer
 
     def __init__(self, message: str, status: int = 400, body: bytes | None = None):
         super().__init__(message)
@@ -117,14 +118,14 @@ def _check_host(headers: list, target: bytes) -> None:
 
 def _check_upgrade(headers: list, method: bytes) -> None:
     """No upgrade_configs on the HCM: Envoy refuses an upgrade (h2c aside) with 403."""
-    upgrade = conn_upgrade = False
-    for k, v in headers:
-        if k == b"upgrade" and v.strip().lower() != b"h2c":
-            upgrade = True
-        elif k == b"connection" and b"upgrade" in v.lower():
-            conn_upgrade = True
+    upgrades = [v.strip() for k, v in headers if k == b"upgrade"]
+    upgrade = bool(upgrades) and b",".join(upgrades).lower() != b"h2c"      # repeated: joined, as Envoy
+    conn_upgrade = any(k == b"connection" and b"upgrade" in v.lower() for k, v in headers)
     if upgrade and conn_upgrade and method != b"CONNECT":
-        raise ProtocolError(f"upgrade to {get_header(headers, b'upgrade')!r} is not configured", 403)
+        e = ProtocolError(f"upgrade to {get_header(headers, b'upgrade')!r} is not configured", 403)
+        # Envoy answers `Expect: 100-continue` before it refuses the upgrade
+        e.interim = any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers)
+        raise e
 
 
 class _Base:

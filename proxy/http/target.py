@@ -27,6 +27,10 @@ _BAD_HOST_HEADER = re.compile(rb"[\x00-\x20\x7f/?#\\]")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _LEADING = re.compile(rb"^[\r\n]*")
 _FIELD_LINE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*$")
+_H2C = re.compile(rb"(?i)h2c")
+_H2C_UPGRADE = re.compile(rb"(?i)^upgrade[ \t]*:[ \t]*h2c[ \t]*$")
+_H2_SETTINGS = re.compile(rb"(?i)^http2-settings[ \t]*:")
+_CONNECTION = re.compile(rb"(?i)^connection[ \t]*:(.*)$")
 _TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
 
 
@@ -93,7 +97,7 @@ def host_error(value: bytes) -> str | None:
 def needs_normalizing(data: bytes) -> bool:
     """True when ``data`` may hold a lenient head form (a bare LF, obs-fold, a tab);
     False proves it holds none, so the strict parser can take it as is."""
-    return (b"\t" in data or b"\n " in data or b" \r\n" in data
+    return (b"\t" in data or b"\n " in data or b" \r\n" in data or _H2C.search(data) is not None
             or data.count(b"\n") != data.count(b"\r\n"))
 
 
@@ -120,7 +124,28 @@ def normalize_head(head: bytes) -> bytes:
             out[-1] = out[-1].rstrip(b" \t") + b" " + ln.strip(b" \t")
         else:
             out.append(ln)
-    return b"\r\n".join(out) + b"\r\n\r\n"
+    return b"\r\n".join(_without_h2c(out)) + b"\r\n\r\n"
+
+
+def _without_h2c(lines: list[bytes]) -> list[bytes]:
+    """An h2c upgrade request is served as plain HTTP/1.1 with the upgrade stripped, as
+    Envoy does: no ``Upgrade: h2c``, no ``HTTP2-Settings``, no ``upgrade`` Connection token
+    (so llhttp parses its body as a body, not as the upgraded protocol)."""
+    upgrades = [ln for ln in lines[1:] if ln[:8].lower() == b"upgrade:" or ln[:8].lower() == b"upgrade "]
+    if len(upgrades) != 1 or not _H2C_UPGRADE.match(upgrades[0]):
+        return lines            # repeated, the joined value is no longer h2c: refused later (403)
+    out = [lines[0]]
+    for ln in lines[1:]:
+        if _H2C_UPGRADE.match(ln) or _H2_SETTINGS.match(ln):
+            continue
+        m = _CONNECTION.match(ln)
+        if m:
+            tokens = [t.strip() for t in m.group(1).split(b",") if t.strip().lower() not in (b"upgrade", b"")]
+            if not tokens:
+                continue
+            ln = b"Connection: " + b", ".join(tokens)
+        out.append(ln)
+    return out
 
 
 def unsupported_coding(data: bytes) -> bool:

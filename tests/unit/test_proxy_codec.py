@@ -183,3 +183,27 @@ def test_chunked_body_after_a_normalised_head():
     ev = ServerCodec().receive_data(b"POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n"
                                     b"5\r\nhello\r\n0\r\n\r\nGET /n HTTP/1.1\r\nHost: x\r\n\r\n")
     assert [e.target for e in ev if type(e) is RequestHead] == [b"/", b"/n"]
+
+
+def test_h2c_upgrade_is_stripped_and_its_body_parsed():
+    """Found by the fuzz: llhttp took `Upgrade: h2c` + `Connection: Upgrade` as an upgrade
+    and never parsed the body; Envoy strips an h2c upgrade and serves plain HTTP/1.1."""
+    ev = ServerCodec().receive_data(b"PUT / HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: Upgrade, keep-alive\r\n"
+                                    b"HTTP2-Settings: AAA\r\nContent-Length: 5\r\n\r\nhello"
+                                    b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    heads = [e for e in ev if type(e) is RequestHead]
+    assert [h.target for h in heads] == [b"/", b"/2"]
+    assert get_header(heads[0].headers, b"upgrade") is None and get_header(heads[0].headers, b"http2-settings") is None
+    assert get_header(heads[0].headers, b"connection") == b"keep-alive"
+    assert b"".join(e.data for e in ev if type(e) is Data) == b"hello"
+    with pytest.raises(ProtocolError) as e:           # repeated: joined "h2c,h2c" is a real upgrade
+        ServerCodec().receive_data(b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nUpgrade: h2c\r\n"
+                                   b"Connection: Upgrade\r\n\r\n")
+    assert e.value.status == 403
+
+
+def test_refused_upgrade_answers_100_continue_first():
+    with pytest.raises(ProtocolError) as e:
+        ServerCodec().receive_data(b"POST / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+                                   b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert e.value.status == 403 and e.value.interim
