@@ -37,6 +37,11 @@ RSS_GROWTH_MAX_KB = 30 * 1024       # after the fuzz, against after a warm-up of
 DOCUMENTED = {
     "h2-preface": (lambda raw: raw.startswith(b"PRI * HTTP/2.0"),
                    "Envoy waits on the HTTP/2 preface on an HTTP/1 listener; minimesh answers 400"),
+    "pipelined-after-expect": (
+        lambda raw: b"expect: 100-continue" in raw.lower() and b"GET /second" in raw
+        and b"content-length" not in raw.lower() and b"transfer-encoding" not in raw.lower(),
+        "Envoy leaves a request pipelined behind a body-less `Expect: 100-continue` request unserved; "
+        "minimesh serves it"),
 }
 
 # --- strategies --------------------------------------------------------------------------
