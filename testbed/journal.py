@@ -23,12 +23,15 @@ Kinds (each has a remover in :data:`REMOVERS`):
 - ``bridge``: name
 - ``iptables``: pid (process whose netns holds the rule), args (the rule, for ``-D``)
 - ``path``: path (a file or socket to unlink)
+- ``dir``: path (a run directory, e.g. a mesh's ``<state dir>/mesh-XXXX`` with etcd's data,
+  logs and sockets; removed with everything in it)
 """
 from __future__ import annotations
 
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -79,10 +82,14 @@ class Journal:
         self.path = self.dir / f"{self.run_id}.jsonl"
         self._entries: dict[int, dict[str, Any]] = {}
         self._next = 1
-        self._fh = open(self.path, "a", buffering=1)
-        self._write({"op": "runner", "pid": me, "start": proc_start(me), "time": time.time()})
+        self._fh: Any = None      # the file exists only while an entry is outstanding
 
     def _write(self, obj: dict[str, Any]) -> None:
+        if self._fh is None or self._fh.closed:
+            self._fh = open(self.path, "a", buffering=1)
+            me = self.owner
+            self._fh.write(json.dumps({"op": "runner", "pid": me, "start": proc_start(me), "time": time.time()})
+                           + "\n")
         self._fh.write(json.dumps(obj) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -106,9 +113,15 @@ class Journal:
         self._write({"op": "set", "id": eid, **data})
 
     def forget(self, eid: int) -> None:
-        """The thing was removed by its owner; the journal no longer needs to."""
+        """The thing was removed by its owner; the journal no longer needs to. When nothing
+        is outstanding any more the file goes (a clean ``net.stop()`` through Mininet's API
+        leaves no journal for ``clean`` to mistake for a crashed run); the next record
+        starts it again."""
         if self._entries.pop(eid, None) is not None:
-            self._write({"op": "del", "id": eid})
+            if self._entries or os.getpid() != self.owner:
+                self._write({"op": "del", "id": eid})
+            else:
+                self.close(delete=True)
 
     def outstanding(self) -> list[dict[str, Any]]:
         return [dict(e, id=i) for i, e in self._entries.items()]
@@ -125,7 +138,7 @@ class Journal:
     def close(self, delete: bool = True) -> None:
         if os.getpid() != self.owner:
             return
-        if not self._fh.closed:
+        if self._fh is not None and not self._fh.closed:
             self._fh.close()
         if delete:
             try:
@@ -314,6 +327,14 @@ def _remove_path(e: dict[str, Any]) -> None:
         pass
 
 
+def _remove_dir(e: dict[str, Any]) -> None:
+    path = Path(e["path"])
+    if not path.is_absolute() or path == Path(path.anchor) or path.is_symlink():
+        raise ValueError(f"refusing to remove {path} (not an absolute run directory)")
+    if path.exists():
+        shutil.rmtree(path)
+
+
 REMOVERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "process": _remove_process,
     "netns_procs": _remove_netns_procs,
@@ -322,4 +343,5 @@ REMOVERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "bridge": _remove_link,
     "iptables": _remove_iptables,
     "path": _remove_path,
+    "dir": _remove_dir,
 }

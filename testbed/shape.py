@@ -49,16 +49,18 @@ class LinkShape:
 
     def __post_init__(self) -> None:
         for f in ("delay_ms", "jitter_ms"):
-            if getattr(self, f) < 0:
-                raise ShapeError(f, "must be >= 0")
+            v = getattr(self, f)
+            if not 0 <= v <= MAX_DELAY_MS:        # also refuses NaN
+                raise ShapeError(f, f"must be between 0 and {MAX_DELAY_MS / 1000:g}s, got {v} ms")
         for f in ("loss_pct", "loss_corr_pct", "duplicate_pct", "reorder_pct", "corrupt_pct"):
             v = getattr(self, f)
             if not 0.0 <= v <= 100.0:
                 raise ShapeError(f, f"must be between 0% and 100%, got {v}%")
-        if self.bw_mbit is not None and self.bw_mbit <= 0:
-            raise ShapeError("bw_mbit", "must be > 0")
-        if self.queue_pkts < 1:
-            raise ShapeError("queue_pkts", "must be >= 1 packet")
+        if self.bw_mbit is not None and not 0 < self.bw_mbit <= MAX_RATE_MBIT:
+            raise ShapeError("bw_mbit", f"must be > 0 and at most {MAX_RATE_MBIT:g} Mbit/s, got {self.bw_mbit}")
+        if not 1 <= self.queue_pkts <= MAX_QUEUE_PKTS:
+            raise ShapeError("queue_pkts", f"must be between 1 and {MAX_QUEUE_PKTS} packets "
+                                           f"(netem's 32-bit limit), got {self.queue_pkts}")
         if self.reorder_pct and not self.delay_ms:
             raise ShapeError("reorder_pct", "reorder needs a delay: reordered packets skip the delay line")
         if self.jitter_ms > self.delay_ms and self.jitter_ms > 0:
@@ -103,9 +105,15 @@ def _num(v: float) -> str:
     return f"{v:g}"
 
 
+# --- bounds: what both backends can honour -------------------------------------------
+
+MAX_DELAY_MS = 3_600_000.0        # 1 h: each backend holds every delayed packet in memory
+MAX_RATE_MBIT = 1_000_000.0       # 1 Tbit/s: far above any veth or TAP, and finite
+MAX_QUEUE_PKTS = 2**32 - 1        # netem's `limit` is a 32-bit count
+
 # --- unit parsing at the edge ------------------------------------------------------
 
-_NUM = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_NUM = r"((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
 _TIME_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 _RATE_UNITS = {
     "bit": 1e-6, "kbit": 1e-3, "mbit": 1.0, "gbit": 1e3,
@@ -118,13 +126,15 @@ def parse_time_ms(field: str, value: Any) -> float:
     if isinstance(value, bool):
         raise ShapeError(field, f"expected a time such as 10ms, got {value!r}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ShapeError(field, f"must be >= 0, got {value}")
-        return float(value)
-    m = re.fullmatch(_NUM + r"\s*(us|ms|s)", str(value).strip())
-    if not m:
-        raise ShapeError(field, f"bad time {value!r}: use a number with us, ms or s (e.g. 10ms)")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2)]
+        ms = float(value)
+    else:
+        m = re.fullmatch(_NUM + r"\s*(us|ms|s)", str(value).strip())
+        if not m:
+            raise ShapeError(field, f"bad time {value!r}: use a number with us, ms or s (e.g. 10ms)")
+        ms = float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    if not 0 <= ms <= MAX_DELAY_MS:               # also refuses NaN and infinity
+        raise ShapeError(field, f"must be between 0 and {MAX_DELAY_MS / 1000:g}s, got {value!r}")
+    return ms
 
 
 def parse_rate_mbit(field: str, value: Any) -> float:
@@ -139,8 +149,8 @@ def parse_rate_mbit(field: str, value: Any) -> float:
             raise ShapeError(field, f"bad rate {value!r}: use a number with bit, kbit, mbit, gbit "
                                     "(bits/s) or bps, kbps, mbps, gbps (bytes/s), e.g. 20Mbit")
         rate = float(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
-    if rate <= 0:
-        raise ShapeError(field, f"must be > 0, got {value!r}")
+    if not 0 < rate <= MAX_RATE_MBIT:               # also refuses NaN and infinity
+        raise ShapeError(field, f"must be > 0 and at most {MAX_RATE_MBIT / 1e6:g}Tbit, got {value!r}")
     return rate
 
 
@@ -167,8 +177,9 @@ def parse_count(field: str, value: Any) -> int:
         n = int(value)
     except ValueError:
         raise ShapeError(field, f"expected a whole number of packets, got {value!r}") from None
-    if n < 1:
-        raise ShapeError(field, f"must be >= 1, got {value!r}")
+    if not 1 <= n <= MAX_QUEUE_PKTS:
+        raise ShapeError(field, f"must be between 1 and {MAX_QUEUE_PKTS} packets (netem's 32-bit "
+                                f"limit), got {value!r}")
     return n
 
 

@@ -128,7 +128,7 @@ class DownstreamConnection(asyncio.Protocol):
                 s.start()
             elif s is None:
                 if t is ProtocolError:
-                    self.protocol_error(ev.status, ev.body)
+                    self.protocol_error(ev.status, ev.body, ev.interim)
                     return
                 continue          # tail of a request whose stream was closed early
             elif t is Data:
@@ -138,7 +138,7 @@ class DownstreamConnection(asyncio.Protocol):
                     self.queue = events[i:]             # one in flight first (as Envoy does)
                     self._pause(2)
                     return
-                self.protocol_error(ev.status, ev.body)
+                self.protocol_error(ev.status, ev.body, ev.interim)
                 return
             else:
                 s.on_downstream_end()
@@ -196,7 +196,7 @@ class DownstreamConnection(asyncio.Protocol):
                     assert self.transport is not None    # data and write callbacks: connected
                 self.transport.resume_reading()
 
-    def protocol_error(self, status: int, body: bytes | None = None) -> None:
+    def protocol_error(self, status: int, body: bytes | None = None, interim: bool = False) -> None:
         st = self.cfg.stats
         st.downstream_cx_protocol_error += 1
         if status == 431:
@@ -210,7 +210,8 @@ class DownstreamConnection(asyncio.Protocol):
             head += ((b"date", http_date()), (b"server", self.cfg.server_header), (b"connection", b"close"))
             if TYPE_CHECKING:
                 assert self.transport is not None        # called while handling received data
-            self.transport.write(encode_response_head(status, head) + body)
+            self.transport.write((b"HTTP/1.1 100 Continue\r\n\r\n" if interim else b"")
+                                 + encode_response_head(status, head) + body)
         self.close()
 
     def stream_finished(self, stream: "Stream", keep_alive: bool) -> None:

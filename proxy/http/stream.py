@@ -65,7 +65,7 @@ class Stream:
         if self.path[:1] != b"/" and ABSOLUTE_FORM.match(self.path):
             self.path = _absolute_form(self.path, headers)
         host = rid = None
-        expect = dup_host = False
+        expect = dup_host = expect_seen = False
         for k, v in headers:
             if k == b"host":
                 if host is not None:
@@ -75,8 +75,9 @@ class Stream:
                     host = v
             elif k == b"x-request-id":
                 rid = v
-            elif k == b"expect":
-                expect = v.lower() == b"100-continue"
+            elif k == b"expect":      # repeated, the joined value is no longer 100-continue (Envoy)
+                expect = v.lower() == b"100-continue" and not expect_seen
+                expect_seen = True
         if dup_host:
             # Envoy joins repeated Host headers into one value, as for any repeated header
             headers[:] = [(k, v) for k, v in headers if k != b"host"]
@@ -104,6 +105,10 @@ class Stream:
         self.route = table.route(host, self.path, headers) if table is not None else None
         self.filters: Sequence[HttpFilter] = [f() for f in cfg.factories]
         self.touch()
+        if expect_seen and not expect:
+            # Envoy: an Expect that is not one 100-continue fails here (417), never upstream
+            self.send_local_reply(417)
+            return
         self._decode_headers(0)
 
     def _decode_headers(self, i: int) -> None:

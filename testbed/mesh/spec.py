@@ -166,8 +166,8 @@ def parse_mesh(node: Node, ctx: Context) -> MeshSpec:
     registry = _registry(ctx, top["registry"][1])
     cp_fields = ctx.mapping(top["control_plane"][1], "mesh.control_plane", ("host",),
                             required=("host",), null_ok=False)
-    cp = ctx.node_ref(cp_fields["host"][1], "mesh.control_plane.host", "host")
-    clients = tuple(ctx.node_ref(n, f"mesh.clients[{i}]", "host")
+    cp = ctx.linked_host(cp_fields["host"][1], "mesh.control_plane.host")
+    clients = tuple(ctx.linked_host(n, f"mesh.clients[{i}]")
                     for i, n in enumerate(ctx.sequence(top["clients"][1], "mesh.clients"))) \
         if "clients" in top else ()
     rules = _rules(ctx, top["rules"][1]) if "rules" in top else ()
@@ -177,7 +177,8 @@ def parse_mesh(node: Node, ctx: Context) -> MeshSpec:
         if ipaddress.ip_interface(spec.ip).ip in ipaddress.ip_network(VIP_CIDR):
             ctx.error(top["services"][0], f"mesh: host {name}'s address {spec.ip} is inside the "
                                           f"service VIP range {VIP_CIDR}; pick another ip_base")
-    pool = [h for h in ctx.hosts if h not in registry.members and h != cp and h not in clients]
+    pool = [h for h in ctx.hosts if h not in registry.members and h != cp and h not in clients
+            and h in ctx.linked]          # a host without a link can serve no one
     instances = _place(ctx, services, vnodes, pool)
     vips = tuple(sorted(service_vips([s.name for s in services], VIP_CIDR).items()))
     return MeshSpec(registry, cp, services, instances, clients, rules, vips, ctx.file, security)
@@ -190,7 +191,7 @@ def _registry(ctx: Context, node: Node) -> RegistrySpec:
         ctx.error(f["members"][1], "mesh.registry.members: list at least one host (3 for a quorum)")
     members: list[str] = []
     for i, n in enumerate(items):
-        name = ctx.node_ref(n, f"mesh.registry.members[{i}]", "host")
+        name = ctx.linked_host(n, f"mesh.registry.members[{i}]")
         if name in members:
             ctx.error(n, f"mesh.registry.members[{i}]: {name} is listed twice")
         members.append(name)
@@ -353,7 +354,7 @@ def _versions(ctx: Context, node: Node, where: str) -> tuple[VersionSpec, ...]:
             items = ctx.sequence(f["hosts"][1], f"{vw}.hosts")
             if not items:
                 ctx.error(f["hosts"][1], f"{vw}.hosts: list at least one host, or leave hosts out")
-            hosts = tuple(ctx.node_ref(n, f"{vw}.hosts[{i}]", "host") for i, n in enumerate(items))
+            hosts = tuple(ctx.linked_host(n, f"{vw}.hosts[{i}]") for i, n in enumerate(items))
         out.append(VersionSpec(vname, replicas, hosts))
     return tuple(out)
 
@@ -391,8 +392,8 @@ def _place(ctx: Context, services: tuple[ServiceDecl, ...], vnodes: dict[tuple[s
                         continue
                     if not pool:
                         ctx.error(node, f"mesh.services.{svc.name}.versions.{v.name}: no host to "
-                                        "place replicas on: every host is a registry member or the "
-                                        "control plane; add hosts or give hosts: [...]")
+                                        "place replicas on: every linked host is a registry member, "
+                                        "a client or the control plane; add hosts or give hosts: [...]")
                     for step in range(len(pool)):
                         host = pool[(cursor + step) % len(pool)]
                         if (host, svc.port) not in taken:

@@ -53,6 +53,8 @@ class teardown_signals:
         self.signals = self.SIGNALS + ((signal.SIGINT,) if sigint else ())
         self._old: dict[int, Any] = {}
         self._owner = os.getpid()
+        self.received = 0           # a signal that arrived during teardown (quiet()), or 0
+        self._quiet = False
 
     def _raise(self, signum: int, _frame: Any) -> None:
         if os.getpid() != self._owner:
@@ -70,10 +72,36 @@ class teardown_signals:
         return self
 
     def quiet(self) -> None:
-        for s in self.signals + (signal.SIGINT,):
-            signal.signal(s, signal.SIG_IGN)
+        """Teardown runs to its end: a signal now interrupts nothing but is remembered, so
+        the exit status still says the run was stopped by it (:meth:`settle`). The signals
+        are blocked, not handled, meanwhile: the commands teardown runs inherit the mask
+        and so are not cut short by a Ctrl-C to the terminal's process group either."""
+        quiet = self.signals + (signal.SIGINT,)
+        for s in quiet:
+            signal.signal(s, self._note)
+        signal.pthread_sigmask(signal.SIG_BLOCK, quiet)
+        self._quiet = True
+
+    def settle(self) -> int:
+        """After teardown: the first signal that arrived during it (0 if none)."""
+        if not self._quiet:
+            return self.received
+        self._quiet = False
+        quiet = self.signals + (signal.SIGINT,)
+        pending = signal.sigpending()
+        for s in quiet:
+            if s in pending:
+                signal.sigtimedwait([s], 0)     # consumed here, never delivered to a handler
+                self.received = self.received or s
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, quiet)
+        return self.received
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        if os.getpid() == self._owner and not self.received:
+            self.received = signum
 
     def __exit__(self, *exc: Any) -> None:
+        self.settle()
         for s, h in self._old.items():
             signal.signal(s, h)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -140,4 +168,8 @@ def run_testbed(what: str, topology: Any, backend: str, body: Callable[[RunningT
                     print(f"*** cleanup: could not remove {err}", file=sys.stderr)
                 if errors:
                     status = EXIT_FAIL
+            if sig.settle() and status == EXIT_OK:
+                # e.g. Ctrl-C while tearing down after the end of input: 130, not 0
+                print(f"*** signal {signal.Signals(sig.received).name} during teardown", file=sys.stderr)
+                status = 128 + sig.received
     return status

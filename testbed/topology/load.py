@@ -101,6 +101,7 @@ def parse_topology(text: str, filename: str = "<string>") -> Topology:
     switches = _parse_switches(ctx, top["switches"][1]) if "switches" in top else ()
     ctx.switches = {s.name: s for s in switches}
     links = _parse_links(ctx, top["links"][1]) if "links" in top else ()
+    ctx.linked = frozenset(n for lk in links for n in (lk.node1, lk.node2))
 
     sections = {key: _SECTIONS[key](value_node, ctx)
                 for key, (_, value_node) in top.items() if key in _SECTIONS}

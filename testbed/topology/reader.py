@@ -56,6 +56,7 @@ class Context:
         self.file = file
         self.hosts: Mapping[str, HostSpec] = {}
         self.switches: Mapping[str, SwitchSpec] = {}
+        self.linked: frozenset[str] = frozenset()   # nodes with at least one link
         self._constructor = yaml.constructor.SafeConstructor()
         self._open: set[int] = set()  # nodes being read: an alias back into one is a cycle
 
@@ -148,7 +149,18 @@ class Context:
         pool = {"host": self.hosts, "switch": self.switches}.get(kinds)
         known = pool if pool is not None else {**self.hosts, **self.switches}
         if name not in known:
+            if kinds == "host" and name in self.switches:
+                self.error(node, f"{where}: {name!r} is a switch; this needs a host; hosts: " + ", ".join(known))
             self.error(node, f"{where}: unknown {kinds} {name!r}; {kinds}s: " + ", ".join(known))
+        return name
+
+    def linked_host(self, node: Node, where: str) -> str:
+        """A host name (:meth:`node_ref`) that must also have a link: one that runs a
+        process the others reach (an etcd member, the control plane, a client...)."""
+        name = self.node_ref(node, where, "host")
+        if name not in self.linked:
+            self.error(node, f"{where}: host {name!r} has no link, so nothing can reach it; "
+                             f"add one under links:, e.g. - {{between: [{name}, s1]}}")
         return name
 
     def value(self, node: Node, where: str) -> Any:

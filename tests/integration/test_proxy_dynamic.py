@@ -47,6 +47,25 @@ def test_request_headers_timeout_closes_slowloris():
     run(go())
 
 
+def test_request_headers_timeout_closes_a_buffered_lenient_head():
+    """A bare-LF head is buffered whole before it is normalised (issue 14, point 5/9):
+    the headers timeout still closes a connection that never completes it, and a bare
+    HTTP/0.9 line is answered 426 at once."""
+    async def go():
+        async with Upstream() as up:
+            async with Proxy(config([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}], [cluster("c", [up.port])],
+                                    request_headers_timeout="1s")) as p:
+                r, w = await asyncio.open_connection("127.0.0.1", p.port)
+                w.write(b"GET / HTTP/1.1\nHost: x\n")
+                assert await asyncio.wait_for(r.read(), 5) == b""
+                assert p.server.stats.http["ingress"].downstream_rq_header_timeout == 1
+                r, w = await asyncio.open_connection("127.0.0.1", p.port)
+                w.write(b"GET /\r\n")
+                answer = await asyncio.wait_for(r.read(), 2)
+                assert answer.startswith(b"HTTP/1.1 426 ")
+    run(go())
+
+
 def test_large_response_to_slow_reader_is_back_pressured():
     async def go():
         body = b"y" * (64 << 20)

@@ -225,7 +225,8 @@ def test_signals_raise_terminated_then_quiet(sig):
         assert e.value.exit_status == 128 + sig
         assert isinstance(e.value, SystemExit)  # passes through Mininet's log handler
         guard.quiet()
-        os.kill(os.getpid(), sig)               # ignored during teardown
+        os.kill(os.getpid(), sig)               # held during teardown, remembered
+        assert guard.settle() == sig
     assert signal.getsignal(sig) in (old, signal.default_int_handler)
 
 
@@ -282,3 +283,32 @@ def test_command_from_another_thread_runs_through_the_shell():
     assert tb.calls[0] == ("set_link", "h1", "s1", None, {"delay": "7ms"})
     assert ("down", "h1", "s1") in tb.calls
     assert order == ["ready", "stopped"]
+
+
+def test_sigint_during_end_of_input_teardown_exits_130(monkeypatch, capsys):
+    """Issue 14, point 8: the body ended normally (end of input), Ctrl-C arrives while the
+    network is torn down: teardown still completes, and the status is 130, not 0."""
+    import testbed.net.lifecycle as lifecycle
+    import testbed.net.network as network
+    stopped = []
+
+    class FakeTestbed:
+        def __init__(self, *a, **k):
+            pass
+
+        def start(self):
+            return self
+
+        def stop(self):
+            os.kill(os.getpid(), signal.SIGINT)       # Ctrl-C in the middle of teardown
+            time.sleep(0.05)
+            stopped.append(True)                       # ... which still runs to its end
+            return []
+
+    monkeypatch.setattr(network, "Testbed", FakeTestbed)
+    monkeypatch.setattr(lifecycle, "clean_stale_report", lambda: 0)
+    status = lifecycle.run_testbed("up", None, "fake", lambda tb: 0)
+    assert status == 130 and stopped == [True]
+    assert "SIGINT during teardown" in capsys.readouterr().err
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, [])    # nothing left blocked
+    assert lifecycle.run_testbed("up", None, "fake", lambda tb: 0) == 130   # and again

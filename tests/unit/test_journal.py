@@ -68,3 +68,51 @@ def test_pid_reuse_guard():
     me = os.getpid()
     assert J.proc_alive(me, J.proc_start(me))
     assert not J.proc_alive(me, (J.proc_start(me) or 0) + 12345)
+
+
+def test_journal_file_goes_when_nothing_is_outstanding(tmp_path):
+    """Issue 14, point 2: a clean stop through Mininet's API forgets every entry (links
+    forget theirs in Link.stop()); the journal file must not stay for `clean` to count
+    as a crashed run."""
+    j = J.Journal(tmp_path)
+    assert not j.path.exists()                   # nothing recorded yet: no file
+    a = j.record("link", name="x-eth0", netns=None)
+    b = j.record("process", pid=None, what="emulator")
+    assert j.path.exists()
+    j.forget(a)
+    assert j.path.exists()
+    j.forget(b)
+    assert not j.path.exists() and J.stale_journals(tmp_path) == []
+    c = j.record("path", path=str(tmp_path / "later"))      # used again: the file comes back
+    runner, entries = J.read_journal(j.path)
+    assert runner["pid"] == os.getpid() and list(entries) == [c]
+    assert j.cleanup() == [] and not j.path.exists()
+
+
+def test_run_directory_is_removed_by_clean(tmp_path):
+    """Issue 14, point 1: a mesh run directory (etcd data, logs, sockets) is a journaled
+    `dir`, so `clean` removes it after a SIGKILL."""
+    run = tmp_path / "mesh-abcd"
+    code = f"""
+import os, pathlib
+from testbed.journal import Journal
+j = Journal({str(tmp_path / 'state')!r})
+j.record("dir", path={str(run)!r})
+(pathlib.Path({str(run)!r}) / "etcd" / "member" / "wal").mkdir(parents=True)
+(pathlib.Path({str(run)!r}) / "etcd" / "member" / "wal" / "0.wal").write_bytes(b"x" * 4096)
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert (run / "etcd").is_dir()
+    assert J.clean_stale(tmp_path / "state") == (1, [])
+    assert not run.exists() and J.stale_journals(tmp_path / "state") == []
+
+
+def test_dir_remover_refuses_root_and_relative_paths():
+    for bad in ("/", "relative/dir"):
+        try:
+            J.REMOVERS["dir"]({"kind": "dir", "path": bad})
+        except ValueError:
+            continue
+        raise AssertionError(f"removed {bad!r}")

@@ -24,6 +24,9 @@ hosts:
   h3: {}
   e1: {}
   cp: {}
+switches: {s1: {}}
+links: [{between: [c0, s1]}, {between: [h1, s1]}, {between: [h2, s1]}, {between: [h3, s1]},
+        {between: [e1, s1]}, {between: [cp, s1]}]
 """
 
 
@@ -106,6 +109,36 @@ def test_errors_name_file_line_and_allowed_values(body, line, words):
     assert words in e.message, str(e)
 
 
+@pytest.mark.parametrize("unlinked, line, where", [
+    ("cp", 3, "mesh.control_plane.host"), ("e1", 2, "mesh.registry.members[0]"),
+    ("c0", 4, "mesh.clients[0]"), ("h3", 11, "mesh.services.echo.versions.v2.hosts[0]"),
+])
+def test_a_mesh_host_without_a_link_is_a_file_line_error(unlinked, line, where):
+    """Issue 14, point 6: was AttributeError: 'NoneType' object has no attribute 'IP'."""
+    text = HOSTS.replace(f"{{between: [{unlinked}, s1]}}, ", "").replace(f", {{between: [{unlinked}, s1]}}", "")
+    assert f"[{unlinked}, s1]" not in text
+    with pytest.raises(TopologyError) as e:
+        parse_topology(text + BASE, "m.yaml")
+    assert e.value.line == len(text.splitlines()) + line, str(e.value)
+    assert e.value.message.startswith(f"{where}: host {unlinked!r} has no link"), str(e.value)
+
+
+def test_unlinked_hosts_get_no_replicas():
+    text = HOSTS.replace("{between: [h1, s1]}, ", "")
+    m = parse_topology(text + BASE.replace("replicas: 2", "replicas: 1"), "m.yaml").sections["mesh"]
+    assert "h1" not in {i.host for i in m.instances} and len(m.instances) == 2
+
+
+@pytest.mark.parametrize("field, body", [
+    ("mesh.control_plane.host", BASE.replace("control_plane: {host: cp}", "control_plane: {host: s1}")),
+    ("mesh.registry.members[0]", BASE.replace("members: [e1]", "members: [s1]")),
+    ("mesh.clients[0]", BASE.replace("clients: [c0]", "clients: [s1]")),
+])
+def test_a_switch_where_a_host_belongs_is_called_a_switch(field, body):
+    e = error_of(body)
+    assert e.message.startswith(f"{field}: 's1' is a switch; this needs a host"), str(e)
+
+
 def test_port_clash_on_one_host_is_an_error():
     e = error_of(BASE.replace("v1: {replicas: 2}", "v1: {replicas: 2, hosts: [h3]}"))
     assert "port clash on host h3" in e.message and "8080" in e.message
@@ -121,7 +154,8 @@ def test_no_host_left_for_automatic_placement():
 
 def test_vip_range_clash_with_host_addresses():
     with pytest.raises(TopologyError, match="inside the service VIP range"):
-        parse_topology("hosts:\n  a: {ip: 10.96.0.1/16}\n  b: {}\nmesh:\n  registry: {members: [a]}\n"
+        parse_topology("hosts:\n  a: {ip: 10.96.0.1/16}\n  b: {}\nlinks: [{between: [a, b]}]\n"
+                       "mesh:\n  registry: {members: [a]}\n"
                        "  control_plane: {host: a}\n  services: {s: {port: 80, run: x}}\n", "v.yaml")
 
 

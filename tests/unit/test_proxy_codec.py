@@ -3,7 +3,7 @@ from hypothesis import given, settings, strategies as st
 
 import pytest
 
-from proxy.http.codec import (END, ClientCodec, Data, ProtocolError, RequestHead, ResponseHead, ServerCodec,
+from proxy.http.codec import (END, ClientCodec, Data, ProtocolError, RequestHead, ResponseHead, ServerCodec, get_header,
                          encode_chunk, encode_request_head, encode_response_head, LAST_CHUNK)
 
 
@@ -74,7 +74,7 @@ def test_fuzz_random_bytes_only_raise_protocol_error(data):
         for e in c.receive_data(data):
             assert type(e) in (RequestHead, Data, type(END))
     except ProtocolError as e:
-        assert e.status in (400, 431, 501)
+        assert e.status in (400, 403, 426, 431, 501)
 
 
 _token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
@@ -96,3 +96,114 @@ def test_fuzz_roundtrip_chunked_request_any_split(headers, chunks, split):
     assert events[0].headers[:len(hs)] == hs
     assert b"".join(e.data for e in events if type(e) is Data) == b"".join(chunks)
     assert events[-1] is END
+
+
+# --- issue 14: what Envoy 1.40 answers (measured side by side; table in docs/proxy.md) -----------
+H = b"Host: t.example\r\n"
+
+
+@pytest.mark.parametrize("raw,status", [
+    # points 3: an unsupported coding before chunked is 501, never dropped
+    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    # point 4: odd request targets
+    (b"GET http:// HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET http:/// HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET http://t.example:99999/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET http://t.example:-1/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET /a#frag HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET * HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET ftp://o.example/x HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET file:///etc/passwd HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"CONNECT / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n" + H + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 403),
+    # point 5: HTTP/0.9 is answered at once, not left waiting
+    (b"GET /\r\n", 426),
+    # found by tests/reliability: Envoy refuses the coding before the version and the target
+    (b"TRACE http://t.example:275/ HTTP/9.9\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 501),
+    (b"DELETE http://t.example:8x/ HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"GET / HTTP/1.0\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", 501),
+    # found by the 10,000-request fuzz (tests/reliability/test_reliability_proxy_fuzz.py)
+    (b"POST http://\r\nHost: [::1]:80\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"CONNECT o.example:443 HTTP/1.1\r\nHost: o.example\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"CONNECT o.example:443 HTTP/9.9\r\nHost: o.example\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"CONNECT o.example:443 HTTP/1.1\r\nHost: o.example\r\nContent-Length: 5\r\n\r\nhello", 400),
+    (b"CONNECT * HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"CONNECT o.example HTTP/1.1\r\n" + H + b"\r\n", 400),
+    (b"GET http://t.example:/ HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: [::1/\r\n\r\n", 400),
+])
+def test_envoy_refusals(raw, status):
+    with pytest.raises(ProtocolError) as e:
+        ServerCodec().receive_data(raw)
+    assert e.value.status == status
+
+
+@pytest.mark.parametrize("raw,target,host", [
+    (b"GET / HTTP/1.1\nHost: x\n\n", b"/", b"x"),                                  # bare LF
+    (b"GET / HTTP/1.1\r\nHost: x\n\r\n", b"/", b"x"),                              # mixed
+    (b"GET\t/a HTTP/1.1\r\n" + H + b"\r\n", b"/a", b"t.example"),                  # tab in request line
+    (b"GET /a\tHTTP/1.1\r\n" + H + b"\r\n", b"/a", b"t.example"),
+    (b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", b"*", b"t.example"),
+    (b"GET http://u@t.example:8080/x HTTP/1.1\r\n\r\n", b"http://u@t.example:8080/x", None),
+    (b"GET http://t.example:0/ HTTP/1.1\r\n\r\n", b"http://t.example:0/", None),               # port 0
+    (b"GET http://t.example/ HTTP/1.1\r\nHost: a b\r\n\r\n", b"http://t.example/", b"a b"),  # replaced
+    (b"GET / HTTP/1.1 \r\n" + H + b"\r\n", b"/", b"t.example"),                             # trailing SP
+    (b"GET / HTTP/1.1\r\nHost: u@t.example\r\n\r\n", b"/", b"u@t.example"),
+])
+def test_envoy_lenient_heads_are_normalised(raw, target, host):
+    ev = ServerCodec().receive_data(raw)
+    assert ev[0].target == target and ev[0].http_version == "1.1" and ev[-1] is END
+    assert get_header(ev[0].headers, b"host") == host
+
+
+def test_obs_fold_becomes_one_space_and_pipelining_survives_the_slow_path():
+    raw = (b"POST /1 HTTP/1.1\nHost: x\nX-A: a\n  b\nContent-Length: 5\n\nhello"
+           b"GET /2 HTTP/1.1\r\nHost: y\r\n\r\n")
+    for split in (len(raw), 7, 1):
+        c, ev = ServerCodec(), []
+        for i in range(0, len(raw), split):
+            ev += c.receive_data(raw[i:i + split])
+        heads = [e for e in ev if type(e) is RequestHead]
+        assert [h.target for h in heads] == [b"/1", b"/2"], split
+        assert get_header(heads[0].headers, b"x-a") == b"a b"
+        assert b"".join(e.data for e in ev if type(e) is Data) == b"hello"
+
+
+def test_chunk_size_with_trailing_space_is_taken():
+    ev = ServerCodec().receive_data(b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                                    b"5 \r\nhello\r\n0\r\n\r\n")
+    assert b"".join(e.data for e in ev if type(e) is Data) == b"hello" and ev[-1] is END
+
+
+def test_chunked_body_after_a_normalised_head():
+    ev = ServerCodec().receive_data(b"POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n"
+                                    b"5\r\nhello\r\n0\r\n\r\nGET /n HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [e.target for e in ev if type(e) is RequestHead] == [b"/", b"/n"]
+
+
+def test_h2c_upgrade_is_stripped_and_its_body_parsed():
+    """Found by the fuzz: llhttp took `Upgrade: h2c` + `Connection: Upgrade` as an upgrade
+    and never parsed the body; Envoy strips an h2c upgrade and serves plain HTTP/1.1."""
+    ev = ServerCodec().receive_data(b"PUT / HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: Upgrade, keep-alive\r\n"
+                                    b"HTTP2-Settings: AAA\r\nContent-Length: 5\r\n\r\nhello"
+                                    b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    heads = [e for e in ev if type(e) is RequestHead]
+    assert [h.target for h in heads] == [b"/", b"/2"]
+    assert get_header(heads[0].headers, b"upgrade") is None and get_header(heads[0].headers, b"http2-settings") is None
+    assert get_header(heads[0].headers, b"connection") == b"keep-alive"
+    assert b"".join(e.data for e in ev if type(e) is Data) == b"hello"
+    with pytest.raises(ProtocolError) as e:           # repeated: joined "h2c,h2c" is a real upgrade
+        ServerCodec().receive_data(b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nUpgrade: h2c\r\n"
+                                   b"Connection: Upgrade\r\n\r\n")
+    assert e.value.status == 403
+
+
+def test_refused_upgrade_answers_100_continue_first():
+    with pytest.raises(ProtocolError) as e:
+        ServerCodec().receive_data(b"POST / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+                                   b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert e.value.status == 403 and e.value.interim

@@ -184,7 +184,8 @@ def test_register_section(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_topology(text).sections == {"mesh": ("h1", "h2")}
     with pytest.raises(TopologyError) as info:
         parse_topology(text.replace("[h1, h2]", "[h1,\n    s1]"), "m.yaml")
-    assert (info.value.line, info.value.message) == (5, "mesh.registry: unknown host 's1'; hosts: h1, h2")
+    assert (info.value.line, info.value.message) == \
+        (5, "mesh.registry: 's1' is a switch; this needs a host; hosts: h1, h2")
     with pytest.raises(TopologyError) as info:
         parse_topology("hosts: {h1: {}}\nmeshh: {}\n")
     assert info.value.line == 2 and "allowed: name, ip_base, hosts, switches, links, mesh" in info.value.message

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,6 +106,7 @@ class Mesh:
         self._pilot: subprocess.Popen | None = None
         self._published: Path | None = None
         self._published_eid = 0
+        self._run_dir_eid = 0         # journal entry of a run directory this mesh made
         self._started = False
         self.cp_ip = ""
         self.security: MeshSecurity | None = None     # Citadel (mesh.security): start()
@@ -178,10 +179,7 @@ class Mesh:
             return self
         self._started = True
         try:
-            base = state_dir()
-            base.mkdir(parents=True, exist_ok=True)
-            self.run_dir = Path(self._run_dir_arg) if self._run_dir_arg else \
-                Path(tempfile.mkdtemp(prefix="mesh-", dir=base))
+            self.run_dir = Path(self._run_dir_arg) if self._run_dir_arg else self._make_run_dir()
             (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
             self.cp_ip = self.tb.ip(self.spec.control_plane)
             self.plumbing.set_names(dict(self.spec.vips), self.tb.host_names)
@@ -201,6 +199,22 @@ class Mesh:
             self.stop()
             raise
         return self
+
+    def _make_run_dir(self) -> Path:
+        """``<state dir>/mesh-XXXXXXXX``, journaled before it is made (etcd's preallocated
+        WAL files, logs and pilot.sock live there): `clean` removes it after a SIGKILL."""
+        base = state_dir()
+        base.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = base / f"mesh-{secrets.token_hex(4)}"
+            eid = self.tb.journal.record("dir", path=str(path))
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:         # someone else's: not ours to remove
+                self.tb.journal.forget(eid)
+                continue
+            self._run_dir_eid = eid
+            return path
 
     def stop(self) -> list[str]:
         """Deregister (agents revoke their leases), stop every process, undo the
@@ -224,8 +238,11 @@ class Mesh:
             except Exception as e:  # reported with the other teardown errors
                 errors.append(f"etcd stop: {e}")
         errors += self.plumbing.remove()
-        if self.run_dir is not None and not self.keep_run_dir and not self._run_dir_arg:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._run_dir_eid:
+            if not self.keep_run_dir:
+                shutil.rmtree(self._dir(), ignore_errors=True)
+            self.tb.journal.forget(self._run_dir_eid)
+            self._run_dir_eid = 0
         return errors
 
     def _publish(self) -> None:
