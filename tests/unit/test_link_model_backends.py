@@ -9,6 +9,7 @@ from testbed.links import BackendUnavailable, FakeBackend, select_backend
 from testbed.links import frames as F
 from testbed.links.netem import netem_options
 from testbed.shape import LinkShape
+from tests.support.mininet_nodes import FakeNode
 
 scapy = pytest.importorskip("scapy.all")
 
@@ -118,31 +119,10 @@ def test_netem_request_with_a_rate_encodes_and_decodes():
     assert opts.get_attr("TCA_NETEM_RATE")["rate"] == 1_250_000
 
 
-class _Node:
-    """The part of a Mininet node that Link and Intf use."""
-
-    def __init__(self, name):
-        self.name, self.intfs, self.ports, self.nameToIntf, self.port = name, {}, {}, {}, 0
-
-    def newPort(self):  # Mininet's name
-        self.port += 1
-        return self.port - 1
-
-    def addIntf(self, intf, port=None, moveIntfFn=None):  # Mininet's name
-        self.intfs[port] = intf
-        self.ports[intf] = port
-        self.nameToIntf[intf.name] = intf
-
-    def delIntf(self, intf):  # Mininet's name
-        port = self.ports.pop(intf)
-        del self.intfs[port]
-        del self.nameToIntf[intf.name]
-
-
 def test_fake_backend_records_shapes_and_state():
     backend = select_backend("fake")
     assert isinstance(backend, FakeBackend) and backend.reason
-    a, b = _Node("h1"), _Node("s1")
+    a, b = FakeNode("h1"), FakeNode("s1")
     link = backend.link_class(a, b, shape1=LinkShape(delay_ms=5))
     assert str(link) == "h1-eth0<->s1-eth0"
     assert link.get_shapes() == (LinkShape(delay_ms=5), LinkShape())

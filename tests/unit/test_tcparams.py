@@ -10,31 +10,11 @@ from testbed.links.fake import FakeLink, FakeShapedIntf
 from testbed.links.tcparams import (ShapedIntf, intf_classes, parse_tc_time_ms, tc_shape,
                                     wants_shaping)
 from testbed.shape import LinkShape, ShapeError
-
-
-class _Node:
-    """The part of a Mininet node that Link and Intf use."""
-
-    def __init__(self, name):
-        self.name, self.intfs, self.ports, self.nameToIntf, self.port = name, {}, {}, {}, 0
-
-    def newPort(self):  # Mininet's name
-        self.port += 1
-        return self.port - 1
-
-    def addIntf(self, intf, port=None, moveIntfFn=None):  # Mininet's name
-        self.intfs[port] = intf
-        self.ports[intf] = port
-        self.nameToIntf[intf.name] = intf
-
-    def delIntf(self, intf):  # Mininet's name
-        port = self.ports.pop(intf)
-        del self.intfs[port]
-        del self.nameToIntf[intf.name]
+from tests.support.mininet_nodes import FakeNode
 
 
 def link(**params):
-    return FakeLink(_Node("h1"), _Node("s1"), **params)
+    return FakeLink(FakeNode("h1"), FakeNode("s1"), **params)
 
 
 def test_simpleperf_parameters_shape_both_directions():
@@ -118,7 +98,7 @@ def test_intf_config_changes_the_live_link_like_tcintf():
 def test_custom_shaping_intf_configures_itself_while_the_link_is_built():
     class Sub(FakeShapedIntf):
         pass
-    lk = FakeLink(_Node("h1"), _Node("h2"), intf=custom(Sub, bw=7))
+    lk = FakeLink(FakeNode("h1"), FakeNode("h2"), intf=custom(Sub, bw=7))
     assert lk.get_shapes() == (LinkShape(bw_mbit=7), LinkShape(bw_mbit=7))
 
 
