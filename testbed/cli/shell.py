@@ -54,7 +54,20 @@ from testbed.net.running import RunningTestbed
 from testbed.shape import ShapeError
 
 __all__ = ["TestbedCLI", "route_output_to_stdout", "LinkSetArgs", "parse_link_set", "parse_pair", "parse_drop",
-           "parse_output", "link_show"]
+           "parse_output", "link_show", "banner_text", "MINIMESH_COMMANDS"]
+
+MINIMESH_COMMANDS = ("link-set", "link-show", "link-down", "link-up", "drop", "restore")
+
+
+def banner_text(hosts: list[tuple[str, str]], services: list[str], extra: list[str]) -> str:
+    """What the shell says before its first prompt: the hosts and their addresses, the mesh's
+    services (name:port and VIP), and which commands are minimesh's (the rest are Mininet's)."""
+    lines = ["*** hosts: " + ", ".join(f"{h} {ip}" for h, ip in hosts)]
+    if services:
+        lines.append("*** services: " + ", ".join(services))
+    lines.append("*** minimesh's commands: " + ", ".join([*MINIMESH_COMMANDS, *extra])
+                 + " (help NAME); the others are Mininet's (help)")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -309,7 +322,22 @@ class TestbedCLI(FaultCommands, CLI):
 
     # --- standard input that is not a terminal -------------------------------------------
 
+    def banner(self) -> str:
+        hosts = [(h, self.tb.ip(h)) for h in self.tb.host_names]
+        spec = getattr(self.mesh, "spec", None)
+        vips = dict(spec.vips) if spec is not None else {}
+        services = [f"{s.name}:{s.port}" + (f" ({vips[s.name]})" if s.name in vips else "")
+                    for s in (spec.services if spec is not None else ())]
+        return banner_text(hosts, services, sorted(self.extra_commands))
+
+    def do_help(self, line: str) -> None:
+        super().do_help(line)
+        if not line:
+            output(f"minimesh's commands: {', '.join([*MINIMESH_COMMANDS, *sorted(self.extra_commands)])}; "
+                   "the others are Mininet's.\n")
+
     def run(self) -> None:
+        print(self.banner(), end="", file=sys.stderr, flush=True)   # as up's other *** lines
         if self.isatty():
             super().run()
             return

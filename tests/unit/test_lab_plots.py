@@ -35,3 +35,11 @@ def test_timeline_from_etcd_ops_and_split_over_time(tmp_path):
     http = [Request(i / 50, i / 50 + 0.01, 200, version="v2" if i % 20 == 0 else "v1") for i in range(1000)]
     split = check_split(http, {"v1": 95, "v2": 5}, confidence=0.999)
     assert plot_split(tmp_path / "s.png", split, requests=http).stat().st_size > 10_000
+
+
+def test_up_banner_lists_hosts_services_and_minimesh_commands():
+    from testbed.cli.shell import banner_text
+    text = banner_text([("h1", "10.0.0.1"), ("h2", "10.0.0.2")], ["echo:8080 (10.96.0.1)"], ["apply", "registry"])
+    assert "*** hosts: h1 10.0.0.1, h2 10.0.0.2" in text and "*** services: echo:8080 (10.96.0.1)" in text
+    assert "link-set" in text and "apply, registry" in text and "the others are Mininet's" in text
+    assert "services" not in banner_text([("h1", "10.0.0.1")], [], [])
