@@ -323,7 +323,7 @@ class TestbedCLI(FaultCommands, CLI):
     # --- standard input that is not a terminal -------------------------------------------
 
     def banner(self) -> str:
-        hosts = [(h, self.tb.ip(h)) for h in self.tb.host_names]
+        hosts = [(h.name, h.IP()) for h in getattr(self.mn, "hosts", ()) if hasattr(h, "IP")]   # Mininet's nodes
         spec = getattr(self.mesh, "spec", None)
         vips = dict(spec.vips) if spec is not None else {}
         services = [f"{s.name}:{s.port}" + (f" ({vips[s.name]})" if s.name in vips else "")
