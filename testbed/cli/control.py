@@ -21,6 +21,7 @@ import os
 import shlex
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -109,22 +110,48 @@ class _Handler(socketserver.StreamRequestHandler):
             answer: dict[str, Any] = {"stdout": "", "stderr": "bad request: expected one JSON line "
                                       '{"line": "..."}\n', "status": 2}
         else:
-            out, err, status = self.server.execute(line, str(req.get("client", "")))
+            nested = descends_from(peer_pid(self.request), os.getpid())
+            out, err, status = self.server.execute(line, str(req.get("client", "")), nested)
             answer = {"stdout": out, "stderr": err, "status": status}
         self.wfile.write(json.dumps(answer).encode() + b"\n")
 
 
+def peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end of a Unix socket (SO_PEERCRED); 0 if unknown."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    return struct.unpack("3i", creds)[0]
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether ``pid`` is ``ancestor`` or one of its descendants (by /proc's parent links)."""
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
-    execute: Callable[[str, str], tuple[str, str, int]]
+    execute: Callable[[str, str, bool], tuple[str, str, int]]
 
 
 class ControlServer:
-    """The control socket of one ``minimesh up``: ``execute(line, client)`` -> (stdout,
-    stderr, status) runs a shell line. ``publish`` is what ``minimesh ps`` shows. Both
+    """The control socket of one ``minimesh up``: ``execute(line, client, nested)`` -> (stdout,
+    stderr, status) runs a shell line; ``nested``: the caller is one of the up's own descendants
+    (``sh minimesh ...`` or ``h1 minimesh ...`` typed at its prompt). ``publish`` is what ``minimesh ps`` shows. Both
     files are journaled (``journal.record("path", ...)``) before creation."""
 
-    def __init__(self, journal: Any, execute: Callable[[str, str], tuple[str, str, int]], publish: dict,
+    def __init__(self, journal: Any, execute: Callable[[str, str, bool], tuple[str, str, int]], publish: dict,
                  directory: Path | None = None):
         self.journal, self.execute, self.publish = journal, execute, publish
         self.dir = directory or up_dir()

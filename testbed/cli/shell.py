@@ -250,22 +250,29 @@ class TestbedCLI(FaultCommands, CLI):
         with self._lock:
             return bool(super().onecmd(line))
 
-    def remote(self, line: str, client: str = "") -> tuple[str, str, int]:
+    def remote(self, line: str, client: str = "", nested: bool = False) -> tuple[str, str, int]:
         """Run ``line`` as if typed at the prompt (the same fault ops, history, capture
         comments); returns (stdout, stderr, status 0/1). Its output is also shown here. A
-        failed remote command is the caller's failure, not the session's (``errors`` unchanged)."""
+        failed remote command is the caller's failure, not the session's (``errors`` unchanged).
+        ``nested``: the caller descends from this process, e.g. ``sh minimesh apply ...`` typed
+        here; while the prompt's command waits for it, waiting for the prompt would deadlock,
+        so it runs at once, as a nested command."""
         name = line.split(maxsplit=1)[0] if line.strip() else ""
         if name in REFUSED or "do_" + name not in self.get_names():
             known = name in getattr(getattr(self, "mn", None), "nameToNode", {})
             why = (f"{name} is a node: use minimesh exec {name} CMD..." if known else
                    f"{name!r} is not a command this shell takes from another terminal")
             return "", f"*** {why}\n", 2
-        with self._lock:
+        got = self._lock.acquire(blocking=not nested)
+        try:
             output(f"{self.prompt}{line}    # from {client or 'another terminal'}\n")
             with _captured() as (out, err):
                 before = self.errors
-                self.onecmd(line)
+                super().onecmd(line)        # the lock is ours already, or (nested) the prompt's
                 failed, self.errors = self.errors > before, before
+        finally:
+            if got:
+                self._lock.release()
         return out.getvalue(), err.getvalue(), int(failed)
 
     # --- minimesh commands -------------------------------------------------------------

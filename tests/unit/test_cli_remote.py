@@ -190,3 +190,42 @@ def test_forwarded_help_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("minimesh ")
+
+
+def test_a_command_typed_at_the_prompt_may_call_back_without_deadlock(state):
+    """`sh minimesh apply ... --run ID` typed at the up prompt (the bookinfo test does it): the
+    prompt's command waits for the child, so the child's remote command must not wait for the
+    prompt; it runs at once as a nested command (the child descends from the up process)."""
+    import sys
+    from testbed.cli.shell import TestbedCLI
+    from testbed.paths import REPO
+    journal = Journal(state)
+    tb = RecordingTestbed()
+    line = (f"sh timeout 20 env PYTHONPATH={REPO} {sys.executable} -m testbed link-set h1 s1 delay=9ms "
+            f"--run {os.getpid()}\n")
+    out = io.StringIO()
+    started = time.monotonic()
+    r, w = os.pipe()
+    os.write(w, line.encode())
+    os.close(w)
+    with os.fdopen(r) as stdin:
+        cli = TestbedCLI(tb, stdin=stdin, stdout=out,
+                         control=lambda c: ControlServer(journal, c.remote, {"topology": "t", "switches": ["s1"],
+                                                                            "hosts": {"h1": os.getpid()}}))
+    assert time.monotonic() - started < 20, "the nested command waited for the prompt"
+    assert ("set_link", "h1", "s1", None, {"delay": "9ms"}) in tb.calls
+    assert cli.errors == 0
+    journal.close()
+
+
+def test_descends_from_follows_parent_links():
+    import subprocess
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        assert control.descends_from(child.pid, os.getpid())
+        assert control.descends_from(os.getpid(), os.getpid())
+        assert not control.descends_from(os.getpid(), child.pid)
+        assert not control.descends_from(1, os.getpid())
+    finally:
+        child.kill()
+        child.wait()
