@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import signal
 import string
 import subprocess
 import sys
@@ -54,7 +55,12 @@ def test_bookinfo_up_registry_apply_and_trace(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", str(topo)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     # the last line needs the runner's pid: substitute it now that we know it
-    out, err = proc.communicate(script.replace("$PPID_OF_UP", str(proc.pid)), timeout=120)
+    try:
+        out, err = proc.communicate(script.replace("$PPID_OF_UP", str(proc.pid)), timeout=120)
+    except subprocess.TimeoutExpired:       # tear the testbed down as Ctrl-C does, then fail
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"minimesh up did not finish its script in 120 s:\n{err[-3000:]}")
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, err[-3000:]
     assert re.search(r"\*\*\* mesh: 6 instances, .* ready in [\d.]+ s", err), err[-2000:]
