@@ -61,3 +61,13 @@ def minimesh_proxy() -> None:
     ok, why = minimesh_importable()
     if not ok:
         pytest.skip(f"minimesh-proxy is not importable (python -m proxy): {why}")
+
+
+@pytest.fixture(autouse=True)
+def _mininet_log_level_restored():
+    """Mininet's log level is process-global: a test that calls setLogLevel("error") must not
+    silence the shell output later tests read (Mininet's default is "output", level 25)."""
+    yield
+    log = sys.modules.get("mininet.log")   # only where a test imported Mininet
+    if log is not None and log.lg.level != log.LEVELS["output"]:
+        log.setLogLevel("output")
