@@ -124,40 +124,73 @@ def _commands(text: str) -> list[list[str]]:
     return [shlex.split(span.strip("`")) for span in re.findall(r"`tshark [^`]*`", text)]
 
 
-@pytest.mark.parametrize("lab", LABS)
-def test_page_tshark_commands_are_the_runs(lab):
-    rows = _run(lab)["metrics"]["tshark"]
-    printed = {(r["file"], tuple(r.get("options") or ()), r["filter"]) for r in rows}
-    for argv in _commands(_page(lab)):
-        assert "-r" in argv and "-Y" in argv, f"docs/labs/{lab}.md: {shlex.join(argv)} reads no capture"
+def _unprinted_commands(text: str, res: dict[str, Any]) -> list[str]:
+    """The `tshark ...` commands of a page's text that are no line the run printed."""
+    printed = {(r["file"], tuple(r.get("options") or ()), r["filter"]) for r in res["metrics"]["tshark"]}
+    bad = []
+    for argv in _commands(text):
+        if "-r" not in argv or "-Y" not in argv:
+            bad.append(shlex.join(argv))
+            continue
         file = Path(argv[argv.index("-r") + 1]).name
         flt = argv[argv.index("-Y") + 1]
-        opts = tuple(a for i, a in enumerate(argv[1:], 1)
-                     if a not in ("-r", "-Y") and argv[i - 1] not in ("-r", "-Y"))
-        if (flt, opts) == (COMMENTS[0], COMMENTS[1]):
-            continue
-        assert (file, opts, flt) in printed, (f"docs/labs/{lab}.md: `{shlex.join(argv)}` is not a line the "
-                                              f"recorded run printed: {sorted(printed)}")
+        opts = tuple(a for i, a in enumerate(argv[1:], 1) if a not in ("-r", "-Y") and argv[i - 1] not in ("-r", "-Y"))
+        if (flt, opts) != (COMMENTS[0], COMMENTS[1]) and (file, opts, flt) not in printed:
+            bad.append(shlex.join(argv))
+    return bad
 
 
 @pytest.mark.parametrize("lab", LABS)
-def test_look_at_filters_are_recorded_or_exercises(lab):
-    section = _section(_page(lab), "What to look at")
-    rows = {r["filter"]: r["frames"] for r in _run(lab)["metrics"]["tshark"]}
+def test_page_tshark_commands_are_the_runs(lab):
+    res = _run(lab)
+    bad = _unprinted_commands(_page(lab), res)
+    assert not bad, (f"docs/labs/{lab}.md: {bad} are no lines the recorded run printed: "
+                     f"{[(r['file'], r.get('options'), r['filter']) for r in res['metrics']['tshark']]}")
+
+
+def _filter_problems(section: str, res: dict[str, Any]) -> list[str]:
+    """What is wrong with the display filters of a "What to look at" section (empty: nothing)."""
+    rows = {r["filter"]: r["frames"] for r in res["metrics"]["tshark"]}
+    problems = []
     for item in _items(section):
-        filters = [s.strip("`") for s in _CODE.findall(item) if _FILTER_FIELD.match(s.strip("`"))]
+        filters = [c.strip("`") for c in _CODE.findall(item) if _FILTER_FIELD.match(c.strip("`"))]
+        body = item.strip().lstrip("* ")
         for flt in filters:
             if flt == COMMENTS[0]:          # printed first by every run, without a count
                 continue
             if flt in rows:
-                assert f"{rows[flt]} frames" in " ".join(item.split()), (f"docs/labs/{lab}.md: the item with `{flt}` must state the "
-                                                       f"recorded run's count ({rows[flt]} frames):\n{item}")
-            elif not any(flt in f for f in filters if f in rows):     # a part of a printed filter, explained
-                body = item.strip().lstrip("* ")
-                assert body.startswith("Try"), (f"docs/labs/{lab}.md: `{flt}` is no filter the run printed: make it "
-                                                f"one, or an item starting with 'Try' (an exercise):\n{item}")
-                assert not _NUMBER.findall(_CODE.sub(" ", body)), (
-                    f"docs/labs/{lab}.md: the exercise with `{flt}` claims numbers no run measured:\n{item}")
+                if f"{rows[flt]} frames" not in " ".join(item.split()):
+                    problems.append(f"the item with `{flt}` must state the recorded count ({rows[flt]} frames)")
+            elif any(flt in f for f in filters if f in rows):     # a part of a printed filter, explained
+                continue
+            elif not body.startswith("Try"):
+                problems.append(f"`{flt}` is no filter the run printed: make it one, or an item starting "
+                                f"with 'Try' (an exercise)")
+            elif _NUMBER.findall(_CODE.sub(" ", body)):
+                problems.append(f"the exercise with `{flt}` claims numbers no run measured")
+    return problems
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_look_at_filters_are_recorded_or_exercises(lab):
+    problems = _filter_problems(_section(_page(lab), "What to look at"), _run(lab))
+    assert not problems, f"docs/labs/{lab}.md 'What to look at': {problems}"
+
+
+def test_checkers_find_wrong_commands_and_filters():
+    """The command and filter checks are not vacuous."""
+    res = _run("canary")
+    ok = 'the `tshark -r pcap/c0-eth0.pcapng -Y \'tcp.port == 15010 && http.request.uri contains "routes"\'` line'
+    assert _unprinted_commands(ok, res) == []
+    assert _unprinted_commands("`tshark -r pcap/c0-eth0.pcapng -Y 'tcp.port == 15010'`", res)
+    assert _unprinted_commands("`tshark -r pcap/h1-eth0.pcapng -Y 'tcp.port == 15010 && http.request.uri "
+                               "contains \"routes\"'`", res)
+    counted = '* `tcp.port == 15010 && http.request.uri contains "routes"`: 11 frames in the recorded run\n'
+    assert _filter_problems(counted, res) == []
+    assert _filter_problems(counted.replace("11", "12"), res)
+    assert _filter_problems("* `tcp.port == 15010`: about 1 in 20\n", res)
+    assert _filter_problems("* Try `tcp.port == 15010`: about 1 in 20?\n", res)
+    assert _filter_problems("* Try `tcp.port == 15010`: what do you see?\n", res) == []
 
 
 def test_checker_finds_an_invented_number():
