@@ -148,6 +148,14 @@ def test_page_tshark_commands_are_the_runs(lab):
                      f"{[(r['file'], r.get('options'), r['filter']) for r in res['metrics']['tshark']]}")
 
 
+def test_readme_tshark_commands_are_the_comments_line():
+    """docs/labs/README.md names no lab's capture: its only tshark command is the comments line
+    every run prints first."""
+    text = (REPO / "docs" / "labs" / "README.md").read_text()
+    assert _commands(text), "docs/labs/README.md shows no tshark command"
+    assert _unprinted_commands(text, {"metrics": {"tshark": []}}) == []
+
+
 def _filter_problems(section: str, res: dict[str, Any]) -> list[str]:
     """What is wrong with the display filters of a "What to look at" section (empty: nothing)."""
     rows = {r["filter"]: r["frames"] for r in res["metrics"]["tshark"]}
