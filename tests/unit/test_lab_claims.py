@@ -1,6 +1,7 @@
 """Lab pages' claims checked against their recorded runs (issue 15, points 2 and 4).
 
-* Every number in a page's "Expected observations" section (outside code spans) is a value of
+* Every number in a page's "Expected observations" and "What to look at" sections (outside
+  code spans, sample records and references to the page's steps and questions) is a value of
   the lab's recorded full run (docs/labs/runs/<lab>.json: a verdict's number or detail, a
   parameter, the run time, a tshark line's frames) at the precision the page prints it, or a
   configured input of the experiment listed in CONFIGURED below with where it is set.
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from experiments.lablib.tshark import COMMENTS
+from lablib.tshark import COMMENTS
 from testbed.run.labpage import BEGIN, END
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,15 +109,22 @@ def _items(section: str) -> list[str]:
     return items
 
 
+def _prose(section: str) -> str:
+    """The section without code spans, sample records (indented JSON lines) and references to a
+    page's own steps and questions ("step 5", "question 3")."""
+    text = re.sub(r"(?m)^\s{4,}\{.*\}\s*$", " ", section)
+    return re.sub(r"(?i)\b(steps?|questions?)\s+\d+", " ", _CODE.sub(" ", text))
+
+
+@pytest.mark.parametrize("section", ["Expected observations", "What to look at"])
 @pytest.mark.parametrize("lab", LABS)
-def test_observation_numbers_are_the_runs(lab):
-    section = _section(_page(lab), "Expected observations")
-    assert section.strip(), f"docs/labs/{lab}.md has no 'Expected observations' section"
+def test_page_numbers_are_the_runs(lab, section):
+    text = _section(_page(lab), section)
+    assert text.strip(), f"docs/labs/{lab}.md has no '{section}' section"
     values, words = _recorded(_run(lab))
-    prose = _CODE.sub(" ", section)
-    unchecked = [n for n in _NUMBER.findall(prose)
+    unchecked = [n for n in _NUMBER.findall(_prose(text))
                  if n not in CONFIGURED[lab] and not _is_recorded(n, values, words)]
-    assert not unchecked, (f"docs/labs/{lab}.md 'Expected observations': {unchecked} are not values of "
+    assert not unchecked, (f"docs/labs/{lab}.md '{section}': {unchecked} are not values of "
                            f"docs/labs/runs/{lab}.json nor configured inputs")
 
 
