@@ -180,19 +180,6 @@ def route_output_to_stdout() -> None:
     lg.addHandler(out)
 
 
-class _ThreadOutput(logging.Handler):
-    """What Mininet's log (command output and errors) says in one thread."""
-
-    def __init__(self, thread: int):
-        super().__init__(logging.DEBUG)
-        self.thread = thread
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
-            self.lines.append(record.getMessage())
-
-
 class TestbedCLI(FaultCommands, CLI):
     """``TestbedCLI(testbed)`` runs the CLI (Mininet's CLI runs from its constructor). With
     ``history`` (a :class:`~testbed.history.History`) every fault op, the heal at exit
@@ -235,15 +222,19 @@ class TestbedCLI(FaultCommands, CLI):
         errors included). Waits for a command the shell is running. A rejected command is
         answered to its caller, not counted in the session's exit status."""
         with self._lock:
-            errors = self.errors
-            captured = _ThreadOutput(threading.get_ident())
-            lg.addHandler(captured)
-            try:
-                self.onecmd(line)
-            finally:
-                lg.removeHandler(captured)
-            ok, self.errors = self.errors == errors, errors
-            return ok, "".join(captured.lines)
+            out, err, failed = self._run_captured(line)
+        return not failed, out + err
+
+    def _run_captured(self, line: str) -> tuple[str, str, bool]:
+        """``line`` through the shell's own dispatch, the caller holding the lock (or nested):
+        (what it printed, its warnings and errors, whether it failed); a failure is the caller's,
+        the session's error count is left as it was."""
+        with _captured() as (out, err):
+            before = self.errors
+            super().onecmd(line)
+            failed, self.errors = self.errors > before, before
+        return out.getvalue(), err.getvalue(), failed
+
     # --- commands from another terminal (testbed.cli.control) ------------------------------
 
     def onecmd(self, line: str) -> bool:
@@ -266,14 +257,11 @@ class TestbedCLI(FaultCommands, CLI):
         got = self._lock.acquire(blocking=not nested)
         try:
             output(f"{self.prompt}{line}    # from {client or 'another terminal'}\n")
-            with _captured() as (out, err):
-                before = self.errors
-                super().onecmd(line)        # the lock is ours already, or (nested) the prompt's
-                failed, self.errors = self.errors > before, before
+            out, err, failed = self._run_captured(line)     # the lock is ours, or (nested) the prompt's
         finally:
             if got:
                 self._lock.release()
-        return out.getvalue(), err.getvalue(), int(failed)
+        return out, err, int(failed)
 
     # --- minimesh commands -------------------------------------------------------------
 
