@@ -242,9 +242,12 @@ def _finish_capture(cap: Any, history_path: Path | None, wall0: float, names: di
 
 
 def _check_listen(value: str) -> None:
-    addr, sep, port = value.rpartition(":")
-    if sep and port and not port.isdigit() or (port.isdigit() and int(port) > 65535):
-        raise UpOptionError(f"--ui {value}: PORT {port!r} is not a number in 0..65535 (ADDR:PORT, e.g. 127.0.0.1:8080)")
+    """``--ui`` checked before anything is built, by the parser the page's server uses."""
+    from testbed.ui.server import parse_listen      # late: aiohttp, only with --ui
+    try:
+        parse_listen(value)
+    except ValueError as e:
+        raise UpOptionError(str(e)) from None
 
 
 def _topology(args: argparse.Namespace) -> Any:
