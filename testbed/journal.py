@@ -73,11 +73,16 @@ def netns_of(pid: int) -> str | None:
 class Journal:
     """The journal of one run. Not thread-safe; one per process."""
 
-    def __init__(self, directory: Path | str | None = None, run_id: str | None = None):
+    def __init__(self, directory: Path | str | None = None, run_id: str | None = None,
+                 runner: int | None = None):
+        """``runner``: the process whose life this journal's things belong to (default: this
+        one); ``clean`` removes them once it is gone. A helper that starts something on a
+        run's behalf and exits (minimesh's userspace ``vconfig``) names the run's process."""
         self.dir = Path(directory) if directory else state_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
         me = os.getpid()
         self.owner = me  # a forked child (e.g. pyroute2's netns helper) must never clean up
+        self.runner = runner or me
         self.run_id = run_id or f"{me}-{proc_start(me)}"
         self.path = self.dir / f"{self.run_id}.jsonl"
         self._entries: dict[int, dict[str, Any]] = {}
@@ -87,7 +92,7 @@ class Journal:
     def _write(self, obj: dict[str, Any]) -> None:
         if self._fh is None or self._fh.closed:
             self._fh = open(self.path, "a", buffering=1)
-            me = self.owner
+            me = self.runner
             self._fh.write(json.dumps({"op": "runner", "pid": me, "start": proc_start(me), "time": time.time()})
                            + "\n")
         self._fh.write(json.dumps(obj) + "\n")
@@ -205,7 +210,7 @@ def clean_stale(directory: Path | None = None) -> tuple[int, list[str]]:
         count += len(entries)
         errors += errs
         if not errs:
-            p.unlink()
+            p.unlink(missing_ok=True)    # a killed process may remove its own journal
     return count, errors
 
 

@@ -16,7 +16,9 @@ netem and OVS exist):
   ``UserSwitch`` when the reference switch's ``ofdatapath`` is not installed;
 - no OpenFlow switch at all: ``Controller``/``OVSController``/``NOX``/``Ryu`` and
   ``DefaultController`` become :class:`NoController`, which runs nothing (a remote
-  controller is left as it is: it starts nothing here).
+  controller is left as it is: it starts nothing here);
+- no ``8021q`` module: ``vconfig add`` and ``ip link add ... type vlan`` in the hosts make
+  a userspace VLAN interface (:mod:`testbed.compat.vlan`; the shim's ``vconfig`` and ``ip``).
 
 Each substitution is printed once per process, to stderr, when it first takes effect.
 """
@@ -60,6 +62,8 @@ class Kernel:
     ovs_why: str
     user_switch: bool
     user_switch_why: str
+    vlan: bool = True
+    vlan_why: str = "not probed"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -78,14 +82,26 @@ def _probe_ovs() -> tuple[bool, str]:
     return False, "the kernel has no openvswitch module (modprobe openvswitch failed)"
 
 
+def _probe_vlan() -> tuple[bool, str]:
+    if os.path.isdir("/sys/module/8021q"):
+        return True, "the 8021q module is loaded"
+    if shutil.which("modprobe") and subprocess.run(["modprobe", "-q", "8021q"],
+                                                   capture_output=True).returncode == 0:
+        return True, "the 8021q module could be loaded"
+    return False, "the kernel has no 8021q module (modprobe 8021q failed)"
+
+
 def probe_kernel() -> Kernel:
-    """Probe once: kernel netem (a scratch namespace), the openvswitch module, ofdatapath."""
+    """Probe once: kernel netem (a scratch namespace), the openvswitch and 8021q modules,
+    ofdatapath."""
     from testbed.links import probe_netem    # late: pyroute2, only when the kernel is probed
     netem, netem_why = probe_netem()
     ovs, ovs_why = _probe_ovs()
     user = shutil.which("ofdatapath") is not None
+    vlan, vlan_why = _probe_vlan()
     return Kernel(netem, netem_why, ovs, ovs_why, user,
-                  "ofdatapath is installed" if user else "the reference switch (ofdatapath) is not installed")
+                  "ofdatapath is installed" if user else "the reference switch (ofdatapath) is not installed",
+                  vlan, vlan_why)
 
 
 # --- printed once --------------------------------------------------------------------------
@@ -317,7 +333,9 @@ def shim_env(kernel: Kernel, base: dict[str, str] | None = None) -> dict[str, st
     sitecustomize and minimesh first on PYTHONPATH, its ``python`` first on PATH (the
     interpreter minimesh runs on) and, where the kernel lacks them, its stand-ins for
     ``ovs-vsctl`` (bridge commands) and the reference switch's ``ofdatapath``/``ofprotocol``,
-    which scripts such as Mininet's scratchnet call by hand; the probed kernel in $MINIMESH_MININET."""
+    which scripts such as Mininet's scratchnet call by hand, and its ``vconfig`` and ``ip``
+    (userspace VLAN interfaces) where the kernel has no 8021q; the probed kernel in
+    $MINIMESH_MININET."""
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIM_DIR), str(REPO), env.get("PYTHONPATH")) if p)
     bins = [SHIM_DIR / "bin"]
@@ -325,6 +343,8 @@ def shim_env(kernel: Kernel, base: dict[str, str] | None = None) -> dict[str, st
         bins.append(SHIM_DIR / "ovs-bin")
     if not kernel.user_switch:          # ofdatapath/ofprotocol -> Linux bridge
         bins.append(SHIM_DIR / "ofdp-bin")
+    if not kernel.vlan:                 # vconfig / ip link add ... type vlan -> userspace VLAN
+        bins.append(SHIM_DIR / "vlan-bin")
     env["PATH"] = os.pathsep.join([*map(str, bins), *([env["PATH"]] if env.get("PATH") else [])])
     env["MINIMESH_PYTHON"] = sys.executable
     env[ENV] = kernel.to_json()

@@ -66,8 +66,10 @@ class Tap:
 
 
 def open_tap(name: str, netns_path: str | None, offload: bool = True,
-             queue_frames: int = TAP_QUEUE_FRAMES) -> Tap:
-    """Create TAP ``name`` in the namespace at ``netns_path`` (None: the current one)."""
+             queue_frames: int = TAP_QUEUE_FRAMES, vnet_hdr: bool = True) -> Tap:
+    """Create TAP ``name`` in the namespace at ``netns_path`` (None: the current one).
+    With ``vnet_hdr`` (the link emulator's way) each frame read or written carries a
+    10-byte virtio-net header; without it, frames are plain Ethernet."""
     if len(name.encode()) > 15:
         raise ValueError(f"interface name {name!r} is longer than 15 bytes")
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -82,14 +84,15 @@ def open_tap(name: str, netns_path: str | None, offload: bool = True,
                 os.close(target)
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+            ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0))
             try:
                 fcntl.ioctl(fd, TUNSETIFF, ifr)
             except OSError as e:
                 raise OSError(e.errno, f"cannot create TAP {name!r} "
                                        f"(does an interface with that name exist?): {e.strerror}") from None
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", 10))
-            set_offload(fd, offload)
+            if vnet_hdr:
+                fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", 10))
+            set_offload(fd, offload and vnet_hdr)
             ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 set_queue_len(ctl, name.encode(), queue_frames)

@@ -195,3 +195,106 @@ def test_custom_topology_errors_name_file_and_line(tmp_path):
     custom.write_text(CUSTOM)
     proc = minimesh("up", "--custom", str(custom), "--topo", "nope")
     assert proc.returncode == 2 and "no topology 'nope'; defined: pair" in proc.stderr
+
+
+# --- VLANs -----------------------------------------------------------------------------------
+
+# Four hosts on one switch: two on VLAN 10 (one made the ip(8) way, one the vconfig way),
+# one on VLAN 20, one untagged; the reachability matrix, the tags on the switch's wire, and
+# the capture, printed as one JSON line. It sleeps at the end when asked (the SIGKILL test).
+VLAN_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from mininet.net import Mininet
+    from mininet.node import Host
+    from mininet.topo import Topo
+
+    class VLANHost(Host):
+        def config(self, vlan=None, how='ip', **params):
+            r = super().config(**params)
+            if vlan:
+                intf = self.defaultIntf()
+                self.cmd('ip addr flush dev %s' % intf)
+                if how == 'ip':
+                    print(self.cmd('ip link add link %s name %s.%d type vlan id %d' % (intf, intf, vlan, vlan)))
+                else:
+                    print(self.cmd('vconfig add %s %d' % (intf, vlan)))
+                self.cmd('ip addr add %s dev %s.%d' % (params['ip'], intf, vlan))
+                self.cmd('ip link set %s.%d up' % (intf, vlan))
+                intf.name = '%s.%d' % (intf, vlan)
+                self.nameToIntf[intf.name] = intf
+            return r
+
+    class Star(Topo):
+        def build(self):
+            s1 = self.addSwitch('s1')
+            for name, vlan, how in (('a', 10, 'ip'), ('b', 10, 'vconfig'), ('c', 20, 'ip'), ('d', None, '')):
+                self.addLink(self.addHost(name, cls=VLANHost, vlan=vlan, how=how), s1)
+
+    net = Mininet(topo=Star(), waitConnected=True)
+    net.start()
+    s1 = net.get('s1')
+    pcap = sys.argv[1]
+    s1.cmd('tcpdump -U -eni s1-eth1 -w %s &' % pcap)
+    time.sleep(1)
+    hosts = net.hosts
+    reach = {}
+    for h in hosts:
+        for o in hosts:
+            if h is not o:
+                out = h.cmd('ping -c 1 -W 1', o.IP())
+                reach[h.name + o.name] = ' 0% packet loss' in out
+    s1.cmd('kill %tcpdump')
+    time.sleep(0.5)
+    tags = s1.cmd('tcpdump -enr %s 2>/dev/null | grep -c "vlan 10"' % pcap).split()[-1]
+    ifaces = net.get('a').cmd('ip -o link')
+    print('RESULT ' + json.dumps({'reach': reach, 'tags': int(tags), 'ifaces': ifaces}), flush=True)
+    if len(sys.argv) > 2:
+        time.sleep(600)
+    net.stop()
+""")
+
+
+def vlan_daemons():
+    return subprocess.run(["pgrep", "-f", "testbed.compat.vlan serve"], capture_output=True, text=True).stdout
+
+
+def test_vlan_interfaces_separate_hosts_tag_the_wire_and_go_with_the_run(tmp_path):
+    script = tmp_path / "vlans.py"
+    script.write_text(VLAN_SCRIPT)
+    proc = minimesh("mininet", str(script), str(tmp_path / "vlan.pcap"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    if "userspace 802.1Q" not in proc.stdout + proc.stderr:
+        assert "8021q" in open("/proc/modules").read() or os.path.isdir("/sys/module/8021q")
+    reach = out["reach"]
+    assert reach["ab"] and reach["ba"], reach                   # same VLAN, made two ways
+    assert not any(reach[p] for p in ("ac", "ca", "bc", "cb", "ad", "da", "cd", "dc", "bd", "db")), reach
+    assert out["tags"] > 0                                       # 802.1Q on the switch's wire
+    assert "a-eth0.10" in out["ifaces"]
+    assert vlan_daemons() == ""
+    assert not [p for p in Path("/run/minimesh").glob("*.jsonl")
+                if "userspace VLAN" in p.read_text()] if Path("/run/minimesh").is_dir() else True
+
+
+def test_vlan_processes_cleaned_after_sigkill(tmp_path):
+    script = tmp_path / "vlans.py"
+    script.write_text(VLAN_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "testbed", "mininet", str(script), str(tmp_path / "vlan.pcap"), "sleep"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+    try:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                break
+        if not vlan_daemons():
+            pytest.skip("the kernel makes VLANs itself (8021q): nothing of minimesh's to clean")
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    clean = minimesh("clean")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert vlan_daemons() == ""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "s1-eth" not in links

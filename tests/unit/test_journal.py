@@ -116,3 +116,26 @@ def test_dir_remover_refuses_root_and_relative_paths():
         except ValueError:
             continue
         raise AssertionError(f"removed {bad!r}")
+
+
+def test_journal_for_another_runner_is_stale_when_that_runner_dies(tmp_path):
+    # minimesh's vconfig records a VLAN process for the Mininet process that runs the host
+    runner = subprocess.Popen(["sleep", "60"])
+    try:
+        j = J.Journal(tmp_path, runner=runner.pid)
+        j.record("path", path=str(tmp_path / "x"))
+        j.close(delete=False)
+        assert J.stale_journals(tmp_path) == []          # this process lives on, but it is not the runner
+    finally:
+        runner.kill()
+        runner.wait()
+    assert J.stale_journals(tmp_path) == [j.path]
+
+
+def test_clean_tolerates_a_journal_its_process_removed_meanwhile(tmp_path, monkeypatch):
+    j = J.Journal(tmp_path, runner=2 ** 22 + 1)            # no such process
+    j.record("path", path=str(tmp_path / "x"))
+    j.close(delete=False)
+    # the killed process's own exit path removes its journal while clean runs
+    monkeypatch.setitem(J.REMOVERS, "path", lambda e: j.path.unlink())
+    assert J.clean_stale(tmp_path) == (1, [])

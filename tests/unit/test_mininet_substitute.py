@@ -17,8 +17,9 @@ from testbed.topology.custom import custom_topology
 from testbed.topology.spec import TopologyError
 
 REPO = Path(__file__).resolve().parents[2]
-BARE = Kernel(False, "no netem here", False, "no openvswitch here", False, "no ofdatapath here")
-FULL = Kernel(True, "netem works", True, "openvswitch loaded", True, "ofdatapath installed")
+BARE = Kernel(False, "no netem here", False, "no openvswitch here", False, "no ofdatapath here",
+              False, "no 8021q here")
+FULL = Kernel(True, "netem works", True, "openvswitch loaded", True, "ofdatapath installed", True, "8021q loaded")
 
 PROBE = textwrap.dedent("""
     import json
@@ -69,7 +70,7 @@ def test_shim_env_puts_the_shim_first_and_the_stand_ins_only_where_needed():
     env = shim_env(BARE, {"PATH": "/usr/bin", "PYTHONPATH": "/x"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(SHIM_DIR), str(REPO), "/x"]
     assert env["PATH"].split(os.pathsep) == [str(SHIM_DIR / "bin"), str(SHIM_DIR / "ovs-bin"),
-                                             str(SHIM_DIR / "ofdp-bin"), "/usr/bin"]
+                                             str(SHIM_DIR / "ofdp-bin"), str(SHIM_DIR / "vlan-bin"), "/usr/bin"]
     assert Kernel.from_json(env["MINIMESH_MININET"]) == BARE
     assert env["MINIMESH_PYTHON"] == sys.executable
     assert shim_env(FULL, {"PATH": "/usr/bin"})["PATH"].split(os.pathsep) == [str(SHIM_DIR / "bin"), "/usr/bin"]
