@@ -56,7 +56,7 @@ def _exec(what: str, argv: list[str], probe: bool = True) -> int:
         require_root(what)
         kernel = probe_kernel()
     else:   # mn --help: nothing runs, nothing to probe
-        kernel = Kernel(True, "not probed", True, "not probed", True, "not probed")
+        kernel = Kernel(True, "not probed", True, "not probed", True, "not probed", True, "not probed")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, shim_env(kernel))

@@ -1,7 +1,9 @@
 """Stock Mininet material (``mn``, users' scripts, Mininet's examples) on a kernel that
 lacks what Mininet assumes: ``substitute`` swaps TCLink/TCIntf for minimesh's link backend
 when there is no sch_netem, OVS switches for Linux bridges when there is no openvswitch
-module, and OpenFlow controllers for none where no OpenFlow switch runs; each substitution
+module, OpenFlow controllers for none where no OpenFlow switch runs, and CPULimitedHost
+for one whose ``sched='rt'`` limit is f of the machine where the kernel does not share rt
+runtime between CPUs; each substitution
 is printed once, at first use. ``shim/`` is put first on PYTHONPATH (its
 ``sitecustomize``) and PATH (its ``python``) by ``minimesh mn`` / ``minimesh mininet``, so
 Python processes a script starts get the same substitutions.

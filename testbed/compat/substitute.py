@@ -17,6 +17,10 @@ netem and OVS exist):
 - no OpenFlow switch at all: ``Controller``/``OVSController``/``NOX``/``Ryu`` and
   ``DefaultController`` become :class:`NoController`, which runs nothing (a remote
   controller is left as it is: it starts nothing here);
+- a kernel that does not lend rt runtime between CPUs (no ``RT_RUNTIME_SHARE``, Linux >= 5.10)
+  on more than one core: ``CPULimitedHost`` becomes :class:`CPULimitedHost`, whose
+  ``sched='rt'`` limit is f of the machine again (pinned to ceil(f x cores) CPUs, see there);
+  ``sched='cfs'`` is stock;
 - no ``8021q`` module: ``vconfig add`` and ``ip link add ... type vlan`` in the hosts make
   a userspace VLAN interface (:mod:`testbed.compat.vlan`; the shim's ``vconfig`` and ``ip``).
 
@@ -26,7 +30,9 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -37,6 +43,7 @@ from typing import Any, Callable
 
 from mininet.link import Link
 from mininet.node import Controller
+from mininet.node import CPULimitedHost as StockCPULimitedHost
 from mininet.nodelib import LinuxBridge
 
 from testbed.journal import Journal
@@ -45,7 +52,8 @@ from testbed.links.userspace import UserspaceLink
 from testbed.paths import REPO
 
 __all__ = ["Kernel", "probe_kernel", "install", "shim_env", "SHIM_DIR", "ENV", "TCLink", "TCULink",
-           "TCIntf", "Bridge", "NoController"]
+           "TCIntf", "Bridge", "NoController", "CPULimitedHost", "probe_rt_share", "rt_plan", "parse_cpus",
+           "spread_cpus"]
 
 SHIM_DIR = Path(__file__).resolve().parent / "shim"
 ENV = "MINIMESH_MININET"          # the probed Kernel as JSON: set by the runner, read by the shim
@@ -62,6 +70,8 @@ class Kernel:
     ovs_why: str
     user_switch: bool
     user_switch_why: str
+    rt_share: bool
+    rt_share_why: str
     vlan: bool = True
     vlan_why: str = "not probed"
 
@@ -91,9 +101,33 @@ def _probe_vlan() -> tuple[bool, str]:
     return False, "the kernel has no 8021q module (modprobe 8021q failed)"
 
 
+SCHED_FEATURES = ("/sys/kernel/debug/sched/features", "/sys/kernel/debug/sched_features")
+
+
+def probe_rt_share(features: tuple[str, ...] = SCHED_FEATURES, release: str | None = None) -> tuple[bool, str]:
+    """Does an rt runqueue borrow its group's unused runtime from other CPUs (the scheduler
+    feature RT_RUNTIME_SHARE)? Read from debugfs's sched features where readable; otherwise
+    (debugfs is usually not mounted) the kernel version decides: RT_RUNTIME_SHARE is off by
+    default from Linux 5.10 on, and on before."""
+    for path in features:
+        try:
+            words = Path(path).read_text().split()
+        except OSError:
+            continue
+        if "RT_RUNTIME_SHARE" in words:
+            return True, f"{path} has RT_RUNTIME_SHARE"
+        return False, f"{path} has no RT_RUNTIME_SHARE"
+    release = platform.release() if release is None else release
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if m and (int(m[1]), int(m[2])) >= (5, 10):
+        return False, (f"kernel {release} >= 5.10: rt runtime is not shared between CPUs "
+                       "(RT_RUNTIME_SHARE off by default)")
+    return True, f"kernel {release} < 5.10: rt runtime is shared between CPUs (RT_RUNTIME_SHARE)"
+
+
 def probe_kernel() -> Kernel:
     """Probe once: kernel netem (a scratch namespace), the openvswitch and 8021q modules,
-    ofdatapath."""
+    ofdatapath, rt runtime sharing."""
     from testbed.links import probe_netem    # late: pyroute2, only when the kernel is probed
     netem, netem_why = probe_netem()
     ovs, ovs_why = _probe_ovs()
@@ -101,7 +135,7 @@ def probe_kernel() -> Kernel:
     vlan, vlan_why = _probe_vlan()
     return Kernel(netem, netem_why, ovs, ovs_why, user,
                   "ofdatapath is installed" if user else "the reference switch (ofdatapath) is not installed",
-                  vlan, vlan_why)
+                  *probe_rt_share(), vlan, vlan_why)
 
 
 # --- printed once --------------------------------------------------------------------------
@@ -195,6 +229,163 @@ class NoController(Controller):
 
     def IP(self, intf: Any = None) -> str:  # Mininet's name
         return "127.0.0.1"
+
+
+def parse_cpus(cores: Any) -> list[int]:
+    """Mininet's ``cores=`` (a CPU number, a list of them, or a cpuset list such as '0-1,3')
+    as sorted CPU numbers."""
+    if cores is None:
+        return []
+    if isinstance(cores, int):
+        return [cores]
+    if isinstance(cores, (list, tuple, set)):
+        return sorted({int(c) for c in cores})
+    cpus: set[int] = set()
+    for part in str(cores).split(","):
+        if part.strip():
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(cpus)
+
+
+def rt_plan(f: float, ncores: int, period_us: int, cores: list[int] | None = None,
+            max_ratio: float = 1.0) -> tuple[int, int] | None:
+    """(k CPUs, rt_runtime_us) that give an rt host f of an ``ncores`` machine when rt runtime
+    is not shared between CPUs: k = ceil(f x ncores) (or the k CPUs of ``cores``), each with
+    period x f x ncores / k, at most ``max_ratio`` of the period (what the kernel lets a group
+    have). None where stock Mininet's period x f on every CPU is already that: one core, or
+    k would be every core."""
+    if ncores <= 1 or not f or f <= 0:
+        return None
+    k = len(cores) if cores else min(ncores, math.ceil(round(f * ncores, 9)))
+    if k >= ncores:
+        return None
+    return k, min(round(period_us * f * ncores / k), int(period_us * min(1.0, max_ratio)))
+
+
+def spread_cpus(available: list[int], k: int, start: int) -> list[int]:
+    """k CPUs of ``available`` from position ``start`` on, wrapping (hosts in turn, as
+    Mininet's autoPinCpus)."""
+    return sorted({available[(start + i) % len(available)] for i in range(k)})
+
+
+def _rt_max_ratio() -> float:
+    """The share of each CPU the kernel lets rt groups have (sched_rt_runtime_us / period)."""
+    try:
+        runtime = int(Path("/proc/sys/kernel/sched_rt_runtime_us").read_text())
+        period = int(Path("/proc/sys/kernel/sched_rt_period_us").read_text())
+    except (OSError, ValueError):
+        return 1.0
+    return 1.0 if runtime < 0 or period <= 0 else runtime / period
+
+
+def _cgget(param: str, group: str) -> str:
+    from mininet.util import errRun    # late: as the other Mininet helpers here
+    out, _err, code = errRun(f"cgget -n -v -r {param} /{group}")
+    return out.strip() if code == 0 else ""
+
+
+class CPULimitedHost(StockCPULimitedHost):
+    """CPULimitedHost whose ``sched='rt'`` limit is f of the machine, as Mininet documents
+    ("overall system CPU fraction"), on a kernel that does not share rt runtime between CPUs.
+
+    Mininet 2.3.0 sets ``cpu.rt_runtime_us`` = period x f, a budget *per CPU*. Kernels before
+    5.10 lent a runqueue its group's unused runtime from the other CPUs (RT_RUNTIME_SHARE), so
+    one busy process got f of the machine; from 5.10 on it gets f of one CPU, f / cores of the
+    machine. Here the host's cpuset is k = ceil(f x cores) CPUs (those of ``cores=``, else the
+    next k in turn) and each has period x f x cores / k (:func:`rt_plan`): k such CPUs are f of
+    the machine, and the ceil(f x cores) busy processes Mininet's ``runCpuLimitTest`` runs use
+    all of it. Where k would be every core, or on one core, nothing changes. The kernel counts
+    f x cores / k per rt group against sched_rt_runtime_us (95 % of a CPU) for all groups
+    together, so fewer rt hosts fit than stock (4 at 10 % on 2 cores, not 9); a host the
+    kernel refuses gets stock's limit, and says so. ``sched='cfs'`` is stock; for both, the
+    host's cgroup is removed from every hierarchy at cleanup (:meth:`cgroupDel`)."""
+
+    _next_cpu = 0       # the next CPU to pin an rt host to (class-wide, as Mininet's nextCore)
+
+    def __init__(self, name: str, sched: str = "cfs", **kwargs: Any):
+        self.minimesh_cores: list[int] = []
+        super().__init__(name, sched=sched, **kwargs)
+
+    def config(self, cpu: float = -1, cores: Any = None, **params: Any) -> Any:
+        self.minimesh_cores = parse_cpus(cores) if cores else []     # stock ignores cores=0 too
+        return super().config(cpu=cpu, cores=cores, **params)
+
+    def setCPUs(self, cores: Any, mems: Any = 0) -> None:  # Mininet's name
+        if cores:
+            self.minimesh_cores = parse_cpus(cores)
+        super().setCPUs(cores, mems)
+
+    def setCPUFrac(self, f: float, sched: str | None = None) -> None:  # Mininet's name
+        from mininet.log import error, info    # late: Mininet's log, as the original
+        from mininet.util import numCores
+        sched = sched or self.sched
+        plan = rt_plan(f, numCores(), self.period_us, self.minimesh_cores, _rt_max_ratio()) \
+            if sched == "rt" else None
+        if plan is None:
+            super().setCPUFrac(f, sched)
+            return
+        k, runtime = plan
+        cpus = self.minimesh_cores or self._next_cpus(k)
+        self.cgroupSet("rt_period_us", self.period_us)
+        if not self._set_runtime(runtime):
+            error(f"*** minimesh: {self.name}: the kernel refused rt_runtime_us={runtime} (all rt groups "
+                  "together may have sched_rt_runtime_us of each CPU); Mininet's per-CPU limit instead\n")
+            super().setCPUFrac(f, sched)
+            return
+        if not self._pin(cpus):
+            self._set_runtime(0)
+            error(f"*** minimesh: {self.name}: could not pin to CPU {cpus}; Mininet's per-CPU limit instead\n")
+            super().setCPUFrac(f, sched)
+            return
+        announce("cpu-rt", "CPULimitedHost(sched='rt') -> minimesh's: pinned to ceil(f x cores) CPUs with "
+                 f"f x cores / that many of each, so f of the machine ({_why('rt_share_why')})")
+        info("(%s %d/%dus on CPU %s) " % (self.chrt(), runtime, self.period_us, ",".join(map(str, cpus))))
+
+    def _next_cpus(self, k: int) -> list[int]:
+        from mininet.util import numCores
+        available = parse_cpus(_cgget("cpuset.cpus", "")) or list(range(numCores()))
+        cpus = spread_cpus(available, k, CPULimitedHost._next_cpu)
+        CPULimitedHost._next_cpu = (CPULimitedHost._next_cpu + k) % len(available)
+        return cpus
+
+    def _set_runtime(self, runtime: int) -> bool:
+        from mininet.util import errRun
+        errRun(f"cgset -r cpu.rt_runtime_us={runtime} /{self.name}")
+        return _cgget("cpu.rt_runtime_us", self.name) == str(runtime)
+
+    def _pin(self, cpus: list[int]) -> bool:
+        """The host's cpuset: these CPUs, the root's memory nodes (a cpuset needs both), and
+        the host's shell in it (what it starts inherits it)."""
+        from mininet.util import errRun
+        mems = _cgget("cpuset.mems", "") or "0"
+        errRun(f"cgset -r cpuset.cpus={','.join(map(str, cpus))} /{self.name}")
+        errRun(f"cgset -r cpuset.mems={mems} /{self.name}")
+        try:
+            if parse_cpus(_cgget("cpuset.cpus", self.name)) != sorted(cpus):
+                return False
+        except ValueError:
+            return False
+        return errRun(f"cgclassify -g cpuset:/{self.name} {self.pid}")[2] == 0
+
+    def cleanup(self) -> None:
+        """Node's cleanup, then the cgroup's, as stock's (whose ``super(CPULimitedHost, self)``
+        finds this class once it is mininet.node's CPULimitedHost, and would call itself)."""
+        from mininet.util import retry
+        super(StockCPULimitedHost, self).cleanup()
+        retry(retries=3, delaySecs=.1, fn=self.cgroupDel)
+
+    def cgroupDel(self) -> bool:  # Mininet's name
+        """Stock's ``cgdelete -r cpu,cpuacct,cpuset:/NAME``, then each hierarchy on its own:
+        where the three are mounted apart (as here), cgroup-tools 2.0's cgdelete removes the
+        group from the first one only, and NAME stayed in cpuacct and cpuset (with its pinning)."""
+        from mininet.util import errRun
+        done = bool(super().cgroupDel())
+        controllers, _, path = self.cgroup.partition(":")
+        for controller in controllers.split(","):
+            _out, err, code = errRun(f"cgdelete -r {controller}:{path}")
+            done = done and (code == 0 or "no such file" in err.lower())
+        return done
 
 
 # --- installing them -------------------------------------------------------------------------
@@ -325,6 +516,8 @@ def install(kernel: Kernel | None = None) -> Kernel:
         for name in ("OVSKernelSwitch", "DefaultController"):   # net.py's own imported names
             setattr(mnet, name, getattr(mnode, name))
         _swap_defaults(mnet.Mininet.__init__, swapped)
+    if not kernel.rt_share:
+        _swap(mnode, ("CPULimitedHost",), CPULimitedHost)
     return kernel
 
 

@@ -85,13 +85,7 @@ def test_intfoptions_example_output():
     assert 11.25 <= rtt <= 18.75, out[-2000:]       # delay=15ms one way
 
 
-RT_HALF = pytest.mark.xfail(
-    (os.cpu_count() or 1) > 1, strict=False,
-    reason="test_limit's rt part: Mininet 2.3.0 sets the rt quota per CPU but divides the measured "
-           "usage by the core count, so with more than one core it reads half the limit (docs/mininet.md)")
-
-
 @pytest.mark.skipif(not FULL, reason="long Mininet example tests (~5 min): set MINIMESH_FULL_RUNS=1")
-@pytest.mark.parametrize("name", [pytest.param(n, marks=RT_HALF) if n == "limit" else n for n in LONG])
+@pytest.mark.parametrize("name", LONG)
 def test_long_example(name):
     run_example_test(name, timeout=1800)

@@ -12,14 +12,16 @@ import pytest
 
 from testbed.cli.app import main
 from testbed.cli.mininet import mn_argv, script_argv
-from testbed.compat.substitute import SHIM_DIR, Kernel, shim_env
+from testbed.compat.substitute import (SHIM_DIR, Kernel, parse_cpus, probe_rt_share, rt_plan, shim_env,
+                                       spread_cpus)
 from testbed.topology.custom import custom_topology
 from testbed.topology.spec import TopologyError
 
 REPO = Path(__file__).resolve().parents[2]
 BARE = Kernel(False, "no netem here", False, "no openvswitch here", False, "no ofdatapath here",
-              False, "no 8021q here")
-FULL = Kernel(True, "netem works", True, "openvswitch loaded", True, "ofdatapath installed", True, "8021q loaded")
+              False, "kernel 6.18 >= 5.10", False, "no 8021q here")
+FULL = Kernel(True, "netem works", True, "openvswitch loaded", True, "ofdatapath installed",
+              True, "kernel 5.4 < 5.10", True, "8021q loaded")
 
 PROBE = textwrap.dedent("""
     import json
@@ -35,6 +37,7 @@ PROBE = textwrap.dedent("""
         "net_defaults": s.Bridge in d and s.NoController in d,
         "remote_kept": mn.RemoteController.__module__ == "mininet.node",
         "addlink": getattr(mnet.Mininet.addLink, "minimesh_substitute", False),
+        "cpulimited": mn.CPULimitedHost is s.CPULimitedHost,
     }))
 """)
 
@@ -51,12 +54,150 @@ def test_bare_kernel_gets_every_substitution_through_the_shim():
     got = installed(BARE)
     assert got == {"tclink": True, "tculink": True, "tcintf": True, "ovs": True, "user": True,
                    "controller": True, "find": True, "net_defaults": True, "remote_kept": True,
-                   "addlink": True}
+                   "addlink": True, "cpulimited": True}
 
 
 def test_full_kernel_keeps_stock_mininet():
     got = installed(FULL)
     assert not any(v for k, v in got.items() if k != "remote_kept")
+
+
+# --- CPULimitedHost(sched='rt') where rt runtime is not shared between CPUs ---------------
+
+@pytest.mark.parametrize("f, ncores, cores, expected", [
+    (0.1, 2, None, (1, 20000)),         # test_limit here: 1 CPU with 20 % of it = 10 % of 2
+    (0.1, 4, None, (1, 40000)),
+    (0.3, 4, None, (2, 60000)),         # ceil(1.2) = 2 CPUs with 60 % each
+    (0.3, 10, None, (3, 95000)),        # f x n = 3.0000000000000004: still 3 CPUs, not 4
+    (0.75, 4, None, (3, 95000)),        # 100 % of 3 CPUs, capped at what the kernel allows
+    (0.1, 4, [2, 3], (2, 20000)),       # cores given: those 2 CPUs
+    (0.4, 4, [1], (1, 95000)),          # cores given: 1 CPU cannot hold 160 %: capped
+    (0.6, 2, None, None),               # f x n > 1: every core, stock's per-CPU f is right
+    (0.1, 2, [0, 1], None),             # cores given: every core, stock
+    (0.1, 1, None, None),               # one core: no change
+    (0.5, 1, [0], None),
+])
+def test_rt_plan(f, ncores, cores, expected):
+    assert rt_plan(f, ncores, 100000, cores, max_ratio=0.95) == expected
+
+
+def test_rt_plan_total_is_f_of_the_machine():
+    for n in (2, 3, 4, 8):
+        for f in (0.05, 0.1, 0.25, 0.4):
+            k, runtime = rt_plan(f, n, 100000)
+            assert k == -(-round(f * n * 1000) // 1000) and abs(k * runtime / 100000 / n - f) < 1e-4
+
+
+def test_cpu_lists():
+    assert parse_cpus("0-1,3") == [0, 1, 3]
+    assert parse_cpus([3, 1]) == [1, 3] and parse_cpus(2) == [2] and parse_cpus(None) == []
+    assert spread_cpus([0, 1], 1, 0) == [0] and spread_cpus([0, 1], 1, 1) == [1]
+    assert spread_cpus([0, 1, 2], 2, 2) == [0, 2]
+
+
+def test_rt_share_probe(tmp_path):
+    on, off = tmp_path / "on", tmp_path / "off"
+    on.write_text("GENTLE_FAIR_SLEEPERS RT_RUNTIME_SHARE NO_LB_MIN\n")
+    off.write_text("GENTLE_FAIR_SLEEPERS NO_RT_RUNTIME_SHARE NO_LB_MIN\n")
+    missing = str(tmp_path / "missing")
+    assert probe_rt_share((missing, str(on)), "6.18.1")[0] is True
+    assert probe_rt_share((str(off),), "4.19.0")[0] is False
+    assert probe_rt_share((missing,), "6.18.44-fc")[0] is False
+    assert probe_rt_share((missing,), "5.10.0")[0] is False
+    assert probe_rt_share((missing,), "5.4.0-42-generic")[0] is True
+
+
+class FakeCgroups:
+    """cgset/cgget/cgclassify/chrt as CPULimitedHost calls them, on a dict."""
+
+    def __init__(self):
+        self.groups = {"/": {"cpuset.cpus": "0-1", "cpuset.mems": "0"}}
+        self.commands = []
+
+    def err_run(self, cmd, **_):
+        self.commands.append(cmd)
+        words = cmd.split()
+        if words[0] == "cgset":
+            param, value = words[2].split("=", 1)
+            self.groups.setdefault(words[3], {})[param] = value
+        elif words[0] == "cgget":
+            value = self.groups.get(words[-1], {}).get(words[-2])
+            return (f"{value}\n", "", 0) if value is not None else ("", "no such", 1)
+        return "", "", 0
+
+    def quiet_run(self, cmd, **_):
+        words = cmd.split()
+        if words[0] == "cgget":         # stock cgroupGet: 'cgget -r cpu.X /h'
+            self.commands.append(cmd)
+            return f"{words[-1]}:\n{words[2]}: {self.groups[words[-1]][words[2]]}\n"
+        if words[0] == "chrt":
+            return f"pid {words[-1]}'s current scheduling policy: SCHED_RR\n"
+        return self.err_run(cmd)[0]
+
+
+def cpu_host(monkeypatch, fake, name, sched="rt"):
+    import mininet.node as mnode
+    import mininet.util as mutil
+
+    from testbed.compat import substitute as s
+    monkeypatch.setattr(mutil, "errRun", fake.err_run)
+    monkeypatch.setattr(mutil, "numCores", lambda: 2)
+    monkeypatch.setattr(mnode, "numCores", lambda: 2)
+    monkeypatch.setattr(mnode, "quietRun", fake.quiet_run)
+    monkeypatch.setattr(mnode, "errRun", fake.err_run)
+    monkeypatch.setattr(s, "_rt_max_ratio", lambda: 0.95)
+    host = object.__new__(s.CPULimitedHost)
+    host.name, host.pid, host.period_us, host.sched, host.rtprio = name, 100, 100000, sched, 20
+    host.minimesh_cores = []
+    return host
+
+
+def test_rt_hosts_are_pinned_in_turn_with_the_machine_fraction(monkeypatch):
+    from testbed.compat import substitute as s
+    monkeypatch.setattr(s.CPULimitedHost, "_next_cpu", 0)
+    fake = FakeCgroups()
+    for name in ("h1", "h2"):
+        cpu_host(monkeypatch, fake, name).setCPUFrac(0.1)
+    assert fake.groups["/h1"] == {"cpu.rt_period_us": "100000", "cpu.rt_runtime_us": "20000",
+                                  "cpuset.cpus": "0", "cpuset.mems": "0"}
+    assert fake.groups["/h2"]["cpuset.cpus"] == "1" and fake.groups["/h2"]["cpu.rt_runtime_us"] == "20000"
+    assert "cgclassify -g cpuset:/h1 100" in fake.commands
+
+
+def test_cfs_and_wide_rt_hosts_are_stock(monkeypatch):
+    fake = FakeCgroups()
+    cpu_host(monkeypatch, fake, "h1", sched="cfs").setCPUFrac(0.1)
+    assert fake.groups["/h1"] == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "20000"}
+    cpu_host(monkeypatch, fake, "h2").setCPUFrac(0.6)         # f x 2 cores > 1: every core
+    assert fake.groups["/h2"] == {"cpu.rt_period_us": "100000", "cpu.rt_runtime_us": "60000"}
+    assert not any("cpuset" in c for c in fake.commands)
+
+
+def test_rt_host_refused_by_the_kernel_gets_stocks_limit(monkeypatch):
+    fake = FakeCgroups()
+    refuse = fake.err_run
+
+    def err_run(cmd, **kw):
+        if cmd.startswith("cgset -r cpu.rt_runtime_us=20000"):
+            fake.commands.append(cmd)
+            return "", "Invalid argument", 50
+        return refuse(cmd, **kw)
+    host = cpu_host(monkeypatch, fake, "h1")
+    fake.err_run = err_run
+    import mininet.util as mutil
+    monkeypatch.setattr(mutil, "errRun", err_run)
+    host.setCPUFrac(0.1)
+    assert fake.groups["/h1"]["cpu.rt_runtime_us"] == "10000" and "cpuset.cpus" not in fake.groups["/h1"]
+
+
+def test_cgroup_removed_from_each_hierarchy(monkeypatch):
+    fake = FakeCgroups()
+    host = cpu_host(monkeypatch, fake, "h1", sched="cfs")
+    host.cgroup = "cpu,cpuacct,cpuset:/h1"
+    assert host.cgroupDel() is True
+    assert [c for c in fake.commands if c.startswith("cgdelete")] == [
+        "cgdelete -r cpu,cpuacct,cpuset:/h1", "cgdelete -r cpu:/h1", "cgdelete -r cpuacct:/h1",
+        "cgdelete -r cpuset:/h1"]
 
 
 def test_shim_not_installed_without_the_runner():
