@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -84,3 +85,33 @@ def test_the_mesh_on_netem_in_the_guest(guest, tmp_path, experiment):
           f"boot {r.boot_s:.1f} s, whole guest {r.run_s:.1f} s")
     # --link-backend netem never falls back (test_link_fidelity): a pass ran on netem
     assert r.returncode == 0 and res.get("valid") is True, r.output[-4000:]
+
+
+# A Mininet script run by `minimesh mininet`: which of Mininet's classes are stock, and
+# whether the shim put its stand-ins on PATH.
+STOCK_CHECK = """
+import json, os
+import mininet.link as ml, mininet.node as mn
+from testbed.compat.substitute import ENV, Kernel
+kernel = Kernel.from_json(os.environ[ENV])
+path = os.environ["PATH"].split(os.pathsep)
+print("RESULT " + json.dumps({
+    "netem": kernel.netem, "ovs": kernel.ovs, "vlan": kernel.vlan,
+    "tclink": ml.TCLink.__module__, "tcintf": ml.TCIntf.__module__, "ovsswitch": mn.OVSSwitch.__module__,
+    "controller": mn.DefaultController.__module__,
+    "stand_ins": [p for p in path if p.endswith(("ovs-bin", "ofdp-bin", "vlan-bin"))]}))
+"""
+
+
+def test_stock_mininet_kept_where_the_kernel_has_netem_ovs_and_8021q(guest, tmp_path):
+    script = tmp_path / "stock_check.py"
+    script.write_text(STOCK_CHECK)
+    r = guest.run_in_guest([uml.guest_python(), "-m", "testbed", "mininet", "/run/mm-out/stock_check.py"],
+                           timeout=120, outdir=tmp_path)
+    assert r.returncode == 0, r.output[-3000:]
+    got = json.loads([x for x in r.output.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    # the reference switch (ofdatapath) is no kernel matter: its stand-in stays where it is not installed
+    ofdp = [] if shutil.which("ofdatapath") else [str(REPO / "testbed/compat/shim/ofdp-bin")]
+    assert got == {"netem": True, "ovs": True, "vlan": True, "tclink": "mininet.link", "tcintf": "mininet.link",
+                   "ovsswitch": "mininet.node", "controller": "mininet.node", "stand_ins": ofdp}, got
+    assert "*** minimesh:" not in r.output          # nothing substituted took effect, so nothing announced
