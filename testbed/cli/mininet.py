@@ -15,9 +15,13 @@ import argparse
 import os
 import shutil
 import sys
+from typing import TYPE_CHECKING
 
 from testbed.cli.subcommand import EXIT_USAGE, Subcommand
 from testbed.net.lifecycle import require_root
+
+if TYPE_CHECKING:
+    from testbed.compat import Kernel
 
 __all__ = ["SUBCOMMANDS", "mn_argv", "script_argv"]
 
@@ -52,15 +56,37 @@ def script_argv(args: list[str]) -> list[str]:
 def _exec(what: str, argv: list[str], probe: bool = True) -> int:
     # late: Mininet and pyroute2 (the kernel probe), only when the command runs
     from testbed.compat import Kernel, probe_kernel, shim_env
+    extra: dict[str, str] = {}
     if probe:
         require_root(what)
         kernel = probe_kernel()
+        if not kernel.ovs:
+            kernel, extra = _private_ovs(kernel)
     else:   # mn --help: nothing runs, nothing to probe
         kernel = Kernel(True, "not probed", True, "not probed", True, "not probed", True, "not probed")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, shim_env(kernel))
+    os.execve(argv[0], argv, {**shim_env(kernel), **extra})
     return 1  # pragma: no cover  (execve does not return)
+
+
+def _private_ovs(kernel: Kernel) -> tuple[Kernel, dict[str, str]]:
+    """Without the openvswitch module: the run's own Open vSwitch (userspace datapath) where
+    Open vSwitch is installed, started before the command (which stops it at exit: the same
+    process, after exec); else Linux bridges stand in. The kernel record says which, and why."""
+    from dataclasses import replace
+
+    from testbed.compat import ovs
+    from testbed.journal import Journal
+    ok, why = ovs.available()
+    if not ok:
+        return replace(kernel, ovs_user=False, ovs_user_why=why), {}
+    try:
+        env = ovs.start(Journal())
+    except RuntimeError as e:
+        print(f"*** minimesh: {e}; OVS switches will be Linux bridges", file=sys.stderr)
+        return replace(kernel, ovs_user=False, ovs_user_why=str(e)), {}
+    return replace(kernel, ovs_user=True, ovs_user_why=why), env
 
 
 def _run_mn(args: argparse.Namespace) -> int:

@@ -11,10 +11,16 @@ netem and OVS exist):
   ``TCIntf`` becomes :class:`TCIntf` (a :class:`~testbed.links.tcparams.ShapedIntf`), and a
   plain ``Link`` given TCIntf interfaces (``Mininet(intf=custom(TCIntf, bw=10))``) is built
   as :class:`TCLink`, since a veth cannot be shaped here;
-- no ``openvswitch`` module: ``OVSSwitch``/``OVSKernelSwitch``/``OVSBridge`` (Mininet's
-  default switch) become :class:`Bridge`, a Linux bridge that accepts OVS's options; so does
-  ``UserSwitch`` when the reference switch's ``ofdatapath`` is not installed;
-- no OpenFlow switch at all: ``Controller``/``OVSController``/``NOX``/``Ryu`` and
+- no ``openvswitch`` module, Open vSwitch installed: the runner starts a private Open
+  vSwitch for the run (:mod:`testbed.compat.ovs`) and ``OVSSwitch``/``OVSKernelSwitch``
+  (Mininet's default switch) become :class:`UserOVSSwitch`, ``OVSBridge``
+  :class:`UserOVSBridge`: Mininet's own classes with ``datapath='user'``; so does
+  ``UserSwitch`` when ``ofdatapath`` is not installed. Controllers stay stock (the shim's
+  ``controller`` runs Open vSwitch's ``ovs-testcontroller`` where the reference one is not
+  packaged);
+- no ``openvswitch`` module and no Open vSwitch: the OVS switches become :class:`Bridge`, a
+  Linux bridge that accepts OVS's options (so does ``UserSwitch`` without ``ofdatapath``),
+  and with no OpenFlow switch at all ``Controller``/``OVSController``/``NOX``/``Ryu`` and
   ``DefaultController`` become :class:`NoController`, which runs nothing (a remote
   controller is left as it is: it starts nothing here);
 - a kernel that does not lend rt runtime between CPUs (no ``RT_RUNTIME_SHARE``, Linux >= 5.10)
@@ -42,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mininet.link import Link
-from mininet.node import Controller
+from mininet.node import Controller, OVSBridge, OVSSwitch
 from mininet.node import CPULimitedHost as StockCPULimitedHost
 from mininet.nodelib import LinuxBridge
 
@@ -74,6 +80,8 @@ class Kernel:
     rt_share_why: str
     vlan: bool = True
     vlan_why: str = "not probed"
+    ovs_user: bool = False           # a private Open vSwitch (userspace datapath) runs for the run
+    ovs_user_why: str = "not probed"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -202,6 +210,29 @@ class Bridge(LinuxBridge):
         note = f"; OVS options without meaning on a bridge: {', '.join(dropped)}" if dropped else ""
         announce("switch", f"OVS switch -> Linux bridge ({_why('ovs_why')}){note}")
         super().__init__(name, stp=stp, **params)
+
+
+class UserOVSSwitch(OVSSwitch):
+    """Mininet's OVSSwitch with ``datapath='user'`` on the run's private Open vSwitch
+    (:mod:`testbed.compat.ovs`): OpenFlow, ``ovs-ofctl`` and controllers as with OVS's kernel
+    datapath, forwarding done by ovs-vswitchd."""
+
+    def __init__(self, name: str, **params: Any):
+        asked = params.pop("datapath", "kernel")
+        note = "" if asked == "user" else f" (datapath={asked!r} asked)"
+        announce("switch", f"OVS switch -> Open vSwitch's userspace datapath{note}, on this run's own Open "
+                 f"vSwitch in {os.environ.get('OVS_RUNDIR', '?')} ({_why('ovs_why')})")
+        super().__init__(name, datapath="user", **params)
+
+
+class UserOVSBridge(OVSBridge):
+    """Mininet's OVSBridge (standalone, no controller) with ``datapath='user'``."""
+
+    def __init__(self, name: str, **params: Any):
+        params.pop("datapath", None)
+        announce("switch", "OVS switch -> Open vSwitch's userspace datapath, on this run's own Open vSwitch "
+                 f"in {os.environ.get('OVS_RUNDIR', '?')} ({_why('ovs_why')})")
+        super().__init__(name, datapath="user", **params)
 
 
 class NoController(Controller):
@@ -505,7 +536,16 @@ def install(kernel: Kernel | None = None) -> Kernel:
         _swap(mlink, ("TCULink",), TCULink)
         _swap(mlink, ("TCIntf",), TCIntf)
         mnet.Mininet.addLink = _shaping_add_link(mnet.Mininet.addLink)
-    if not kernel.ovs:
+    if not kernel.ovs and kernel.ovs_user:
+        from testbed.compat.ovs import stop_at_exit    # late: only where the runner started one
+        stop_at_exit()
+        swapped.update(_swap(mnode, ("OVSSwitch", "OVSKernelSwitch"), UserOVSSwitch))
+        swapped.update(_swap(mnode, ("OVSBridge",), UserOVSBridge))
+        if not kernel.user_switch:
+            swapped.update(_swap(mnode, ("UserSwitch",), UserOVSSwitch))
+        mnet.OVSKernelSwitch = mnode.OVSKernelSwitch     # net.py's own imported name
+        _swap_defaults(mnet.Mininet.__init__, swapped)
+    elif not kernel.ovs:
         swapped.update(_swap(mnode, ("OVSSwitch", "OVSKernelSwitch", "OVSBridge"), Bridge))
         if not kernel.user_switch:
             swapped.update(_swap(mnode, ("UserSwitch",), Bridge))
@@ -532,7 +572,9 @@ def shim_env(kernel: Kernel, base: dict[str, str] | None = None) -> dict[str, st
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIM_DIR), str(REPO), env.get("PYTHONPATH")) if p)
     bins = [SHIM_DIR / "bin"]
-    if not kernel.ovs:                  # ovs-vsctl's bridge commands -> Linux bridge
+    if not kernel.ovs and kernel.ovs_user:   # ovs-vsctl add-br -> userspace datapath; controller
+        bins.append(SHIM_DIR / "ovs-user-bin")
+    elif not kernel.ovs:                # ovs-vsctl's bridge commands -> Linux bridge
         bins.append(SHIM_DIR / "ovs-bin")
     if not kernel.user_switch:          # ofdatapath/ofprotocol -> Linux bridge
         bins.append(SHIM_DIR / "ofdp-bin")

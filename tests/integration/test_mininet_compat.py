@@ -298,3 +298,65 @@ def test_vlan_processes_cleaned_after_sigkill(tmp_path):
     assert vlan_daemons() == ""
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert "s1-eth" not in links
+
+
+# --- a private Open vSwitch (userspace datapath) ------------------------------------------------
+
+def ovs_daemons():
+    """minimesh's private Open vSwitch daemons (their database lives in <state dir>/ovs-<pid>/)."""
+    return subprocess.run(["pgrep", "-f", "^(ovs-vswitchd unix:|ovsdb-server ).*/ovs-[0-9]+/"],
+                          capture_output=True, text=True).stdout
+
+
+def private_ovs_or_skip():
+    from testbed.compat import ovs
+    from testbed.compat.substitute import _probe_ovs
+    if _probe_ovs()[0]:
+        pytest.skip("the kernel has the openvswitch module: stock OVS is kept")
+    ok, why = ovs.available()
+    if not ok:
+        pytest.skip(f"no private Open vSwitch here ({why}): Linux bridges stand in")
+
+
+def test_mn_on_a_private_open_vswitch_with_openflow_habits_and_nothing_left(tmp_path):
+    private_ovs_or_skip()
+    post = tmp_path / "post.cli"
+    post.write_text("sh ovs-vsctl show\nsh ovs-ofctl dump-flows s1\ndpctl dump-flows\niperf\n")
+    proc = minimesh("mn", "--topo", "single,2", "--test", "pingall", "--post", str(post))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "OVS switch -> Open vSwitch's userspace datapath" in out
+    assert "*** Results: 0% dropped (2/2 received)" in out
+    assert "datapath_type: netdev" in out and "is_connected: true" in out     # ovs-vsctl show
+    assert "NXST_FLOW reply" in out and "actions=output:" in out              # the controller's flows
+    rate = [x for x in out.splitlines() if "*** Results: ['" in x][-1]       # iperf across the switch
+    assert "bits/sec" in rate, out[-2000:]
+    assert ovs_daemons() == ""
+    assert not list(Path("/run/minimesh").glob("ovs-*"))
+
+
+def test_private_open_vswitch_cleaned_after_sigkill(tmp_path):
+    private_ovs_or_skip()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "mn", "--topo", "single,2"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("sh echo READY\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            if "READY" in line:
+                break
+        assert ovs_daemons() != ""
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    clean = minimesh("clean")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert ovs_daemons() == ""
+    assert not list(Path("/run/minimesh").glob("ovs-*"))
+    mn_c = minimesh("mn", "-c")              # Mininet's own leftovers: its own cleanup, as always
+    assert mn_c.returncode == 0, mn_c.stdout + mn_c.stderr
+    assert "s1-eth" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

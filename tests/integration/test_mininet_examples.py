@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.root,
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_TESTS = Path("/usr/share/doc/mininet/examples/test")
-FAST = ["emptynet", "intfoptions", "multiping", "multipoll", "popen", "linuxrouter", "scratchnet", "vlanhost"]
+FAST = ["emptynet", "intfoptions", "multiping", "multipoll", "popen", "linuxrouter", "scratchnet", "vlanhost",
+        "controllers", "numberedports"]
 LONG = ["simpleperf", "linearbandwidth", "limit", "treeping64"]
 CPU_LIMITED = {"simpleperf", "limit"}
 FULL = os.environ.get("MINIMESH_FULL_RUNS") == "1"

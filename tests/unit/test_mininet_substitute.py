@@ -1,6 +1,7 @@
 """testbed.compat (no root): which substitutions are installed for which kernel, the shim's
 environment, the runner's command lines, and Mininet's --custom topologies. install()
 patches Mininet's modules, so it runs in a child Python, as the shim runs it."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -55,6 +56,95 @@ def test_bare_kernel_gets_every_substitution_through_the_shim():
     assert got == {"tclink": True, "tculink": True, "tcintf": True, "ovs": True, "user": True,
                    "controller": True, "find": True, "net_defaults": True, "remote_kept": True,
                    "addlink": True, "cpulimited": True}
+
+
+OVS_USER_PROBE = textwrap.dedent("""
+    import json
+    import mininet.node as mn, mininet.net as mnet
+    from testbed.compat import substitute as s
+    d = mnet.Mininet.__init__.__defaults__
+    # no node is started (no root, no Open vSwitch here): the stock __init__ records its datapath
+    s.OVSSwitch.__init__ = lambda self, name, **params: setattr(self, "datapath", params["datapath"])
+    sw = mn.OVSKernelSwitch("s9")
+    print(json.dumps({
+        "ovs": mn.OVSSwitch is s.UserOVSSwitch and mn.OVSKernelSwitch is s.UserOVSSwitch,
+        "ovsbr": mn.OVSBridge is s.UserOVSBridge, "user": mn.UserSwitch is s.UserOVSSwitch,
+        "controller_stock": mn.Controller.__module__ == "mininet.node"
+                            and mn.DefaultController.__module__ == "mininet.node",
+        "net_default": s.UserOVSSwitch in d, "datapath": sw.datapath,
+    }))
+""")
+
+
+def test_private_open_vswitch_replaces_the_kernel_datapath_and_keeps_controllers():
+    kernel = dataclasses.replace(BARE, ovs_user=True, ovs_user_why="Open vSwitch is installed")
+    env = shim_env(kernel, {"PATH": os.environ["PATH"]})
+    assert str(SHIM_DIR / "ovs-user-bin") in env["PATH"].split(os.pathsep)
+    assert str(SHIM_DIR / "ovs-bin") not in env["PATH"].split(os.pathsep)
+    proc = subprocess.run([sys.executable, "-c", OVS_USER_PROBE], env=env, capture_output=True, text=True,
+                          timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"ovs": True, "ovsbr": True, "user": True, "controller_stock": True,
+                                       "net_default": True, "datapath": "user"}
+    assert "OVS switch -> Open vSwitch's userspace datapath (datapath='kernel' asked)" in proc.stderr
+
+
+def fake_tools(tmp_path, *names):
+    """Executables that print their argv, one per line, standing for the real tools."""
+    d = tmp_path / "real"
+    d.mkdir(parents=True)
+    for name in names:
+        (d / name).write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+        (d / name).chmod(0o755)
+    return d
+
+
+def run_stand_in(tmp_path, name, *args, real=("ovs-testcontroller",)):
+    d = fake_tools(tmp_path, *real)
+    path = os.pathsep.join([str(SHIM_DIR / "ovs-user-bin"), str(d), "/usr/bin", "/bin"])
+    out = subprocess.run([str(SHIM_DIR / "ovs-user-bin" / name), *args], capture_output=True, text=True,
+                         env={"PATH": path})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split(), out.stderr
+
+
+def test_controller_stand_in_is_ovs_testcontroller_with_the_reference_port(tmp_path):
+    argv, _ = run_stand_in(tmp_path, "controller", "-v", "ptcp:")
+    assert argv == ["-OOpenFlow10", "-v", "ptcp:6633"]          # the reference controller spoke 1.0 only
+    argv, _ = run_stand_in(tmp_path / "2", "controller", "-O", "OpenFlow13", "ptcp:6653")
+    assert argv == ["-O", "OpenFlow13", "ptcp:6653"]
+
+
+def test_ovs_testcontroller_is_offered_openflow_up_to_14(tmp_path):
+    argv, _ = run_stand_in(tmp_path, "ovs-testcontroller", "ptcp:6653")
+    assert argv == ["-OOpenFlow10,OpenFlow11,OpenFlow12,OpenFlow13,OpenFlow14", "ptcp:6653"]
+
+
+def test_controller_stand_in_prefers_an_installed_reference_controller(tmp_path):
+    argv, _ = run_stand_in(tmp_path, "controller", "-v", "ptcp:", real=("controller", "ovs-testcontroller"))
+    assert argv == ["-v", "ptcp:"]
+
+
+def test_ovs_testcontroller_keeps_given_protocols(tmp_path):
+    argv, _ = run_stand_in(tmp_path, "ovs-testcontroller", "-O", "OpenFlow13", "ptcp:6653")
+    assert argv == ["-O", "OpenFlow13", "ptcp:6653"]
+
+
+def test_ovs_vsctl_add_br_by_hand_gets_the_userspace_datapath(tmp_path):
+    real = fake_tools(tmp_path, "ovs-vsctl")
+    script = (SHIM_DIR / "ovs-user-bin" / "ovs-vsctl").read_text().replace(
+        "/usr/bin/ovs-vsctl /usr/sbin/ovs-vsctl", str(real / "ovs-vsctl"))
+    shim = tmp_path / "ovs-vsctl"
+    shim.write_text(script)
+    shim.chmod(0o755)
+    out = subprocess.run([str(shim), "add-br", "dp0"], capture_output=True, text=True)
+    assert out.stdout.split() == ["add-br", "dp0", "--", "set", "bridge", "dp0", "datapath_type=netdev"]
+    assert "ovs-vsctl add-br dp0 -> datapath_type=netdev" in out.stderr
+    out = subprocess.run([str(shim), "--", "add-br", "s1", "--", "set", "bridge", "s1", "datapath_type=netdev"],
+                         capture_output=True, text=True)
+    assert out.stdout.split()[-1] == "datapath_type=netdev" and out.stderr == ""   # Mininet's own: unchanged
+    out = subprocess.run([str(shim), "show"], capture_output=True, text=True)
+    assert out.stdout.split() == ["show"]
 
 
 def test_full_kernel_keeps_stock_mininet():
