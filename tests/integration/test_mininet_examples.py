@@ -1,8 +1,8 @@
 """Mininet's own example tests (Debian's mininet package: /usr/share/doc/mininet/examples/test)
 run unchanged through ``minimesh mininet`` (root). Each test file spawns ``python -m
 mininet.examples.X`` with pexpect; the runner's shim gives those processes the same
-substitutions. The fast ones run in CI (~2 min together); the long ones (link shaping
-with iperf, the 64-host tree, CPU limits) are opt-in:
+substitutions. The fast ones run in CI (~3 min together); the long ones (link shaping
+with iperf, the 64-host tree, CPU limits) and three more are opt-in:
 
     sudo MINIMESH_FULL_RUNS=1 ./minimesh test tests/integration/test_mininet_examples.py
 
@@ -27,8 +27,10 @@ pytestmark = [pytest.mark.root,
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_TESTS = Path("/usr/share/doc/mininet/examples/test")
 FAST = ["emptynet", "intfoptions", "multiping", "multipoll", "popen", "linuxrouter", "scratchnet", "vlanhost",
-        "controllers", "numberedports"]
-LONG = ["simpleperf", "linearbandwidth", "limit", "treeping64"]
+        "controllers", "numberedports", "mobility", "hwintf"]
+# opt-in: the long ones (link shaping with iperf, the 64-host tree, CPU limits), and three
+# more that pass but test nothing the ones above do not (private dirs, multiple links, CLI)
+LONG = ["simpleperf", "linearbandwidth", "limit", "treeping64", "bind", "multilink", "multitest"]
 CPU_LIMITED = {"simpleperf", "limit"}
 FULL = os.environ.get("MINIMESH_FULL_RUNS") == "1"
 NO_CGROUP_V1 = 97
