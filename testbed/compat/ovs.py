@@ -6,13 +6,15 @@ module, only packet sockets on the ports and a TAP for the bridge's own port. So
 Open vSwitch is installed (``openvswitch-switch``) but its module is missing, ``minimesh mn``
 / ``minimesh mininet`` start one Open vSwitch for the run, before the command:
 
-- ``ovsdb-server`` and ``ovs-vswitchd`` in ``<state dir>/ovs-<runner pid>/``, each in its own
-  session (a Ctrl-C at Mininet's prompt is not theirs), journaled before they start;
+- ``ovsdb-server`` and ``ovs-vswitchd`` in ``<state dir>/ovs-<runner pid>-<start>/``, each in
+  its own session (a Ctrl-C at Mininet's prompt is not theirs), journaled as they start, and
+  ended by the kernel when the command ends however it ends (``PR_SET_PDEATHSIG``);
 - ``OVS_RUNDIR``, ``OVS_DBDIR`` and ``OVS_LOGDIR`` point there, so Mininet's ``ovs-vsctl``,
   and ``ovs-ofctl``/``ovs-vsctl``/``ovs-appctl`` typed at its prompt (``sh ovs-ofctl
   dump-flows s1``), reach this Open vSwitch and no other (a system one is never touched);
 - ``$MINIMESH_OVS`` tells the command's Python (the runner execs it: same pid) to stop both
-  and remove the directory at exit; ``minimesh clean`` does it if that process was killed.
+  and remove the directory at exit; ``minimesh clean`` removes the directory if that process
+  was killed.
 
 Mininet's OVS switches then run on it with ``datapath='user'`` (Mininet's own option:
 :class:`testbed.compat.substitute.UserOVSSwitch`). Written here: starting two daemons in
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 from testbed.journal import Journal, proc_alive, proc_start, state_dir
+from testbed.links.tap import PR_SET_PDEATHSIG, prctl
 
 __all__ = ["ENV", "available", "start", "stop", "stop_at_exit"]
 
@@ -58,9 +61,16 @@ def _env(d: Path) -> dict[str, str]:
     return {"OVS_RUNDIR": str(d), "OVS_DBDIR": str(d), "OVS_LOGDIR": str(d)}
 
 
+def _die_with_parent() -> None:
+    """In the daemon, before exec: SIGTERM when the process that started it ends, however it
+    ends (the runner execs the command, so that is the command)."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _spawn(journal: Journal, argv: list[str], d: Path, what: str) -> int:
     proc = subprocess.Popen(argv, cwd=d, env={**os.environ, **_env(d)}, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     journal.record_process(proc.pid, what=what)
     return proc.pid
 
@@ -79,7 +89,7 @@ def _wait_for(check: object, what: str, pids: list[int]) -> None:
 def start(journal: Journal) -> dict[str, str]:
     """Start the run's Open vSwitch; the environment the command gets (OVS_* and $MINIMESH_OVS).
     On failure everything started is removed and RuntimeError says why."""
-    d = state_dir() / f"ovs-{os.getpid()}"
+    d = state_dir() / f"ovs-{os.getpid()}-{proc_start(os.getpid())}"     # pids repeat (pid namespaces)
     journal.record("dir", path=str(d))
     pids: list[int] = []
     try:

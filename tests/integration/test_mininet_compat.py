@@ -304,7 +304,7 @@ def test_vlan_processes_cleaned_after_sigkill(tmp_path):
 
 def ovs_daemons():
     """minimesh's private Open vSwitch daemons (their database lives in <state dir>/ovs-<pid>/)."""
-    return subprocess.run(["pgrep", "-f", "^(ovs-vswitchd unix:|ovsdb-server ).*/ovs-[0-9]+/"],
+    return subprocess.run(["pgrep", "-f", "^(ovs-vswitchd unix:|ovsdb-server ).*/ovs-[0-9]+-[0-9]+/"],
                           capture_output=True, text=True).stdout
 
 
