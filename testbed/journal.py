@@ -25,12 +25,17 @@ Kinds (each has a remover in :data:`REMOVERS`):
 - ``path``: path (a file or socket to unlink)
 - ``dir``: path (a run directory, e.g. a mesh's ``<state dir>/mesh-XXXX`` with etcd's data,
   logs and sockets; removed with everything in it)
+- ``ovs_dir``: path (a private Open vSwitch's run directory, ``testbed.compat.ovs``): the
+  processes holding an ``ovs-appctl`` control socket ``NAME.PID.ctl`` in it are ended (a
+  controller started on that Open vSwitch by minimesh's ``controller`` stand-in outlives a
+  killed run otherwise, and keeps its port), then the directory is removed
 """
 from __future__ import annotations
 
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -340,6 +345,31 @@ def _remove_dir(e: dict[str, Any]) -> None:
         shutil.rmtree(path)
 
 
+def end_ctl_holders(directory: Path) -> list[int]:
+    """End the processes that hold an ``ovs-appctl`` control socket ``NAME.PID.ctl`` in
+    ``directory`` (Open vSwitch's daemons and tools name it so), if that process is still
+    NAME (``/proc/PID/comm``, 15 characters): a reused pid is left alone. Returns the pids."""
+    ended = []
+    for ctl in sorted(directory.glob("*.ctl")) if directory.is_dir() else []:
+        m = re.fullmatch(r"(.+)\.(\d+)\.ctl", ctl.name)
+        if not m:
+            continue
+        pid = int(m[2])
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == m[1][:15]:
+            _kill(pid, proc_start(pid))
+            ended.append(pid)
+    return ended
+
+
+def _remove_ovs_dir(e: dict[str, Any]) -> None:
+    end_ctl_holders(Path(e["path"]))
+    _remove_dir(e)
+
+
 REMOVERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "process": _remove_process,
     "netns_procs": _remove_netns_procs,
@@ -349,4 +379,5 @@ REMOVERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "iptables": _remove_iptables,
     "path": _remove_path,
     "dir": _remove_dir,
+    "ovs_dir": _remove_ovs_dir,
 }

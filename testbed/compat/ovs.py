@@ -14,7 +14,9 @@ Open vSwitch is installed (``openvswitch-switch``) but its module is missing, ``
   dump-flows s1``), reach this Open vSwitch and no other (a system one is never touched);
 - ``$MINIMESH_OVS`` tells the command's Python (the runner execs it: same pid) to stop both
   and remove the directory at exit; ``minimesh clean`` removes the directory if that process
-  was killed.
+  was killed. Either way a process holding a control socket there (``NAME.PID.ctl``: an
+  ``ovs-testcontroller`` started by the ``controller`` stand-in, which a killed Mininet
+  leaves running on its port) is ended too.
 
 Mininet's OVS switches then run on it with ``datapath='user'`` (Mininet's own option:
 :class:`testbed.compat.substitute.UserOVSSwitch`). Written here: starting two daemons in
@@ -31,7 +33,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from testbed.journal import Journal, proc_alive, proc_start, state_dir
+from testbed.journal import Journal, end_ctl_holders, proc_alive, proc_start, state_dir
 from testbed.links.tap import PR_SET_PDEATHSIG, prctl
 
 __all__ = ["ENV", "available", "start", "stop", "stop_at_exit"]
@@ -90,7 +92,7 @@ def start(journal: Journal) -> dict[str, str]:
     """Start the run's Open vSwitch; the environment the command gets (OVS_* and $MINIMESH_OVS).
     On failure everything started is removed and RuntimeError says why."""
     d = state_dir() / f"ovs-{os.getpid()}-{proc_start(os.getpid())}"     # pids repeat (pid namespaces)
-    journal.record("dir", path=str(d))
+    journal.record("ovs_dir", path=str(d))
     pids: list[int] = []
     try:
         d.mkdir(mode=0o700, parents=True)
@@ -140,6 +142,7 @@ def stop(info: dict[str, object]) -> None:
             os.kill(pid, signal.SIGKILL)
     d = Path(str(info.get("dir", "")))
     if d.is_absolute() and d.name.startswith("ovs-") and d.parent == state_dir():
+        end_ctl_holders(d)      # a controller the stand-in started on it (scratchnet's, by hand)
         shutil.rmtree(d, ignore_errors=True)
     journal = info.get("journal")
     if journal:

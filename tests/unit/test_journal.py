@@ -139,3 +139,22 @@ def test_clean_tolerates_a_journal_its_process_removed_meanwhile(tmp_path, monke
     # the killed process's own exit path removes its journal while clean runs
     monkeypatch.setitem(J.REMOVERS, "path", lambda e: j.path.unlink())
     assert J.clean_stale(tmp_path) == (1, [])
+
+
+def test_ovs_dir_remover_ends_control_socket_holders_only(tmp_path):
+    d = tmp_path / "ovs-1-2"
+    d.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (d / f"sleep.{holder.pid}.ctl").write_text("")            # NAME.PID.ctl, NAME matches: ended
+        (d / f"ovs-vswitchd.{other.pid}.ctl").write_text("")      # pid is not that program: left alone
+        (d / "ovsdb-server.ctl").write_text("")
+        J.REMOVERS["ovs_dir"]({"path": str(d)})
+        holder.wait(timeout=5)
+        assert not d.exists()
+        assert other.poll() is None
+    finally:
+        for p in (holder, other):
+            p.kill()
+            p.wait()
