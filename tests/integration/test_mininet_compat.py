@@ -315,7 +315,10 @@ def test_vlan_processes_cleaned_after_sigkill(tmp_path):
 # --- a private Open vSwitch (userspace datapath) ------------------------------------------------
 
 def controllers():
-    return subprocess.run(["pgrep", "-x", "ovs-testcontrol"], capture_output=True, text=True).stdout
+    """Running ovs-testcontrollers; a killed one stays a zombie until its shell (a Mininet node's,
+    left by the killed run until `mn -c`) reaps it, and holds no port."""
+    ps = subprocess.run(["ps", "-C", "ovs-testcontroller", "-o", "pid=,stat="], capture_output=True, text=True)
+    return "".join(line + "\n" for line in ps.stdout.splitlines() if "Z" not in line.split()[-1])
 
 
 def ovs_daemons():
