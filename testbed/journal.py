@@ -28,7 +28,8 @@ Kinds (each has a remover in :data:`REMOVERS`):
 - ``ovs_dir``: path (a private Open vSwitch's run directory, ``testbed.compat.ovs``): the
   processes holding an ``ovs-appctl`` control socket ``NAME.PID.ctl`` in it are ended (a
   controller started on that Open vSwitch by minimesh's ``controller`` stand-in outlives a
-  killed run otherwise, and keeps its port), then the directory is removed
+  killed run otherwise, and keeps its port), the persistent TAPs its datapath left
+  (:func:`ovs_taps`), then the directory
 """
 from __future__ import annotations
 
@@ -365,8 +366,47 @@ def end_ctl_holders(directory: Path) -> list[int]:
     return ended
 
 
+def ovs_taps(directory: Path) -> list[str]:
+    """The TAP devices a private Open vSwitch's userspace datapath made and, once its
+    ovs-vswitchd is gone, left behind (they are persistent): ``ovs-netdev`` and its bridges'
+    own ports, named in its database ``conf.db`` (a log of JSON transactions). Only TAPs that
+    no process holds (no carrier) are listed, so a running Open vSwitch's are never touched."""
+    names = {"ovs-netdev"}
+    try:
+        lines = (directory / "conf.db").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            for row in (record.get("Bridge") or {}).values():
+                if isinstance(row, dict) and isinstance(row.get("name"), str):
+                    names.add(row["name"])
+    taps = []
+    for name in sorted(names):
+        dev = Path("/sys/class/net") / name
+        if not (dev / "tun_flags").exists():
+            continue
+        try:
+            carrier = (dev / "carrier").read_text().strip()
+        except OSError:
+            carrier = "0"          # down: no carrier to read
+        if carrier != "1":
+            taps.append(name)
+    return taps
+
+
+def remove_ovs_taps(directory: Path) -> None:
+    for name in ovs_taps(directory):
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
 def _remove_ovs_dir(e: dict[str, Any]) -> None:
     end_ctl_holders(Path(e["path"]))
+    remove_ovs_taps(Path(e["path"]))
     _remove_dir(e)
 
 

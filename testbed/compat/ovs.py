@@ -33,7 +33,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from testbed.journal import Journal, end_ctl_holders, proc_alive, proc_start, state_dir
+from testbed.journal import Journal, end_ctl_holders, proc_alive, proc_start, remove_ovs_taps, state_dir
 from testbed.links.tap import PR_SET_PDEATHSIG, prctl
 
 __all__ = ["ENV", "available", "start", "stop", "stop_at_exit"]
@@ -143,6 +143,7 @@ def stop(info: dict[str, object]) -> None:
     d = Path(str(info.get("dir", "")))
     if d.is_absolute() and d.name.startswith("ovs-") and d.parent == state_dir():
         end_ctl_holders(d)      # a controller the stand-in started on it (scratchnet's, by hand)
+        remove_ovs_taps(d)      # the datapath's persistent TAPs (ovs-netdev, bridges' own ports)
         shutil.rmtree(d, ignore_errors=True)
     journal = info.get("journal")
     if journal:

@@ -352,6 +352,8 @@ def test_mn_on_a_private_open_vswitch_with_openflow_habits_and_nothing_left(tmp_
     assert "bits/sec" in rate, out[-2000:]
     assert ovs_daemons() == ""
     assert not list(Path("/run/minimesh").glob("ovs-*"))
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "ovs-netdev" not in links and ": s1:" not in links          # the datapath's TAPs
 
 
 def test_private_open_vswitch_cleaned_after_sigkill(tmp_path):
@@ -376,6 +378,8 @@ def test_private_open_vswitch_cleaned_after_sigkill(tmp_path):
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert ovs_daemons() == "" and controllers() == ""
     assert not list(Path("/run/minimesh").glob("ovs-*"))
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "ovs-netdev" not in links and ": s1:" not in links          # the datapath's TAPs
     mn_c = minimesh("mn", "-c")              # Mininet's own leftovers: its own cleanup, as always
     assert mn_c.returncode == 0, mn_c.stdout + mn_c.stderr
     assert "s1-eth" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
