@@ -91,22 +91,18 @@ class Kernel:
         return cls(**json.loads(text))
 
 
+def _probe_module(name: str) -> tuple[bool, str]:
+    """Is kernel module ``name`` loaded, or loadable?"""
+    if os.path.isdir(f"/sys/module/{name}"):
+        return True, f"the {name} module is loaded"
+    if shutil.which("modprobe") and subprocess.run(["modprobe", "-q", name],
+                                                   capture_output=True).returncode == 0:
+        return True, f"the {name} module could be loaded"
+    return False, f"the kernel has no {name} module (modprobe {name} failed)"
+
+
 def _probe_ovs() -> tuple[bool, str]:
-    if os.path.isdir("/sys/module/openvswitch"):
-        return True, "the openvswitch module is loaded"
-    if shutil.which("modprobe") and subprocess.run(["modprobe", "-q", "openvswitch"],
-                                                   capture_output=True).returncode == 0:
-        return True, "the openvswitch module could be loaded"
-    return False, "the kernel has no openvswitch module (modprobe openvswitch failed)"
-
-
-def _probe_vlan() -> tuple[bool, str]:
-    if os.path.isdir("/sys/module/8021q"):
-        return True, "the 8021q module is loaded"
-    if shutil.which("modprobe") and subprocess.run(["modprobe", "-q", "8021q"],
-                                                   capture_output=True).returncode == 0:
-        return True, "the 8021q module could be loaded"
-    return False, "the kernel has no 8021q module (modprobe 8021q failed)"
+    return _probe_module("openvswitch")
 
 
 SCHED_FEATURES = ("/sys/kernel/debug/sched/features", "/sys/kernel/debug/sched_features")
@@ -140,7 +136,7 @@ def probe_kernel() -> Kernel:
     netem, netem_why = probe_netem()
     ovs, ovs_why = _probe_ovs()
     user = shutil.which("ofdatapath") is not None
-    vlan, vlan_why = _probe_vlan()
+    vlan, vlan_why = _probe_module("8021q")
     return Kernel(netem, netem_why, ovs, ovs_why, user,
                   "ofdatapath is installed" if user else "the reference switch (ofdatapath) is not installed",
                   *probe_rt_share(), vlan, vlan_why)
