@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,26 @@ def median_rtt(text):
     return statistics.median(r.rtt_ms for r in replies)
 
 
+def links():
+    """`ip -o link` of the root namespace: what a run may have left."""
+    return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+@contextmanager
+def killed_run(*args, **popen):
+    """`minimesh ARGS` for the block to use; leaving the block SIGKILLs it (as a user's kill -9
+    would), and on a normal exit `minimesh clean` must then succeed."""
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", *args], text=True, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), **popen)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+    clean = minimesh("clean")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
 def test_delay_sets_the_rtt_and_intf_config_changes_it_live(tmp_path):
     out, err = run_script(tmp_path, "ping", {"delay": "10ms"}, "40", "0.05", {"delay": "30ms"})
     # delay on both interfaces of h1's link: 10 ms each way
@@ -119,8 +140,8 @@ def test_unknown_parameter_rejected_by_name_nothing_left(tmp_path):
     assert "delya: unknown link parameter" in proc.stderr
     if "minimesh: TCLink" not in proc.stderr:
         pytest.skip("stock TCLink kept (the kernel has netem)")
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "s1-eth" not in links and "h1-eth" not in links
+    left = links()
+    assert "s1-eth" not in left and "h1-eth" not in left
     emulators = subprocess.run(["pgrep", "-f", "testbed.links.emulator"], capture_output=True, text=True)
     assert emulators.stdout == ""
 
@@ -288,28 +309,18 @@ def test_vlan_interfaces_separate_hosts_tag_the_wire_and_go_with_the_run(tmp_pat
 def test_vlan_processes_cleaned_after_sigkill(tmp_path):
     script = tmp_path / "vlans.py"
     script.write_text(VLAN_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    argv = [sys.executable, "-m", "testbed", "mininet", str(script), str(tmp_path / "vlan.pcap"), "sleep"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
-    try:
+    with killed_run("mininet", str(script), str(tmp_path / "vlan.pcap"), "sleep",
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
         for line in proc.stdout:
             if line.startswith("RESULT "):
                 break
         if not vlan_daemons():
             pytest.skip("the kernel makes VLANs itself (8021q): nothing of minimesh's to clean")
-        proc.kill()
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    clean = minimesh("clean")
-    assert clean.returncode == 0, clean.stdout + clean.stderr
     assert vlan_daemons() == ""
     assert controllers() == ""               # the stand-in's controller went with the run's Open vSwitch
     mn_c = minimesh("mn", "-c")              # Mininet's own leftovers (its shells, veths): its cleanup
     assert mn_c.returncode == 0, mn_c.stdout + mn_c.stderr
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "s1-eth" not in links
+    assert "s1-eth" not in links()
 
 
 # --- a private Open vSwitch (userspace datapath) ------------------------------------------------
@@ -352,34 +363,24 @@ def test_mn_on_a_private_open_vswitch_with_openflow_habits_and_nothing_left(tmp_
     assert "bits/sec" in rate, out[-2000:]
     assert ovs_daemons() == ""
     assert not list(Path("/run/minimesh").glob("ovs-*"))
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "ovs-netdev" not in links and ": s1:" not in links          # the datapath's TAPs
+    left = links()
+    assert "ovs-netdev" not in left and ": s1:" not in left      # the datapath's TAPs
 
 
 def test_private_open_vswitch_cleaned_after_sigkill(tmp_path):
     private_ovs_or_skip()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "testbed", "mn", "--topo", "single,2"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
+    with killed_run("mn", "--topo", "single,2", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT) as proc:
         proc.stdin.write("sh echo READY\n")
         proc.stdin.flush()
         for line in proc.stdout:
             if "READY" in line:
                 break
         assert ovs_daemons() != ""
-        proc.kill()
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    clean = minimesh("clean")
-    assert clean.returncode == 0, clean.stdout + clean.stderr
     assert ovs_daemons() == "" and controllers() == ""
     assert not list(Path("/run/minimesh").glob("ovs-*"))
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "ovs-netdev" not in links and ": s1:" not in links          # the datapath's TAPs
+    left = links()
+    assert "ovs-netdev" not in left and ": s1:" not in left      # the datapath's TAPs
     mn_c = minimesh("mn", "-c")              # Mininet's own leftovers: its own cleanup, as always
     assert mn_c.returncode == 0, mn_c.stdout + mn_c.stderr
-    assert "s1-eth" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "s1-eth" not in links()
