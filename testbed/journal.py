@@ -404,10 +404,17 @@ def remove_ovs_taps(directory: Path) -> None:
         subprocess.run(["ip", "link", "del", name], capture_output=True)
 
 
+def remove_ovs_dir(directory: Path) -> None:
+    """A private Open vSwitch's run directory, once its daemons are gone: the processes
+    holding a control socket in it (:func:`end_ctl_holders`), the persistent TAPs its datapath
+    left (:func:`ovs_taps`), then the directory."""
+    end_ctl_holders(directory)
+    remove_ovs_taps(directory)
+    _remove_dir({"path": str(directory)})
+
+
 def _remove_ovs_dir(e: dict[str, Any]) -> None:
-    end_ctl_holders(Path(e["path"]))
-    remove_ovs_taps(Path(e["path"]))
-    _remove_dir(e)
+    remove_ovs_dir(Path(e["path"]))
 
 
 REMOVERS: dict[str, Callable[[dict[str, Any]], None]] = {

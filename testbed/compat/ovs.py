@@ -25,6 +25,7 @@ cannot be pointed elsewhere.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,8 +33,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
-from testbed.journal import Journal, end_ctl_holders, proc_alive, proc_start, remove_ovs_taps, state_dir
+from testbed.journal import Journal, proc_alive, proc_start, remove_ovs_dir, state_dir
 from testbed.links.tap import PR_SET_PDEATHSIG, prctl
 
 __all__ = ["ENV", "available", "start", "stop", "stop_at_exit"]
@@ -77,10 +79,10 @@ def _spawn(journal: Journal, argv: list[str], d: Path, what: str) -> int:
     return proc.pid
 
 
-def _wait_for(check: object, what: str, pids: list[int]) -> None:
+def _wait_for(check: Callable[[], bool], what: str, pids: list[int]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if callable(check) and check():
+        if check():
             return
         if not all(proc_alive(p, None) for p in pids):
             raise RuntimeError(f"{what} exited while starting")
@@ -142,9 +144,10 @@ def stop(info: dict[str, object]) -> None:
             os.kill(pid, signal.SIGKILL)
     d = Path(str(info.get("dir", "")))
     if d.is_absolute() and d.name.startswith("ovs-") and d.parent == state_dir():
-        end_ctl_holders(d)      # a controller the stand-in started on it (scratchnet's, by hand)
-        remove_ovs_taps(d)      # the datapath's persistent TAPs (ovs-netdev, bridges' own ports)
-        shutil.rmtree(d, ignore_errors=True)
+        # also a controller the stand-in started on it (scratchnet's, by hand) and the
+        # datapath's persistent TAPs (ovs-netdev, bridges' own ports)
+        with contextlib.suppress(OSError):
+            remove_ovs_dir(d)
     journal = info.get("journal")
     if journal:
         Path(str(journal)).unlink(missing_ok=True)

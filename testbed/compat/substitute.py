@@ -208,16 +208,22 @@ class Bridge(LinuxBridge):
         super().__init__(name, stp=stp, **params)
 
 
+def _user_datapath(params: dict[str, Any]) -> None:
+    """Take the switch's own ``datapath=`` out of ``params`` (it runs on the userspace one) and
+    announce the substitution, naming a datapath the script asked for."""
+    asked = params.pop("datapath", "kernel")
+    note = "" if asked == "user" else f" (datapath={asked!r} asked)"
+    announce("switch", f"OVS switch -> Open vSwitch's userspace datapath{note}, on this run's own Open "
+             f"vSwitch in {os.environ.get('OVS_RUNDIR', '?')} ({_why('ovs_why')})")
+
+
 class UserOVSSwitch(OVSSwitch):
     """Mininet's OVSSwitch with ``datapath='user'`` on the run's private Open vSwitch
     (:mod:`testbed.compat.ovs`): OpenFlow, ``ovs-ofctl`` and controllers as with OVS's kernel
     datapath, forwarding done by ovs-vswitchd."""
 
     def __init__(self, name: str, **params: Any):
-        asked = params.pop("datapath", "kernel")
-        note = "" if asked == "user" else f" (datapath={asked!r} asked)"
-        announce("switch", f"OVS switch -> Open vSwitch's userspace datapath{note}, on this run's own Open "
-                 f"vSwitch in {os.environ.get('OVS_RUNDIR', '?')} ({_why('ovs_why')})")
+        _user_datapath(params)
         super().__init__(name, datapath="user", **params)
 
 
@@ -225,9 +231,7 @@ class UserOVSBridge(OVSBridge):
     """Mininet's OVSBridge (standalone, no controller) with ``datapath='user'``."""
 
     def __init__(self, name: str, **params: Any):
-        params.pop("datapath", None)
-        announce("switch", "OVS switch -> Open vSwitch's userspace datapath, on this run's own Open vSwitch "
-                 f"in {os.environ.get('OVS_RUNDIR', '?')} ({_why('ovs_why')})")
+        _user_datapath(params)
         super().__init__(name, datapath="user", **params)
 
 
