@@ -8,6 +8,10 @@ headers), so an experiment can check what arrived and from where.
 Lab knobs: ``--nagle`` serves as http.server does by default (Nagle on, headers and body in
 two writes: the front_proxy lab's question 3); ``--fail-every N`` answers every N-th request
 503 (a flaky upstream, the front_proxy lab's retry exercise; logged with ``"status": 503``).
+The failure is transient, as a retry policy assumes: a request whose ``x-request-id`` was seen
+before (a proxy's retry: Envoy and minimesh-proxy resend the same id) is not counted and is
+answered 200. Counting attempts instead would make the outcome depend on how concurrent
+requests interleave: under load a request's three attempts can all land on multiples of N.
 
 Standard library only (http.server, HTTP/1.1 keep-alive): it runs under any python3.
 """
@@ -19,12 +23,14 @@ import json
 import signal
 import sys
 import threading
+from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO
 
 __all__ = ["PAGE_MARKER", "page", "make_server", "main"]
 
 PAGE_MARKER = "minimesh stand-in for"
+SEEN_MAX = 10_000          # request ids remembered for --fail-every (a retry comes within seconds)
 
 
 def page(site: str, host_seen: str) -> bytes:
@@ -38,6 +44,7 @@ def make_server(bind: str, port: int, site: str, log: IO[str] | None, nagle: boo
                 fail_every: int = 0) -> ThreadingHTTPServer:
     lock = threading.Lock()
     served = [0]
+    seen: OrderedDict[str, int] = OrderedDict()     # x-request-id -> attempts (the last SEEN_MAX)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -50,13 +57,21 @@ def make_server(bind: str, port: int, site: str, log: IO[str] | None, nagle: boo
 
         def _answer(self, with_body: bool) -> None:
             host = self.headers.get("Host", "")
+            rid = self.headers.get("x-request-id")
             with lock:
-                served[0] += 1
-                status = 503 if fail_every and served[0] % fail_every == 0 else 200
+                attempt = seen.get(rid, 0) + 1 if rid else 1
+                if rid:
+                    seen[rid] = attempt
+                    seen.move_to_end(rid)
+                    if len(seen) > SEEN_MAX:
+                        seen.popitem(last=False)
+                if attempt == 1:
+                    served[0] += 1
+                status = 503 if fail_every and attempt == 1 and served[0] % fail_every == 0 else 200
                 if log is not None:
                     rec = {"peer": self.client_address[0], "method": self.command, "path": self.path,
                            "host": host, "headers": {k.lower(): v for k, v in self.headers.items()},
-                           "status": status}
+                           "status": status, "attempt": attempt}
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
             body = page(site, host) if status == 200 else b"flaky upstream: 503 (--fail-every)\n"
@@ -89,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log", help="append one JSON line per request to this file")
     p.add_argument("--nagle", action="store_true", help="Nagle on, headers and body in two writes "
                    "(http.server's default)")
-    p.add_argument("--fail-every", type=int, default=0, metavar="N", help="answer every N-th request 503")
+    p.add_argument("--fail-every", type=int, default=0, metavar="N", help="answer every N-th request 503 "
+                   "(a retry, same x-request-id, is answered 200)")
     a = p.parse_args(argv)
     if a.fail_every < 0:
         p.error(f"--fail-every {a.fail_every}: allowed 0 (never) or N >= 1")
