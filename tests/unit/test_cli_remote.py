@@ -8,6 +8,7 @@ import io
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 
@@ -132,8 +133,17 @@ def test_no_run_missing_run_and_ambiguous(state, capsys, tmp_path):
     assert "no running testbed; start one with: sudo minimesh up" in capsys.readouterr().err
     d = state / "up"
     d.mkdir(parents=True)
-    for pid in (os.getpid(), os.getppid()):
-        from testbed.journal import proc_start
+    other = subprocess.Popen(["sleep", "60"])     # a second live process (not the parent: under
+    try:                                          # nohup that may be init, pid 1, the ID asked below)
+        _two_runs_listed(d, other.pid, capsys)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _two_runs_listed(d, other: int, capsys) -> None:
+    from testbed.journal import proc_start
+    for pid in (os.getpid(), other):
         (d / f"{pid}.json").write_text(json.dumps({"pid": pid, "start": proc_start(pid), "topology": f"t{pid}",
                                                    "socket": str(d / f"{pid}.sock"), "started": time.time()}))
     assert main(["heal"]) == 2
@@ -142,7 +152,7 @@ def test_no_run_missing_run_and_ambiguous(state, capsys, tmp_path):
     assert "no running testbed with ID 1; running:" in capsys.readouterr().err
     assert main(["exec", "--run", "1", "h1", "true"]) == 1
     (d / "99999999.json").write_text(json.dumps({"pid": 99999999, "socket": "x"}))   # a dead run: not listed
-    assert sorted(r.pid for r in control.running_ups()) == sorted([os.getpid(), os.getppid()])
+    assert sorted(r.pid for r in control.running_ups()) == sorted([os.getpid(), other])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory")
