@@ -74,7 +74,11 @@ def test_netem_tests_pass_in_the_guest(guest, tmp_path, request):
     assert counts["skipped"] == 0, r.output[-4000:]  # no netem test is skipped any more
 
 
-@pytest.mark.parametrize("experiment", ["link_delay", "crash_failover"])
+@pytest.mark.parametrize("experiment", [
+    "link_delay",
+    pytest.param("crash_failover", marks=pytest.mark.skipif(
+        os.environ.get("MINIMESH_FULL_RUNS") != "1",
+        reason="the second mesh in the guest (~2 min; link_delay shows the mesh on netem): set MINIMESH_FULL_RUNS=1"))])
 def test_the_mesh_on_netem_in_the_guest(guest, tmp_path, experiment):
     out = "/run/mm-out/run"
     r = guest.run_in_guest([uml.guest_python(), f"experiments/{experiment}.py", "--quick",
