@@ -72,6 +72,15 @@ def line_net(backend_name, tmp_path, left=(None, None), right=(None, None)):
         assert leftovers == [] and errors == [], f"left behind: {leftovers} {errors}"
 
 
+def wait_listening(host, port, timeout=30.0):
+    """Until something in HOST's namespace listens on TCP PORT (a fixed sleep is too short for
+    a program starting in a slow guest, such as UML's)."""
+    deadline = time.monotonic() + timeout
+    while f":{port} " not in host.cmd(f"ss -Hltn 'sport = :{port}'") + " ":
+        assert time.monotonic() < deadline, f"nothing listens on {host.name}:{port} after {timeout:g} s"
+        time.sleep(0.05)
+
+
 def ping(h1, h2, count, interval, replies=False):
     """Ping h2 from h1; per-reply lines (with -D timestamps) only when asked for."""
     opts = "-n -D" if replies else "-n -q"
@@ -109,9 +118,11 @@ def test_jitter_is_uniform_over_delay_plus_minus_jitter(backend_name, tmp_path):
 
 UDP_BURST = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
              "for i in range(100): s.sendto(bytes(1000), (sys.argv[1], 9))")
+# says "ready" once bound; counts until 2 s pass without a datagram (30 s for the first: a
+# python starting in a slow guest, such as UML's, can take seconds)
 UDP_COUNT = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', 9)); "
-             "s.settimeout(2.0); n=0\n"
-             "try:\n  while True: s.recv(2000); n+=1\nexcept socket.timeout: pass\nprint(n)")
+             "print('ready', flush=True); s.settimeout(30.0); n=0\n"
+             "try:\n  while True: s.recv(2000); n+=1; s.settimeout(2.0)\nexcept socket.timeout: pass\nprint(n)")
 
 
 def test_queue_limit_tail_drops_a_burst(backend_name, tmp_path):
@@ -122,9 +133,9 @@ def test_queue_limit_tail_drops_a_burst(backend_name, tmp_path):
     with line_net(backend_name, tmp_path, left=(shape, None)) as (net, _):
         h1, h2 = net.get("h1", "h2")
         counter = h2.popen([sys.executable, "-c", UDP_COUNT])
-        time.sleep(0.5)
+        assert counter.stdout.readline() == b"ready\n"       # bound before the burst leaves
         h1.cmd(f"{sys.executable} -c {shlex.quote(UDP_BURST)} {h2.IP()}")
-        out, _ = counter.communicate(timeout=30)
+        out, _ = counter.communicate(timeout=60)
         assert 10 <= int(out) <= 11, f"{int(out)} of 100 delivered through a 10-packet queue"
 
 
@@ -168,7 +179,7 @@ def test_rate_by_iperf3(backend_name, tmp_path):
         h1, h2 = net.get("h1", "h2")
         server = h2.popen(["iperf3", "-s", "-1", "-p", "5201"])
         try:
-            time.sleep(0.3)
+            wait_listening(h2, 5201)
             out = h1.cmd(f"iperf3 -c {h2.IP()} -p 5201 -t 4 -O 1 -J")
             result = json.loads(out[out.index("{"):])
             mbit = result["end"]["sum_received"]["bits_per_second"] / 1e6
@@ -312,7 +323,7 @@ def test_corrupt_makes_the_receiver_drop_bad_frames(backend_name, tmp_path):
         received = tmp_path / "received"
         server = h2.popen([sys.executable, "-c", _RECEIVE_ONE, str(received)])
         try:
-            time.sleep(0.5)
+            wait_listening(h2, 5203)
             sent = h1.popen([sys.executable, "-c", _SEND_ONE, h2.IP(), str(payload)])
             assert sent.wait(timeout=120) == 0
             assert server.wait(timeout=30) == 0
