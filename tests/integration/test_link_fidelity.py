@@ -74,7 +74,9 @@ def line_net(backend_name, tmp_path, left=(None, None), right=(None, None)):
 
 def wait_listening(host, port, timeout=30.0):
     """Until something in HOST's namespace listens on TCP PORT (a fixed sleep is too short for
-    a program starting in a slow guest, such as UML's)."""
+    a program starting in a slow guest, such as UML's). Passive, by ``ss -l``: a probe
+    connection (mininet.util.waitListening, Experiment.wait_tcp) would be the one connection
+    that ``iperf3 -s -1`` and the one-shot receiver accept."""
     deadline = time.monotonic() + timeout
     while f":{port} " not in host.cmd(f"ss -Hltn 'sport = :{port}'") + " ":
         assert time.monotonic() < deadline, f"nothing listens on {host.name}:{port} after {timeout:g} s"

@@ -128,22 +128,23 @@ def test_ps_lists_the_run_and_json(state, capsys):
     assert listing[0]["out"] == "/tmp/o" and listing[0]["capture"] is None
 
 
-def test_no_run_missing_run_and_ambiguous(state, capsys, tmp_path):
+@pytest.fixture
+def other_pid():
+    """A second live process (not the parent: under nohup that may be init, pid 1, which the
+    test below asks for as a missing ID)."""
+    other = subprocess.Popen(["sleep", "60"])
+    yield other.pid
+    other.kill()
+    other.wait()
+
+
+def test_no_run_missing_run_and_ambiguous(state, capsys, tmp_path, other_pid):
     assert main(["heal"]) == 1
     assert "no running testbed; start one with: sudo minimesh up" in capsys.readouterr().err
     d = state / "up"
     d.mkdir(parents=True)
-    other = subprocess.Popen(["sleep", "60"])     # a second live process (not the parent: under
-    try:                                          # nohup that may be init, pid 1, the ID asked below)
-        _two_runs_listed(d, other.pid, capsys)
-    finally:
-        other.kill()
-        other.wait()
-
-
-def _two_runs_listed(d, other: int, capsys) -> None:
     from testbed.journal import proc_start
-    for pid in (os.getpid(), other):
+    for pid in (os.getpid(), other_pid):
         (d / f"{pid}.json").write_text(json.dumps({"pid": pid, "start": proc_start(pid), "topology": f"t{pid}",
                                                    "socket": str(d / f"{pid}.sock"), "started": time.time()}))
     assert main(["heal"]) == 2
@@ -152,7 +153,7 @@ def _two_runs_listed(d, other: int, capsys) -> None:
     assert "no running testbed with ID 1; running:" in capsys.readouterr().err
     assert main(["exec", "--run", "1", "h1", "true"]) == 1
     (d / "99999999.json").write_text(json.dumps({"pid": 99999999, "socket": "x"}))   # a dead run: not listed
-    assert sorted(r.pid for r in control.running_ups()) == sorted([os.getpid(), other])
+    assert sorted(r.pid for r in control.running_ups()) == sorted([os.getpid(), other_pid])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory")
